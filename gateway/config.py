@@ -1,0 +1,245 @@
+"""Configuration: config.yaml, overridden by environment variables, checked strictly.
+
+Every key has a default (see config.yaml at the repository root, which lists them all with
+comments). An unknown key or a value of the wrong type stops the start with a one-line error that
+names the key. Environment variables override keys: ``UPSGW_`` + the key path in upper case with
+``__`` between levels, e.g. ``UPSGW_REST__PORT=8081``, ``UPSGW_REDIS__URL=redis://db:6379/0``;
+values are read as YAML scalars (``null``, ``true``, numbers, strings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENV_PREFIX = "UPSGW_"
+
+
+class ConfigError(Exception):
+    """A bad configuration; the message names the key."""
+
+
+@dataclass
+class Dimse:
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = 11112
+    allowed_calling_aes: list[str] = field(default_factory=list)  # empty: accept any
+    max_associations: int = 64
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 30.0
+    network_timeout: float = 60.0
+    max_pdu: int = 262144
+    request_timeout: float = 20.0  # how long a DIMSE request may wait for the UPS core
+
+
+@dataclass
+class Rest:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    base_path: str = "/dicom-web"
+    max_body_bytes: int = 1048576
+    public_url: str | None = None  # advertised origin, e.g. https://ups.example.org; null: from Host
+
+
+@dataclass
+class Redis:
+    url: str | None = None  # null: start the embedded redis-server under data_dir
+    key_prefix: str = "ups:"
+    connect_timeout: float = 5.0
+
+
+@dataclass
+class Peer:
+    host: str
+    port: int
+
+
+@dataclass
+class Ups:
+    default_worklist_label: str = "DEFAULT"
+    timezone_offset: str = "+0000"  # how DT values without an offset are read
+    search_default_limit: int = 100
+    search_max_limit: int = 1000
+    retention_hours: float = 24.0
+    purge_interval_seconds: float = 60.0
+
+
+@dataclass
+class Events:
+    backlog: int = 1000  # events kept per subscriber AE while it is away
+    delivery_expiry_seconds: float = 86400.0
+    retry_initial_seconds: float = 0.5
+    retry_max_seconds: float = 60.0
+    send_timeout: float = 5.0
+    association_idle_seconds: float = 30.0
+
+
+@dataclass
+class Log:
+    level: str = "INFO"
+    format: str = "json"  # json | text
+
+
+@dataclass
+class Config:
+    ae_title: str = "UPS_GATEWAY"
+    data_dir: str = "./data"
+    dimse: Dimse = field(default_factory=Dimse)
+    rest: Rest = field(default_factory=Rest)
+    redis: Redis = field(default_factory=Redis)
+    peers: dict[str, Peer] = field(default_factory=dict)
+    ups: Ups = field(default_factory=Ups)
+    events: Events = field(default_factory=Events)
+    log: Log = field(default_factory=Log)
+    source: str = field(default="", repr=False, metadata={"internal": True})
+
+
+def load(path: str | os.PathLike | None, environ: dict[str, str] | None = None) -> Config:
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path}: not valid YAML ({exc.__class__.__name__})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path}: the top level must be a mapping")
+    for name, raw in environ.items():
+        if name.startswith(ENV_PREFIX):
+            _set_path(data, name[len(ENV_PREFIX):].lower().split("__"), raw, name)
+    config = _build(Config, data, "")
+    config.source = str(path or "")
+    _check(config)
+    return config
+
+
+def _set_path(data: dict, parts: list[str], raw: str, env_name: str) -> None:
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    if parts[0] == "peers" and len(parts) > 1:
+        parts[1] = parts[1].upper()  # AE titles are upper case by convention
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{env_name}: {'.'.join(parts)} is not inside a section")
+    node[parts[-1]] = value
+
+
+def _build(cls, data: Any, path: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {_kind(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for name in data:
+        if name not in fields:
+            raise ConfigError(f"{path}{name}: unknown key")
+    kwargs = {}
+    for name in fields:
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], f"{path}{name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        missing = str(exc).rsplit(":", 1)[-1].strip().strip("'")
+        raise ConfigError(f"{path}{missing}: required key is missing") from None
+
+
+def _convert(hint, value: Any, path: str):
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        hint = next(o for o in options if o is not type(None))
+        origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{path}.")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {_kind(value)}")
+        (item,) = typing.get_args(hint)
+        return [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {_kind(value)}")
+        _, item = typing.get_args(hint)
+        return {str(k): _convert(item, v, f"{path}.{k}") for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {_kind(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {_kind(value)}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {_kind(value)}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {_kind(value)}")
+        return value
+    raise ConfigError(f"{path}: unsupported type")  # pragma: no cover
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else f"{type(value).__name__} {value!r}"[:60]
+
+
+def _check(config: Config) -> None:
+    def ae(name: str, value: str) -> None:
+        if not value or len(value) > 16 or "\\" in value or value != value.strip():
+            raise ConfigError(f"{name}: {value!r} is not a valid AE title (1-16 characters)")
+
+    ae("ae_title", config.ae_title)
+    for title, peer in config.peers.items():
+        ae(f"peers.{title}", title)
+        _port(f"peers.{title}.port", peer.port)
+    _port("dimse.port", config.dimse.port)
+    _port("rest.port", config.rest.port)
+    for title in config.dimse.allowed_calling_aes:
+        ae("dimse.allowed_calling_aes", title)
+    if not config.rest.base_path.startswith("/"):
+        raise ConfigError(f"rest.base_path: {config.rest.base_path!r} must start with /")
+    config.rest.base_path = config.rest.base_path.rstrip("/")
+    url = config.redis.url
+    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"redis.url: {url!r} must start with redis://, rediss:// or unix://")
+    if config.log.format not in ("json", "text"):
+        raise ConfigError(f"log.format: {config.log.format!r} must be json or text")
+    if config.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"log.level: {config.log.level!r} must be DEBUG, INFO, WARNING or ERROR")
+    from gateway.ups.dicomtime import parse_offset
+    try:
+        parse_offset(config.ups.timezone_offset)
+    except ValueError:
+        raise ConfigError(f"ups.timezone_offset: {config.ups.timezone_offset!r} must be +HHMM "
+                          "or -HHMM") from None
+    for name in ("search_default_limit", "search_max_limit"):
+        if getattr(config.ups, name) < 1:
+            raise ConfigError(f"ups.{name}: must be at least 1")
+    if config.rest.max_body_bytes < 1024:
+        raise ConfigError("rest.max_body_bytes: must be at least 1024")
+
+
+def _port(name: str, port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{name}: {port} is not a TCP port")

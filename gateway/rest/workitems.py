@@ -1,0 +1,135 @@
+"""UPS-RS workitem transactions: Create, Retrieve, Update, Change State, Request Cancellation and
+Search (PS3.18 §11.4–11.9), translated to UPS service calls."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.rest.messages import (check_accept, json_response, read_dataset, service_url,
+                                   warning)
+from gateway.ups import matching
+from gateway.ups import status as st
+from gateway.ups import tags as t
+from gateway.ups.dataset import first, is_uid
+from gateway.ups.errors import InvalidDataset, UPSError
+from gateway.ups.service import UPSService
+
+CREATED_WITH_MODIFICATIONS = "The Workitem was created with modifications."
+UPDATED_WITH_MODIFICATIONS = "The Workitem was updated with modifications."
+
+
+def _service(request: web.Request) -> UPSService:
+    return request.app["service"]
+
+
+def workitem_url(request: web.Request, uid: str) -> str:
+    return f"{service_url(request)}/workitems/{uid}"
+
+
+def _query_uids(request: web.Request, names: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(source, UID) pairs from named parameters (any case) and bare ``?UID`` parameters."""
+    found = []
+    for name, value in request.query.items():
+        if name.lower() in names:
+            found.append((name, value))
+        elif value == "" and is_uid(name):
+            found.append(("bare parameter", name))
+    return found
+
+
+def _one_uid(sources: list[tuple[str, str]], what: str) -> str | None:
+    for source, value in sources:
+        if not is_uid(value):
+            raise InvalidDataset(f"{what} in {source}: {value!r} is not a valid UID")
+    distinct = {value for _, value in sources}
+    if len(distinct) > 1:
+        listing = ", ".join(f"{source}={value}" for source, value in sources)
+        raise InvalidDataset(f"conflicting {what}s: {listing}")
+    return distinct.pop() if distinct else None
+
+
+def _requester(request: web.Request, from_path: str | None) -> str | None:
+    return from_path or request.query.get("requester") or None
+
+
+async def create(request: web.Request) -> web.Response:
+    ds = await read_dataset(request)
+    sources = _query_uids(request, ("workitem", "affectedsopinstanceuid"))
+    if uid_in_payload := first(ds, t.SOPInstanceUID):
+        sources.append((f"payload SOPInstanceUID", uid_in_payload))
+    uid = _one_uid(sources, "workitem UID")
+    outcome = await _service(request).create(ds, uid, requester=request.get("ae"))
+    location = workitem_url(request, outcome.uid)
+    headers = {"Location": location, "Content-Location": location}
+    if outcome.status == st.CREATED_WITH_MODIFICATIONS:
+        headers["Warning"] = warning(request, CREATED_WITH_MODIFICATIONS)
+        headers["X-UPS-Modifications"] = _header_safe(outcome.message)
+    return web.Response(status=201, headers=headers)
+
+
+async def retrieve(request: web.Request, uid: str) -> web.Response:
+    check_accept(request)
+    ds = await _service(request).retrieve(uid)
+    return json_response([ds], headers={"Content-Location": workitem_url(request, uid)})
+
+
+async def update(request: web.Request, uid: str) -> web.Response:
+    mods = await read_dataset(request)
+    sources = _query_uids(request, ("transaction-uid", "transaction", "transactionuid"))
+    if tx_in_payload := first(mods, t.TransactionUID):
+        sources.append(("payload TransactionUID", tx_in_payload))
+    try:
+        tx = _one_uid(sources, "Transaction UID")
+    except InvalidDataset as exc:
+        raise UPSError(st.WRONG_TRANSACTION_UID, exc.message, reason="incorrect") from None
+    outcome = await _service(request).update(uid, mods, tx, requester=request.get("ae"))
+    headers = {"Content-Location": workitem_url(request, uid)}
+    if outcome.modifications:
+        headers["Warning"] = warning(request, UPDATED_WITH_MODIFICATIONS)
+    return web.Response(status=200, headers=headers)
+
+
+async def change_state(request: web.Request, uid: str, requester: str | None) -> web.Response:
+    info = await read_dataset(request)
+    state = first(info, t.ProcedureStepState)
+    if t.ProcedureStepState not in info:
+        raise InvalidDataset("the payload needs ProcedureStepState (0074,1000)",
+                             st.MISSING_ATTRIBUTE)
+    outcome = await _service(request).change_state(
+        uid, state, first(info, t.TransactionUID), requester=_requester(request, requester))
+    headers = {"Content-Location": workitem_url(request, uid)}
+    if outcome.status != st.SUCCESS:
+        headers["Warning"] = warning(request, outcome.message)
+    elif outcome.modifications:
+        headers["Warning"] = warning(request, f"{UPDATED_WITH_MODIFICATIONS} {outcome.message}")
+    return web.Response(status=200, headers=headers)
+
+
+async def request_cancel(request: web.Request, uid: str, requester: str | None) -> web.Response:
+    info = await read_dataset(request, optional=True)
+    outcome = await _service(request).request_cancel(
+        uid, info, requester=_requester(request, requester) or request.get("ae"))
+    headers = {"Content-Location": workitem_url(request, uid)}
+    if outcome.status != st.SUCCESS:
+        headers["Warning"] = warning(request, outcome.message)
+    return web.Response(status=202, headers=headers)
+
+
+async def search(request: web.Request) -> web.Response:
+    check_accept(request)
+    settings = _service(request).settings
+    query = matching.from_params(list(request.query.items()), default_tz=settings.timezone,
+                                 default_limit=settings.search_default_limit,
+                                 max_limit=settings.search_max_limit)
+    result = await _service(request).search(query)
+    if not result.items:
+        return web.Response(status=204)
+    headers = {}
+    if result.remaining:
+        headers["Warning"] = warning(
+            request, f"There are {result.remaining} additional results that can be requested")
+    return json_response(result.items, headers=headers)
+
+
+def _header_safe(text: str) -> str:
+    return " ".join(text.split()).encode("latin-1", "replace").decode("latin-1")[:1000]

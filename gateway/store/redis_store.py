@@ -1,0 +1,222 @@
+"""The Redis store: workitems as msgpack'd DICOM JSON in hashes, committed atomically by Lua.
+
+Layout (``p`` = key prefix, default ``ups:``):
+  p wi:{uid}     hash  d=dataset (msgpack), v=version, s=state, tx=Transaction UID,
+                       pa=performer AE, ix=index names (msgpack), sc=score, ft=final-state time
+  p ix:{name}    zset  secondary indexes (see ``indexes``), score = SPS Start DateTime
+  p final        zset  COMPLETED/CANCELED workitems by final-state time (retention purge)
+  p gone:{uid}   str   tombstone of a purged workitem (TTL), answers 410
+  p subs:{uid}   hash  subscriber AE → "1" with deletion lock / "0" without
+  p aesubs:{ae}  set   workitems an AE is subscribed to
+  p q:{ae}       stream events queued for a subscriber AE (bounded backlog)
+
+Every change goes through ``commit``: the caller read the workitem at version v and computed the
+new content with the pure UPS rules; the Lua script applies it only if the version is still v (the
+WATCH/MULTI idea, in one round trip) and otherwise reports a conflict so the caller re-reads and
+re-decides. Two concurrent claims therefore cannot both succeed, on any number of processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import AsyncIterator, Iterable
+
+import msgpack
+import redis.asyncio as aioredis
+
+from gateway.store.indexes import Plan
+from gateway.ups.dataset import Dataset
+from gateway.ups.errors import WorkitemGone
+
+log = logging.getLogger("gateway.store")
+
+_SCAN_CHUNK = 500
+
+
+def pack(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def pack_for_lua(obj) -> bytes:
+    # Redis's Lua cmsgpack predates the msgpack bin type: nested blobs travel as raw strings.
+    return msgpack.packb(obj, use_bin_type=False)
+
+
+def unpack(blob: bytes):
+    return msgpack.unpackb(blob, raw=False)
+
+
+@dataclass
+class Record:
+    """A stored workitem as read at one version."""
+
+    uid: str
+    dataset: Dataset
+    version: int
+    state: str
+    tx: str | None
+    performer: str | None
+    subscribers: dict[str, bool]
+
+
+@dataclass
+class Change:
+    """The new content of a workitem, ready to commit."""
+
+    dataset: Dataset | None  # None: content unchanged (events only)
+    state: str = ""
+    tx: str | None = None
+    performer: str | None = None
+    score: float = 0.0
+    indexes: tuple[str, ...] = ()
+    final_at_ms: int | None = None
+    add_subscriptions: tuple[tuple[str, bool], ...] = ()
+    global_version: int | None = None
+
+
+@dataclass
+class QueuedEvent:
+    """An event to queue for the workitem's subscribers (plus ``extra`` AEs)."""
+
+    type: int
+    info: Dataset
+    extra: tuple[str, ...] = ()
+    needs_recipient: bool = False
+
+
+class Conflict(Exception):
+    """The workitem changed since it was read: re-read and decide again."""
+
+    def __init__(self, uid: str, current_version: int):
+        super().__init__(uid)
+        self.current_version = current_version
+
+
+class NoRecipient(Exception):
+    """An event that must reach someone has no subscriber to go to."""
+
+
+class RedisStore:
+    def __init__(self, client: aioredis.Redis, prefix: str = "ups:", backlog: int = 1000):
+        self.redis = client
+        self.p = prefix
+        self.backlog = backlog
+        self._commit = client.register_script(_lua("commit.lua"))
+        self._purge = client.register_script(_lua("purge.lua"))
+
+    def key(self, uid: str) -> str:
+        return f"{self.p}wi:{uid}"
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    # ---- single workitems --------------------------------------------------------------
+
+    async def load(self, uid: str) -> Record | None:
+        """The workitem, None if unknown; raises WorkitemGone for a purged one."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(self.key(uid), "d", "v", "s", "tx", "pa")
+            pipe.hgetall(f"{self.p}subs:{uid}")
+            pipe.exists(f"{self.p}gone:{uid}")
+            (blob, version, state, tx, performer), subs, gone = await pipe.execute()
+        if blob is None:
+            if gone:
+                raise WorkitemGone(uid)
+            return None
+        return Record(uid, unpack(blob), int(version), state.decode(),
+                      tx.decode() if tx else None, performer.decode() if performer else None,
+                      {ae.decode(): lock == b"1" for ae, lock in subs.items()})
+
+    async def exists(self, uid: str) -> bool:
+        return bool(await self.redis.exists(self.key(uid)))
+
+    async def commit(self, uid: str, version: int, change: Change,
+                     events: Iterable[QueuedEvent] = ()) -> int:
+        """Apply ``change`` if the workitem is still at ``version``; returns the new version."""
+        blob = pack(change.dataset) if change.dataset is not None else b""
+        result = await self._commit(keys=[self.key(uid)], args=[
+            self.p, uid, version, blob, change.state, change.tx or "", change.performer or "",
+            repr(change.score), pack_for_lua(list(change.indexes)),
+            "" if change.final_at_ms is None else change.final_at_ms,
+            "" if change.global_version is None else change.global_version,
+            pack_for_lua([[ae, "1" if lock else "0"] for ae, lock in change.add_subscriptions]),
+            pack_for_lua([[e.type, pack(e.info), list(e.extra), e.needs_recipient]
+                          for e in events]),
+            self.backlog, int(time.time() * 1000)])
+        code = int(result[0])
+        if code == 1:
+            return int(result[1])
+        if code == 2:
+            raise WorkitemGone(uid)
+        if code == 3:
+            raise NoRecipient(uid)
+        raise Conflict(uid, int(result[1]))
+
+    # ---- search ------------------------------------------------------------------------
+
+    async def count(self, plan: Plan) -> int:
+        return int(await self.redis.zcount(self._index(plan.indexes[0]), *_bounds(plan)))
+
+    async def page(self, plan: Plan, offset: int, limit: int) -> list[str]:
+        """UIDs of one page of an exact single-index plan, in search order."""
+        uids = await self.redis.zrangebyscore(self._index(plan.indexes[0]), *_bounds(plan),
+                                              start=offset, num=limit)
+        return [u.decode() for u in uids]
+
+    async def candidates(self, plan: Plan) -> AsyncIterator[list[str]]:
+        """All UIDs of a plan in search order, in chunks."""
+        low, high = _bounds(plan)
+        if len(plan.indexes) == 1:
+            start = 0
+            while True:
+                chunk = await self.redis.zrangebyscore(self._index(plan.indexes[0]), low, high,
+                                                       start=start, num=_SCAN_CHUNK)
+                if chunk:
+                    yield [u.decode() for u in chunk]
+                if len(chunk) < _SCAN_CHUNK:
+                    return
+                start += _SCAN_CHUNK
+        merged: dict[bytes, float] = {}
+        for name in plan.indexes:
+            for uid, score in await self.redis.zrangebyscore(self._index(name), low, high,
+                                                             withscores=True):
+                merged[uid] = score
+        ordered = sorted(merged.items(), key=lambda pair: (pair[1], pair[0]))
+        for i in range(0, len(ordered), _SCAN_CHUNK):
+            yield [uid.decode() for uid, _ in ordered[i:i + _SCAN_CHUNK]]
+
+    async def datasets(self, uids: list[str]) -> list[tuple[str, Dataset]]:
+        """The datasets of ``uids`` (skipping any deleted meanwhile), in the given order."""
+        if not uids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for uid in uids:
+                pipe.hget(self.key(uid), "d")
+            blobs = await pipe.execute()
+        return [(uid, unpack(blob)) for uid, blob in zip(uids, blobs) if blob is not None]
+
+    def _index(self, name: str) -> str:
+        return f"{self.p}ix:{name}"
+
+    # ---- housekeeping ------------------------------------------------------------------
+
+    async def purge(self, cutoff_ms: int, tombstone_ttl_s: int, batch: int = 200) -> list[str]:
+        result = await self._purge(args=[self.p, cutoff_ms, batch, max(1, tombstone_ttl_s),
+                                          int(time.time() * 1000)])
+        return [u.decode() for u in result]
+
+    async def count_all(self) -> int:
+        return int(await self.redis.zcard(self._index("all")))
+
+
+def _bounds(plan: Plan) -> tuple[str, str]:
+    low = "-inf" if plan.low is None else repr(plan.low)
+    high = "+inf" if plan.high is None else f"({plan.high!r}"
+    return low, high
+
+
+def _lua(name: str) -> str:
+    return resources.files("gateway.store").joinpath(name).read_text()

@@ -1,0 +1,262 @@
+"""The canonical workitem form: a DICOM JSON object (PS3.18 Annex F) held as a Python dict.
+
+``{"00741000": {"vr": "CS", "Value": ["SCHEDULED"]}, ...}`` is what REST speaks natively, what
+matching runs on and what msgpack stores. Adapters call ``normalize`` once at their edge; everything
+inside the core may then trust the structure (upper-case 8-hex keys, known VRs, typed values).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import uuid
+from typing import Any, Iterable
+
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+
+from gateway.ups.errors import InvalidDataset
+from gateway.ups.uids import UUID_ROOT
+
+Dataset = dict[str, dict[str, Any]]
+
+STRING_VRS = frozenset("AE AS CS DA DT LO LT SH ST TM UC UI UR UT".split())
+NUMBER_VRS = frozenset("FL FD SL SS UL US SV UV".split())
+NUMERIC_STRING_VRS = frozenset(("IS", "DS"))
+BINARY_VRS = frozenset("OB OD OF OL OV OW UN".split())
+ALL_VRS = STRING_VRS | NUMBER_VRS | NUMERIC_STRING_VRS | BINARY_VRS | {"PN", "SQ", "AT"}
+SINGLE_VALUE_TEXT_VRS = frozenset(("LT", "ST", "UT", "UR"))  # backslash is not a delimiter
+
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_DA_RE = re.compile(r"^\d{8}$")
+_DT_RE = re.compile(r"^\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?$")
+_TM_RE = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
+_CS_RE = re.compile(r"^[A-Z0-9 _]*$")
+_HEX8_RE = re.compile(r"^[0-9A-Fa-f]{8}$")
+_IS_RE = re.compile(r"^\s*[+-]?\d+\s*$")
+_DS_RE = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
+_MAX_LEN = {"AE": 16, "CS": 16, "LO": 64, "SH": 16, "UI": 64, "DA": 8, "TM": 14, "DT": 26,
+            "AS": 4, "LT": 10240, "ST": 1024}
+
+
+# ---- tags and names -------------------------------------------------------------------------
+
+def key(tag: int) -> str:
+    return f"{tag:08X}"
+
+
+def describe(tag_key: str) -> str:
+    """'PatientID (0010,0020)' — how error messages name an attribute."""
+    tag = int(tag_key, 16)
+    name = keyword_for_tag(tag) or "Unknown"
+    return f"{name} ({tag_key[:4]},{tag_key[4:]})"
+
+
+def resolve(name: str) -> str:
+    """Keyword or 8-hex tag → tag key. Raises KeyError for anything else."""
+    if _HEX8_RE.match(name):
+        return name.upper()
+    tag = tag_for_keyword(name)
+    if tag is None:
+        raise KeyError(name)
+    return key(tag)
+
+
+def dictionary_vr(tag_key: str) -> str | None:
+    try:
+        return dictionary_VR(int(tag_key, 16))
+    except KeyError:
+        return None
+
+
+def new_uid() -> str:
+    return UUID_ROOT + str(uuid.uuid4().int)
+
+
+def is_uid(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= 64 and bool(_UID_RE.match(value))
+
+
+# ---- reading and writing values -----------------------------------------------------------
+
+def values(ds: Dataset, tag_key: str) -> list:
+    element = ds.get(tag_key)
+    if not element:
+        return []
+    return element.get("Value") or []
+
+
+def first(ds: Dataset, tag_key: str, default: Any = None) -> Any:
+    vals = values(ds, tag_key)
+    return vals[0] if vals and vals[0] is not None else default
+
+
+def items(ds: Dataset, tag_key: str) -> list[Dataset]:
+    """Items of a sequence attribute (empty list when absent or empty)."""
+    return [item for item in values(ds, tag_key) if isinstance(item, dict)]
+
+
+def has_value(ds: Dataset, tag_key: str) -> bool:
+    return any(v not in (None, "") for v in values(ds, tag_key))
+
+
+def element(vr: str, *vals: Any) -> dict[str, Any]:
+    return {"vr": vr, "Value": list(vals)} if vals else {"vr": vr}
+
+
+def put(ds: Dataset, tag_key: str, vr: str, *vals: Any) -> None:
+    ds[tag_key] = element(vr, *vals)
+
+
+def code_item(value: str, scheme: str, meaning: str) -> Dataset:
+    return {"00080100": element("SH", value), "00080102": element("SH", scheme),
+            "00080104": element("LO", meaning)}
+
+
+def person_name(value: dict | None) -> str:
+    if not value:
+        return ""
+    return value.get("Alphabetic") or value.get("Ideographic") or value.get("Phonetic") or ""
+
+
+def sorted_dataset(ds: Dataset) -> Dataset:
+    return {k: ds[k] for k in sorted(ds)}
+
+
+def select(ds: Dataset, keys: Iterable[str]) -> Dataset:
+    return {k: ds[k] for k in sorted(keys) if k in ds}
+
+
+# ---- validation and normalisation at the edge ---------------------------------------------
+
+def normalize(obj: Any, path: str = "") -> Dataset:
+    """Validate a DICOM JSON object and return its canonical form.
+
+    Keys are upper-cased and sorted, group-length elements dropped, IS/DS turned into JSON numbers,
+    PN strings into PN objects. Anything else that is wrong raises ``InvalidDataset`` naming the
+    attribute path, e.g. ``ScheduledStationNameCodeSequence[0] > CodeValue (0008,0100)``.
+    """
+    if not isinstance(obj, dict):
+        raise InvalidDataset(f"{path or 'Dataset'}: expected a JSON object, got {type(obj).__name__}")
+    out: Dataset = {}
+    for raw_key in sorted(obj, key=str.upper):
+        if not isinstance(raw_key, str) or not _HEX8_RE.match(raw_key):
+            raise InvalidDataset(f"{path}{raw_key!r}: attribute keys must be 8 hexadecimal digits")
+        tag_key = raw_key.upper()
+        if tag_key[4:] == "0000":
+            continue  # group length: never stored (PS3.18 F.2)
+        where = f"{path}{describe(tag_key)}"
+        if tag_key.startswith("0000"):
+            raise InvalidDataset(f"{where}: command elements are not allowed in a dataset")
+        out[tag_key] = _normalize_element(tag_key, obj[raw_key], where)
+    return out
+
+
+def _normalize_element(tag_key: str, elem: Any, where: str) -> dict[str, Any]:
+    if not isinstance(elem, dict):
+        raise InvalidDataset(f"{where}: expected an object with 'vr', got {type(elem).__name__}")
+    vr = elem.get("vr")
+    if not isinstance(vr, str) or vr not in ALL_VRS:
+        raise InvalidDataset(f"{where}: missing or unknown VR {vr!r}")
+    expected = dictionary_vr(tag_key)
+    if expected and expected not in ("UN", vr) and vr not in expected.split(" or ") and vr != "UN":
+        raise InvalidDataset(f"{where}: VR {vr} is wrong, the data dictionary says {expected}")
+    unknown = set(elem) - {"vr", "Value", "InlineBinary", "BulkDataURI"}
+    if unknown:
+        raise InvalidDataset(f"{where}: unexpected member(s) {sorted(unknown)}")
+    if "BulkDataURI" in elem:
+        raise InvalidDataset(f"{where}: BulkDataURI is not supported; UPS-RS payloads must be "
+                             "self-contained (use InlineBinary)")
+    if "InlineBinary" in elem:
+        return {"vr": vr, "InlineBinary": _inline_binary(elem["InlineBinary"], vr, where)}
+    if "Value" not in elem:
+        return {"vr": vr}
+    vals = elem["Value"]
+    if not isinstance(vals, list):
+        raise InvalidDataset(f"{where}: 'Value' must be a JSON array")
+    if not vals and vr != "SQ":
+        return {"vr": vr}
+    if vr == "SQ":
+        return {"vr": vr, "Value": [normalize(item or {}, f"{where}[{i}] > ")
+                                    for i, item in enumerate(vals)]}
+    return {"vr": vr, "Value": [_normalize_value(vr, v, f"{where}") for v in vals]}
+
+
+def _normalize_value(vr: str, v: Any, where: str) -> Any:
+    if v is None:
+        return None
+    if vr in STRING_VRS:
+        if not isinstance(v, str):
+            raise InvalidDataset(f"{where}: {vr} values must be strings, got {v!r}")
+        _check_string(vr, v, where)
+        return v
+    if vr in NUMBER_VRS:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise InvalidDataset(f"{where}: {vr} values must be JSON numbers, got {v!r}")
+        if vr in ("SS", "US", "SL", "UL", "SV", "UV") and not float(v).is_integer():
+            raise InvalidDataset(f"{where}: {vr} values must be integers, got {v!r}")
+        return v
+    if vr in NUMERIC_STRING_VRS:
+        return _numeric_string(vr, v, where)
+    if vr == "PN":
+        if isinstance(v, str):  # liberal: a bare string is the Alphabetic group
+            return {"Alphabetic": v} if v else {}
+        if not isinstance(v, dict) or set(v) - {"Alphabetic", "Ideographic", "Phonetic"}:
+            raise InvalidDataset(f"{where}: PN values must be objects with Alphabetic/Ideographic/"
+                                 f"Phonetic groups, got {v!r}")
+        if not all(isinstance(g, str) for g in v.values()):
+            raise InvalidDataset(f"{where}: PN component groups must be strings")
+        return {g: s for g, s in v.items() if s}
+    if vr == "AT":
+        if not isinstance(v, str) or not _HEX8_RE.match(v):
+            raise InvalidDataset(f"{where}: AT values must be 8 hexadecimal digits, got {v!r}")
+        return v.upper()
+    raise InvalidDataset(f"{where}: VR {vr} must be sent as InlineBinary")
+
+
+def _check_string(vr: str, v: str, where: str) -> None:
+    limit = _MAX_LEN.get(vr)
+    if limit and len(v) > limit:
+        raise InvalidDataset(f"{where}: value longer than the {limit} characters {vr} allows")
+    if vr == "UI" and v and not is_uid(v):
+        raise InvalidDataset(f"{where}: {v!r} is not a valid UID")
+    elif vr == "DA" and v and not _DA_RE.match(v):
+        raise InvalidDataset(f"{where}: {v!r} is not a valid DA (YYYYMMDD)")
+    elif vr == "DT" and v and not _DT_RE.match(v):
+        raise InvalidDataset(f"{where}: {v!r} is not a valid DT (YYYYMMDDHHMMSS.FFFFFF&ZZXX)")
+    elif vr == "TM" and v and not _TM_RE.match(v):
+        raise InvalidDataset(f"{where}: {v!r} is not a valid TM (HHMMSS.FFFFFF)")
+    elif vr == "CS" and not _CS_RE.match(v):
+        raise InvalidDataset(f"{where}: {v!r} is not a valid CS (upper case, digits, space, _)")
+    elif vr not in SINGLE_VALUE_TEXT_VRS and "\\" in v:
+        raise InvalidDataset(f"{where}: backslash is not allowed inside a {vr} value")
+
+
+def _numeric_string(vr: str, v: Any, where: str) -> int | float | None:
+    if isinstance(v, bool):
+        raise InvalidDataset(f"{where}: {vr} value must be a number or numeric string, got {v!r}")
+    if isinstance(v, (int, float)):
+        if vr == "IS" and not float(v).is_integer():
+            raise InvalidDataset(f"{where}: IS value must be an integer, got {v!r}")
+        return int(v) if vr == "IS" else v
+    if isinstance(v, str):
+        if not v.strip():
+            return None
+        if vr == "IS" and _IS_RE.match(v):
+            return int(v)
+        if vr == "DS" and _DS_RE.match(v):
+            number = float(v)
+            return int(number) if number.is_integer() and "e" not in v.lower() and abs(number) < 2**53 else number
+    raise InvalidDataset(f"{where}: {v!r} is not a valid {vr}")
+
+
+def _inline_binary(value: Any, vr: str, where: str) -> str:
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if vr not in BINARY_VRS or not isinstance(value, str):
+        raise InvalidDataset(f"{where}: InlineBinary must be a base64 string on a binary VR")
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidDataset(f"{where}: InlineBinary is not valid base64") from None
+    return value

@@ -1,0 +1,77 @@
+"""DA / DT / TM values as instants and ranges, for range matching and the search order.
+
+A DT value covers the whole period of its precision: ``20261125`` is all of that day, so it can be
+used as either end of a range. Values without a UTC offset are read in the gateway's configured
+offset (``ups.timezone_offset``); the identifier's Timezone Offset From UTC overrides it.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from datetime import datetime, timedelta, timezone
+
+_DT = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?([+-]\d{4})?$")
+_TM = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?$")
+
+UTC = timezone.utc
+
+
+def parse_offset(text: str | None, default: timezone = UTC) -> timezone:
+    if not text:
+        return default
+    sign = -1 if text[0] == "-" else 1
+    digits = text.lstrip("+-")
+    if len(digits) != 4 or not digits.isdigit():
+        raise ValueError(f"invalid UTC offset {text!r}")
+    return timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
+
+
+def dt_period(value: str, tz: timezone = UTC) -> tuple[float, float]:
+    """Epoch seconds [start, end) of the period a DT (or DA) value denotes."""
+    m = _DT.match(value.strip())
+    if not m:
+        raise ValueError(f"invalid DT {value!r}")
+    year, month, day, hour, minute, second, frac, offset = m.groups()
+    zone = parse_offset(offset, tz)
+    parts = [int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0),
+             int(second or 0)]
+    micro = int((frac or "0").ljust(6, "0"))
+    start = datetime(*parts, micro, tzinfo=zone)
+    if frac:
+        end = start + timedelta(microseconds=10 ** (6 - len(frac)))
+    elif second:
+        end = start + timedelta(seconds=1)
+    elif minute:
+        end = start + timedelta(minutes=1)
+    elif hour:
+        end = start + timedelta(hours=1)
+    elif day:
+        end = start + timedelta(days=1)
+    elif month:
+        days = calendar.monthrange(parts[0], parts[1])[1]
+        end = start + timedelta(days=days)
+    else:
+        end = start.replace(year=parts[0] + 1)
+    return start.timestamp(), end.timestamp()
+
+
+def tm_period(value: str) -> tuple[float, float]:
+    """Seconds since midnight [start, end) of a TM value."""
+    m = _TM.match(value.strip())
+    if not m:
+        raise ValueError(f"invalid TM {value!r}")
+    hour, minute, second, frac = m.groups()
+    start = int(hour) * 3600 + int(minute or 0) * 60 + int(second or 0) + int((frac or "0").ljust(6, "0")) / 1e6
+    width = (10 ** -len(frac)) if frac else 1 if second else 60 if minute else 3600
+    return start, start + width
+
+
+def period(vr: str, value: str, tz: timezone = UTC) -> tuple[float, float]:
+    return tm_period(value) if vr == "TM" else dt_period(value, tz)
+
+
+def format_dt(moment: datetime | None = None) -> str:
+    """Now (or ``moment``) as a DT with microseconds and UTC offset."""
+    moment = moment or datetime.now(UTC)
+    return moment.strftime("%Y%m%d%H%M%S.%f%z")

@@ -1,0 +1,336 @@
+"""Matching of workitems against a query (PS3.4 C.2.2.2, CC.2.8.3; digest §5; decisions.md).
+
+A ``Query`` is built once by an adapter — from UPS-RS query parameters (``from_params``) or from a
+C-FIND identifier (``from_identifier``) — and then matched against canonical datasets. Supported:
+universal, single value, wild card (* ?), list of UID, DA/DT/TM ranges with open ends, sequence
+matching (all keys of one query item must match within one item of the target), and fuzzy
+(case- and accent-insensitive prefix) matching of person names.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import timezone
+from typing import Iterable, Union
+
+from gateway.ups import tags as t
+from gateway.ups.dataset import (STRING_VRS, Dataset, describe, dictionary_vr, person_name, resolve,
+                                 select, values)
+from gateway.ups.dicomtime import UTC, parse_offset, period
+from gateway.ups.errors import InvalidQuery
+
+WILDCARD_VRS = frozenset("AE CS LO LT PN SH ST UC UR UT".split())
+RANGE_VRS = frozenset(("DA", "DT", "TM"))
+
+# Attributes a search returns by default (return key types 1/2 of Table CC.2.5-3).
+DEFAULT_RETURN = frozenset((
+    t.SpecificCharacterSet, t.SOPClassUID, t.SOPInstanceUID, t.ScheduledProcedureStepPriority,
+    t.ScheduledProcedureStepModificationDateTime, t.ProcedureStepLabel, t.WorklistLabel,
+    t.ScheduledProcessingParametersSequence, t.ScheduledStationNameCodeSequence,
+    t.ScheduledStationClassCodeSequence, t.ScheduledStationGeographicLocationCodeSequence,
+    t.ScheduledHumanPerformersSequence, t.ScheduledProcedureStepStartDateTime,
+    t.ScheduledWorkitemCodeSequence, t.InputReadinessState, t.InputInformationSequence,
+    t.StudyInstanceUID, t.PatientName, t.PatientID, t.IssuerOfPatientID,
+    t.IssuerOfPatientIDQualifiersSequence, t.OtherPatientIDsSequence, t.PatientBirthDate,
+    t.PatientSex, t.AdmissionID, t.IssuerOfAdmissionIDSequence, t.AdmittingDiagnosesDescription,
+    t.AdmittingDiagnosesCodeSequence, t.ReferencedRequestSequence, t.MedicalAlerts,
+    t.PregnancyStatus, t.SpecialNeeds, t.ProcedureStepState,
+    t.ProcedureStepProgressInformationSequence,
+))
+
+# Top-level attributes accepted as matching keys: the UPS IOD (Table CC.2.5-3).
+MATCHABLE = DEFAULT_RETURN | frozenset((
+    t.ExpectedCompletionDateTime, t.ScheduledProcedureStepExpirationDateTime,
+    t.CommentsOnTheScheduledProcedureStep, t.ReplacedProcedureStepSequence,
+    t.UnifiedProcedureStepPerformedProcedureSequence, t.OutputInformationSequence,
+))
+NEVER_RETURNED = frozenset((t.TransactionUID,))
+# Keys an identifier carries that are not matching keys.
+NOT_MATCHED = frozenset((t.SpecificCharacterSet, t.TimezoneOffsetFromUTC))
+
+
+@dataclass
+class Key:
+    """One matching key on a non-sequence attribute."""
+
+    tag: str
+    vr: str
+    kind: str  # universal | single | wildcard | uids | range
+    value: str = ""
+    uids: frozenset[str] = frozenset()
+    low: float | None = None
+    high: float | None = None
+    pattern: re.Pattern | None = None
+
+
+@dataclass
+class SeqKey:
+    """A sequence matching key: its children must all match within one item of the target."""
+
+    tag: str
+    children: dict[str, "Node"] = field(default_factory=dict)
+    vr: str = "SQ"
+
+    @property
+    def kind(self) -> str:
+        return "sequence" if self.children else "universal"
+
+
+Node = Union[Key, SeqKey]
+
+
+@dataclass
+class Query:
+    keys: dict[str, Node] = field(default_factory=dict)
+    include: set[str] = field(default_factory=set)
+    include_all: bool = False
+    fuzzy: bool = False
+    offset: int = 0
+    limit: int | None = None
+    store_tz: timezone = UTC  # how stored DT values without a UTC offset are read
+
+    def matches(self, ds: Dataset) -> bool:
+        return all(_match(node, ds, self) for node in self.keys.values())
+
+    def project(self, ds: Dataset) -> Dataset:
+        """The attributes a result returns: defaults, match keys and includefield attributes."""
+        if self.include_all:
+            wanted: Iterable[str] = (k for k in ds if k not in NEVER_RETURNED)
+        else:
+            wanted = (DEFAULT_RETURN | self.include | set(self.keys)) - NEVER_RETURNED
+        return select(ds, wanted)
+
+    def single_value(self, tag: str) -> str | None:
+        """The value of a top-level single-value key (for index selection)."""
+        node = self.keys.get(tag)
+        return node.value if isinstance(node, Key) and node.kind == "single" else None
+
+
+# ---- building queries ---------------------------------------------------------------------
+
+def build_key(path: list[str], raw: str, tz: timezone, top_level: bool = True) -> tuple[str, Node]:
+    tag = path[0]
+    vr = dictionary_vr(tag)
+    if vr is None:
+        raise InvalidQuery(f"{tag}: not an attribute of the DICOM data dictionary")
+    if top_level and tag not in MATCHABLE:
+        raise InvalidQuery(f"{describe(tag)} is not a supported matching key")
+    if len(path) > 1:
+        if vr != "SQ":
+            raise InvalidQuery(f"{describe(tag)} is not a sequence; it cannot have a nested key")
+        child_tag, child = build_key(path[1:], raw, tz, top_level=False)
+        return tag, SeqKey(tag, {child_tag: child})
+    if vr == "SQ":
+        if raw:
+            raise InvalidQuery(f"{describe(tag)}: a sequence key takes no value; "
+                               "match on one of its attributes (Sequence.Attribute=value)")
+        return tag, SeqKey(tag)
+    return tag, leaf_key(tag, vr.split(" or ")[0], raw, tz)
+
+
+def leaf_key(tag: str, vr: str, raw: str, tz: timezone) -> Key:
+    if raw == "" or raw == "*":
+        return Key(tag, vr, "universal")
+    where = describe(tag)
+    if vr == "UI":
+        uids = [u for u in re.split(r"[\\,]", raw)]
+        if not all(re.fullmatch(r"(0|[1-9]\d*)(\.(0|[1-9]\d*))*", u) for u in uids):
+            raise InvalidQuery(f"{where}: {raw!r} is not a UID or list of UIDs")
+        return Key(tag, vr, "uids", raw, uids=frozenset(uids))
+    if vr in RANGE_VRS:
+        return _range_key(tag, vr, raw, tz, where)
+    if vr in WILDCARD_VRS and ("*" in raw or "?" in raw):
+        return Key(tag, vr, "wildcard", raw, pattern=_wildcard(raw, vr == "PN"))
+    if vr in ("US", "SS", "UL", "SL", "FL", "FD", "IS", "DS"):
+        try:
+            float(raw)
+        except ValueError:
+            raise InvalidQuery(f"{where}: {raw!r} is not a number") from None
+    elif vr in STRING_VRS and "\\" in raw:
+        raise InvalidQuery(f"{where}: multiple values are not supported for this key")
+    return Key(tag, vr, "single", raw)
+
+
+def _range_key(tag: str, vr: str, raw: str, tz: timezone, where: str) -> Key:
+    low_text, sep, high_text = raw.partition("-")
+    if vr == "DT" and re.fullmatch(r"\d{4,21}(\.\d{1,6})?[+-]\d{4}", raw):
+        sep = ""  # one DT with a negative UTC offset, not a range
+    try:
+        if not sep:  # a single value: the whole period of its precision
+            low, high = period(vr, raw, tz)
+            return Key(tag, vr, "range", raw, low=low, high=high)
+        low = period(vr, low_text, tz)[0] if low_text else None
+        high = period(vr, high_text, tz)[1] if high_text else None
+    except ValueError:
+        raise InvalidQuery(f"{where}: {raw!r} is not a valid {vr} value or range") from None
+    if low is None and high is None:
+        return Key(tag, vr, "universal")
+    if low is not None and high is not None and low >= high:
+        raise InvalidQuery(f"{where}: range {raw!r} ends before it starts")
+    return Key(tag, vr, "range", raw, low=low, high=high)
+
+
+def _wildcard(raw: str, fold_case: bool) -> re.Pattern:
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in raw)
+    return re.compile(regex, re.IGNORECASE | re.DOTALL if fold_case else re.DOTALL)
+
+
+def merge(keys: dict[str, Node], tag: str, node: Node, name: str) -> None:
+    """Add a key to a query tree; sequence keys with the same path share one item."""
+    existing = keys.get(tag)
+    if existing is None:
+        keys[tag] = node
+    elif isinstance(existing, SeqKey) and isinstance(node, SeqKey):
+        for child_tag, child in node.children.items():
+            merge(existing.children, child_tag, child, name)
+    else:
+        raise InvalidQuery(f"{name}: the same attribute may be given only once")
+
+
+def from_params(params: list[tuple[str, str]], *, default_tz: timezone = UTC,
+                default_limit: int = 100, max_limit: int = 1000) -> Query:
+    """Build a query from UPS-RS Search parameters (names compared case-insensitively)."""
+    query = Query(limit=default_limit, store_tz=default_tz)
+    matches: list[tuple[str, str]] = []
+    tz = default_tz
+    for name, value in params:
+        lower = name.lower()
+        if lower == "includefield":
+            for field_name in filter(None, (f.strip() for f in value.split(","))):
+                if field_name.lower() == "all":
+                    query.include_all = True
+                else:
+                    query.include.add(_resolve_path(field_name)[0])
+        elif lower == "fuzzymatching":
+            query.fuzzy = _boolean(name, value)
+        elif lower in ("offset", "limit"):
+            number = _count(name, value)
+            if lower == "offset":
+                query.offset = number
+            else:
+                query.limit = min(number, max_limit) if number else default_limit
+        elif lower in ("emptyvaluematching", "multiplevaluematching"):
+            _boolean(name, value)
+        elif lower in ("accept", "charset", "requester"):
+            continue
+        elif name in ("TimezoneOffsetFromUTC", "00080201"):
+            try:
+                tz = parse_offset(value, default_tz)
+            except ValueError:
+                raise InvalidQuery(f"TimezoneOffsetFromUTC: {value!r} is not +HHMM/-HHMM") from None
+        else:
+            matches.append((name, value))
+    for name, value in matches:
+        try:
+            path = _resolve_path(name)
+        except KeyError:
+            continue  # unknown query parameters are ignored (PS3.18 8.3.4)
+        tag, node = build_key(path, value, tz)
+        merge(query.keys, tag, node, name)
+    return query
+
+
+def from_identifier(identifier: Dataset, *, default_tz: timezone = UTC) -> Query:
+    """Build a query from a C-FIND identifier in canonical form: every element is a return key,
+    every element with a value a matching key."""
+    offset = values(identifier, t.TimezoneOffsetFromUTC)
+    try:
+        tz = parse_offset(offset[0], default_tz) if offset else default_tz
+    except ValueError:
+        raise InvalidQuery("TimezoneOffsetFromUTC (0008,0201) is not +HHMM/-HHMM") from None
+    query = Query(store_tz=default_tz)
+    query.keys = _identifier_keys(identifier, tz, top_level=True)
+    return query
+
+
+def _identifier_keys(ds: Dataset, tz: timezone, top_level: bool) -> dict[str, Node]:
+    keys: dict[str, Node] = {}
+    for tag, elem in ds.items():
+        if tag in NOT_MATCHED or tag in NEVER_RETURNED:
+            continue
+        if top_level and tag not in MATCHABLE:
+            raise InvalidQuery(f"{describe(tag)} is not a supported matching key")
+        vr = elem.get("vr")
+        if vr == "SQ":
+            item_list = elem.get("Value") or []
+            if len(item_list) > 1:
+                raise InvalidQuery(f"{describe(tag)}: a sequence matching key has one item")
+            children = _identifier_keys(item_list[0], tz, False) if item_list else {}
+            keys[tag] = SeqKey(tag, children)
+            continue
+        keys[tag] = leaf_key(tag, vr, _identifier_text(elem), tz)
+    return keys
+
+
+def _identifier_text(elem: dict) -> str:
+    vals = [v for v in elem.get("Value") or [] if v is not None]
+    if elem.get("vr") == "PN":
+        vals = [person_name(v) for v in vals]
+    return "\\".join(str(v) for v in vals)
+
+
+def _resolve_path(name: str) -> list[str]:
+    return [resolve(part) for part in name.split(".")]
+
+
+def _boolean(name: str, value: str) -> bool:
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise InvalidQuery(f"{name}: {value!r} must be true or false")
+
+
+def _count(name: str, value: str) -> int:
+    if not value.isdigit():
+        raise InvalidQuery(f"{name}: {value!r} must be a non-negative integer")
+    return int(value)
+
+
+# ---- matching ------------------------------------------------------------------------------
+
+def _match(node: Node, ds: Dataset, query: Query) -> bool:
+    if node.kind == "universal":
+        return True
+    if isinstance(node, SeqKey):
+        return any(all(_match(child, item, query) for child in node.children.values())
+                   for item in values(ds, node.tag) if isinstance(item, dict))
+    vals = [v for v in values(ds, node.tag) if v is not None and v != ""]
+    if not vals:
+        return False
+    return any(_match_value(node, v, query) for v in vals)
+
+
+def _match_value(key: Key, value, query: Query) -> bool:
+    if key.vr == "PN":
+        return _match_name(key, value, query.fuzzy)
+    if key.kind == "uids":
+        return value in key.uids
+    if key.kind == "range":
+        try:
+            start = period(key.vr, value, query.store_tz)[0]
+        except ValueError:
+            return False
+        return (key.low is None or start >= key.low) and (key.high is None or start < key.high)
+    if key.kind == "wildcard":
+        return bool(key.pattern.fullmatch(str(value)))
+    if isinstance(value, (int, float)):
+        return float(key.value) == float(value)
+    return value == key.value
+
+
+def _match_name(key: Key, value: dict, fuzzy: bool) -> bool:
+    groups = [g for g in (value or {}).values() if g]
+    if fuzzy:
+        wanted = _fold(key.value.replace("*", "").replace("?", ""))
+        return any(_fold(g).startswith(wanted) or
+                   any(part.startswith(wanted) for part in re.split(r"[\^= ]", _fold(g)) if part)
+                   for g in groups)
+    if key.kind == "wildcard":
+        return any(key.pattern.fullmatch(g) for g in groups)
+    return any(g.casefold() == key.value.casefold() for g in groups)
+
+
+def _fold(text: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()

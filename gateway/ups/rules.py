@@ -1,0 +1,187 @@
+"""Attribute requirement rules (PS3.4 Table CC.2.5-3, digest §4, decisions.md).
+
+Three moments matter: creation (N-CREATE / Create Workitem), update (N-SET / Update Workitem) and the
+move to a final state. Each check names the offending attribute so that the caller can tell the
+client exactly what to fix.
+"""
+
+from __future__ import annotations
+
+from gateway.ups import status as st
+from gateway.ups import tags as t
+from gateway.ups.dataset import Dataset, describe, element, first, has_value, items, values
+from gateway.ups.errors import InvalidDataset, UPSError
+from gateway.ups.uids import INPUT_READINESS_STATES, PRIORITIES, SCHEDULED
+
+# Type 1 at creation: present with a value (Procedure Step State is checked on its own: C309).
+CREATE_TYPE1 = (t.ScheduledProcedureStepPriority, t.ProcedureStepLabel,
+                t.ScheduledProcedureStepStartDateTime, t.InputReadinessState)
+
+# Type 2 at creation (SCP requirement 2): the SCP stores them, empty when the SCU left them out.
+CREATE_TYPE2 = {
+    t.ScheduledProcessingParametersSequence: "SQ", t.ScheduledStationNameCodeSequence: "SQ",
+    t.ScheduledStationClassCodeSequence: "SQ", t.ScheduledStationGeographicLocationCodeSequence: "SQ",
+    t.ScheduledWorkitemCodeSequence: "SQ", t.CommentsOnTheScheduledProcedureStep: "LT",
+    t.InputInformationSequence: "SQ", t.StudyInstanceUID: "UI", t.PatientName: "PN",
+    t.PatientID: "LO", t.PatientBirthDate: "DA", t.PatientSex: "CS", t.AdmissionID: "LO",
+    t.IssuerOfAdmissionIDSequence: "SQ", t.AdmittingDiagnosesDescription: "LO",
+    t.AdmittingDiagnosesCodeSequence: "SQ", t.ReferencedRequestSequence: "SQ",
+    t.OtherPatientIDsSequence: "SQ", t.ProcedureStepProgressInformationSequence: "SQ",
+    t.UnifiedProcedureStepPerformedProcedureSequence: "SQ",
+}
+
+# Sequences that must be empty at creation: progress and performed information come later.
+CREATE_EMPTY_SEQUENCES = (t.ProcedureStepProgressInformationSequence,
+                          t.UnifiedProcedureStepPerformedProcedureSequence)
+
+# Never changeable by N-SET / Update Workitem.
+NOT_SETTABLE = (t.SOPClassUID, t.SOPInstanceUID, t.ProcedureStepState, t.PatientName,
+                t.PatientID, t.IssuerOfPatientID, t.IssuerOfPatientIDQualifiersSequence,
+                t.OtherPatientIDsSequence, t.PatientBirthDate, t.PatientSex, t.AdmissionID,
+                t.IssuerOfAdmissionIDSequence, t.AdmittingDiagnosesDescription,
+                t.AdmittingDiagnosesCodeSequence, t.ReferencedRequestSequence,
+                t.ReplacedProcedureStepSequence, t.ScheduledProcedureStepModificationDateTime)
+
+# N-SET usage 3/1: optional in the request, but if sent it must carry a value.
+SET_TYPE1 = (t.ScheduledProcedureStepPriority, t.ProcedureStepLabel, t.WorklistLabel,
+             t.ScheduledProcedureStepStartDateTime, t.InputReadinessState,
+             t.ExpectedCompletionDateTime)
+
+ENUMERATED = {t.ScheduledProcedureStepPriority: PRIORITIES,
+              t.InputReadinessState: INPUT_READINESS_STATES}
+
+CODE_SEQUENCES = (t.ScheduledStationNameCodeSequence, t.ScheduledStationClassCodeSequence,
+                  t.ScheduledStationGeographicLocationCodeSequence, t.ScheduledWorkitemCodeSequence,
+                  t.HumanPerformerCodeSequence, t.PerformedStationNameCodeSequence,
+                  t.PerformedWorkitemCodeSequence, t.ProcedureStepDiscontinuationReasonCodeSequence)
+
+
+def check_create(ds: Dataset) -> list[str]:
+    """Validate a dataset for creation; add the type 2 attributes the SCU left out, empty.
+
+    Returns the attributes added. Storing an absent type 2 attribute as empty is what SCP type 2
+    means, so it is not reported as a modification (conformance statement).
+    """
+    state = first(ds, t.ProcedureStepState)
+    if state != SCHEDULED:
+        got = f"{state!r}" if state else "absent"
+        raise UPSError(st.CREATE_NOT_SCHEDULED,
+                       f"{describe(t.ProcedureStepState)} must be SCHEDULED at creation, got {got}")
+    if has_value(ds, t.TransactionUID):
+        raise InvalidDataset(f"{describe(t.TransactionUID)} must be empty at creation")
+    ds.pop(t.TransactionUID, None)
+    for tag in CREATE_TYPE1:
+        if tag not in ds:
+            raise InvalidDataset(f"{describe(tag)} is required", st.MISSING_ATTRIBUTE)
+        if not has_value(ds, tag):
+            raise InvalidDataset(f"{describe(tag)} must have a value", st.MISSING_ATTRIBUTE_VALUE)
+    for tag in CREATE_EMPTY_SEQUENCES:
+        if values(ds, tag):
+            raise InvalidDataset(f"{describe(tag)} must have no items at creation")
+    for tag in t.ReferencedRequestSequence, t.ReplacedProcedureStepSequence:
+        _check_items_have(ds, tag, {t.ReferencedRequestSequence: (t.StudyInstanceUID,),
+                                    t.ReplacedProcedureStepSequence: (t.SOPClassUID,
+                                                                       t.SOPInstanceUID)}[tag])
+    check_values(ds)
+    added = []
+    for tag, vr in CREATE_TYPE2.items():
+        if tag not in ds:
+            ds[tag] = element(vr)
+            added.append(tag)
+    return added
+
+
+def check_update(mods: Dataset) -> None:
+    """Validate an N-SET modification list (before the state checks have passed it on)."""
+    for tag in NOT_SETTABLE:
+        if tag in mods:
+            raise InvalidDataset(f"{describe(tag)} may not be changed by an update")
+    for tag in SET_TYPE1:
+        if tag in mods and not has_value(mods, tag):
+            raise InvalidDataset(f"{describe(tag)} may not be emptied", st.MISSING_ATTRIBUTE_VALUE)
+    for tag in (t.ProcedureStepProgressInformationSequence,):
+        for i, item in enumerate(items(mods, tag)):
+            for uri_item in items(item, t.ProcedureStepCommunicationsURISequence):
+                if not has_value(uri_item, t.ContactURI):
+                    raise InvalidDataset(f"{describe(tag)}[{i}] > "
+                                         f"{describe(t.ProcedureStepCommunicationsURISequence)}: "
+                                         f"{describe(t.ContactURI)} is required")
+    check_values(mods)
+
+
+def check_values(ds: Dataset) -> None:
+    """Enumerated values and the content of code sequence items, wherever they appear."""
+    for tag, allowed in ENUMERATED.items():
+        value = first(ds, tag)
+        if value is not None and value not in allowed:
+            raise InvalidDataset(f"{describe(tag)}: {value!r} is not one of {', '.join(allowed)}")
+    _check_codes(ds, "")
+
+
+def _check_codes(ds: Dataset, path: str) -> None:
+    for tag_key, elem in ds.items():
+        if elem.get("vr") != "SQ":
+            continue
+        for i, item in enumerate(elem.get("Value") or []):
+            where = f"{path}{describe(tag_key)}[{i}]"
+            if tag_key in CODE_SEQUENCES and item:
+                _check_code_item(item, where)
+            _check_codes(item, where + " > ")
+
+
+def _check_code_item(item: Dataset, where: str) -> None:
+    if not (has_value(item, t.CodeValue) or has_value(item, t.LongCodeValue)
+            or has_value(item, t.URNCodeValue)):
+        raise InvalidDataset(f"{where}: a code item needs {describe(t.CodeValue)}",
+                             st.MISSING_ATTRIBUTE)
+    if has_value(item, t.CodeValue) and not has_value(item, t.CodingSchemeDesignator):
+        raise InvalidDataset(f"{where}: {describe(t.CodingSchemeDesignator)} is required",
+                             st.MISSING_ATTRIBUTE)
+    if not has_value(item, t.CodeMeaning):
+        raise InvalidDataset(f"{where}: {describe(t.CodeMeaning)} is required",
+                             st.MISSING_ATTRIBUTE)
+
+
+def _check_items_have(ds: Dataset, seq: str, required: tuple[str, ...]) -> None:
+    for i, item in enumerate(items(ds, seq)):
+        for tag in required:
+            if not has_value(item, tag):
+                raise InvalidDataset(f"{describe(seq)}[{i}]: {describe(tag)} is required",
+                                     st.MISSING_ATTRIBUTE)
+
+
+# ---- final state -------------------------------------------------------------------------
+
+_ALWAYS_REQUIRED = (t.SOPClassUID, t.SOPInstanceUID, t.ScheduledProcedureStepPriority,
+                    t.ScheduledProcedureStepModificationDateTime,
+                    t.ScheduledProcedureStepStartDateTime, t.InputReadinessState)
+_PERFORMED_REQUIRED = (t.PerformedStationNameCodeSequence, t.PerformedWorkitemCodeSequence,
+                       t.PerformedProcedureStepStartDateTime, t.PerformedProcedureStepEndDateTime)
+
+
+def unmet_for_completed(ds: Dataset) -> list[str]:
+    """What stops the workitem from becoming COMPLETED (R + P requirements); empty when none."""
+    missing = [describe(tag) for tag in _ALWAYS_REQUIRED if not has_value(ds, tag)]
+    performed = items(ds, t.UnifiedProcedureStepPerformedProcedureSequence)
+    seq = describe(t.UnifiedProcedureStepPerformedProcedureSequence)
+    if not performed:
+        return missing + [f"{seq} with one item"]
+    item = performed[0]
+    missing += [f"{seq} > {describe(tag)}" for tag in _PERFORMED_REQUIRED if not has_value(item, tag)]
+    # An empty Output Information Sequence is accepted: the performer produced nothing.
+    if t.OutputInformationSequence not in item:
+        missing.append(f"{seq} > {describe(t.OutputInformationSequence)}")
+    return missing
+
+
+def unmet_for_canceled(ds: Dataset) -> list[str]:
+    """What stops the workitem from becoming CANCELED (R + X requirements); empty when none."""
+    missing = [describe(tag) for tag in _ALWAYS_REQUIRED if not has_value(ds, tag)]
+    progress = items(ds, t.ProcedureStepProgressInformationSequence)
+    seq = describe(t.ProcedureStepProgressInformationSequence)
+    item = progress[0] if progress else {}
+    for tag in (t.ProcedureStepCancellationDateTime,
+                t.ProcedureStepDiscontinuationReasonCodeSequence):
+        if not has_value(item, tag):
+            missing.append(f"{seq} > {describe(tag)}")
+    return missing

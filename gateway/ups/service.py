@@ -1,0 +1,354 @@
+"""The UPS service API: the one place where UPS operations happen, whichever protocol asked.
+
+Each operation reads the workitem, decides with the pure state machine and attribute rules, and
+commits the result together with its events in one atomic store step. When another writer got
+there first (a version conflict) it reads again and decides again, so concurrent requests on any
+number of gateway processes serialise exactly as the standard requires.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import timezone
+from typing import AsyncIterator, Awaitable, Callable
+
+from gateway.store import indexes
+from gateway.store.redis_store import Change, Conflict, NoRecipient, QueuedEvent, Record, RedisStore
+from gateway.ups import events as ev
+from gateway.ups import rules, statemachine
+from gateway.ups import status as st
+from gateway.ups import tags as t
+from gateway.ups.dataset import (Dataset, code_item, describe, element, first, has_value, items,
+                                 new_uid, put, select)
+from gateway.ups.dicomtime import UTC, format_dt
+from gateway.ups.errors import InvalidDataset, NoSuchWorkitem, UPSError, WorkitemGone
+from gateway.ups.matching import Query
+from gateway.ups.uids import (CANCELED, COMPLETED, FINAL_STATES, IN_PROGRESS, UNSPECIFIED_REASON,
+                              UPS_PUSH)
+
+log = logging.getLogger("gateway.ups")
+
+# Returns (version, [(ae, deletion lock)]) of the global subscribers a new workitem gets.
+GlobalSubscribers = Callable[[Dataset], Awaitable[tuple[int | None, list[tuple[str, bool]]]]]
+
+
+async def _no_global_subscribers(ds: Dataset) -> tuple[int | None, list[tuple[str, bool]]]:
+    return None, []
+
+
+@dataclass
+class Settings:
+    default_worklist_label: str = "DEFAULT"
+    timezone: timezone = UTC
+    search_default_limit: int = 100
+    search_max_limit: int = 1000
+    max_attempts: int = 64
+    # AEs that can be told of events even without a subscription (DIMSE peers with an address).
+    direct_event_aes: frozenset[str] = frozenset()
+
+
+@dataclass
+class Outcome:
+    """A successful operation: ``status`` is 0x0000 or a warning; ``modifications`` say what the
+    gateway changed in the request, ``message`` explains a warning."""
+
+    uid: str
+    status: int = st.SUCCESS
+    message: str = ""
+    modifications: list[str] = field(default_factory=list)
+    uid_assigned: bool = False
+
+
+@dataclass
+class SearchResult:
+    items: list[Dataset]
+    total: int
+    offset: int
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.total - self.offset - len(self.items))
+
+
+class UPSService:
+    def __init__(self, store: RedisStore, settings: Settings | None = None,
+                 global_subscribers: GlobalSubscribers = _no_global_subscribers):
+        self.store = store
+        self.settings = settings or Settings()
+        self.global_subscribers = global_subscribers
+
+    # ---- create ------------------------------------------------------------------------
+
+    async def create(self, ds: Dataset, uid: str | None = None, *,
+                     requester: str | None = None) -> Outcome:
+        """Create a SCHEDULED workitem from a normalised dataset (N-CREATE / Create Workitem)."""
+        ds = copy.deepcopy(ds)
+        payload_uid = first(ds, t.SOPInstanceUID)
+        if uid and payload_uid and uid != payload_uid:
+            raise InvalidDataset(f"{describe(t.SOPInstanceUID)} {payload_uid} differs from the "
+                                 f"workitem UID {uid} of the request")
+        uid = uid or payload_uid
+        outcome = Outcome(uid or "", uid_assigned=not uid)
+        if not uid:
+            outcome.uid = uid = new_uid()
+            outcome.modifications.append(f"assigned workitem UID {uid}")
+        rules.check_create(ds)
+        if first(ds, t.SOPClassUID, UPS_PUSH) != UPS_PUSH:
+            outcome.modifications.append(f"{describe(t.SOPClassUID)} set to UPS Push")
+        if not has_value(ds, t.WorklistLabel):
+            put(ds, t.WorklistLabel, "LO", self.settings.default_worklist_label)
+            outcome.modifications.append(
+                f"{describe(t.WorklistLabel)} set to {self.settings.default_worklist_label!r}")
+        put(ds, t.SOPClassUID, "UI", UPS_PUSH)
+        put(ds, t.SOPInstanceUID, "UI", uid)
+        put(ds, t.ScheduledProcedureStepModificationDateTime, "DT", format_dt())
+        ds = dict(sorted(ds.items()))
+        creation_events = [QueuedEvent(ev.STATE_REPORT, ev.state_report(ds))]
+        if assigned := ev.assigned(ds):
+            creation_events.append(QueuedEvent(ev.ASSIGNED, assigned))
+        for _ in range(self.settings.max_attempts):
+            global_version, subscribers = await self.global_subscribers(ds)
+            change = self._change(ds, add_subscriptions=tuple(subscribers),
+                                  global_version=global_version)
+            try:
+                await self.store.commit(uid, 0, change, creation_events)
+            except Conflict as conflict:
+                if conflict.current_version:
+                    raise UPSError(st.DUPLICATE_INSTANCE,
+                                   f"A workitem with UID {uid} already exists") from None
+                continue  # the global subscriptions changed meanwhile: decide again
+            except WorkitemGone:
+                raise UPSError(st.DUPLICATE_INSTANCE,
+                               f"A workitem with UID {uid} existed and was deleted") from None
+            if outcome.modifications:
+                outcome.status = st.CREATED_WITH_MODIFICATIONS
+            outcome.message = "; ".join(outcome.modifications)
+            log.info("workitem created", extra={"uid": uid, "ae": requester,
+                                                "modifications": outcome.modifications})
+            return outcome
+        raise self._contention(uid)
+
+    # ---- retrieve ----------------------------------------------------------------------
+
+    async def retrieve(self, uid: str, keys: list[str] | None = None) -> Dataset:
+        """The workitem (N-GET / Retrieve Workitem); never includes the Transaction UID."""
+        record = await self._load(uid)
+        return select(record.dataset, keys) if keys else record.dataset
+
+    # ---- update ------------------------------------------------------------------------
+
+    async def update(self, uid: str, mods: Dataset, tx: str | None = None, *,
+                     requester: str | None = None) -> Outcome:
+        """Apply an N-SET modification list / Update Workitem payload."""
+        mods = copy.deepcopy(mods)
+        payload_tx = first(mods, t.TransactionUID)
+        mods.pop(t.TransactionUID, None)
+        if tx and payload_tx and tx != payload_tx:
+            raise UPSError(st.WRONG_TRANSACTION_UID,
+                           "The Transaction UID in the payload differs from the one in the request",
+                           reason="incorrect")
+        tx = tx or payload_tx
+        for _ in range(self.settings.max_attempts):
+            record = await self._load(uid)
+            statemachine.check_update(record.state, tx, record.tx)
+            rules.check_update(mods)
+            before = record.dataset
+            after = {**before, **mods}
+            if t.SpecificCharacterSet in mods and t.SpecificCharacterSet in before:
+                merged = list(dict.fromkeys(before[t.SpecificCharacterSet].get("Value", []) +
+                                            mods[t.SpecificCharacterSet].get("Value", [])))
+                after[t.SpecificCharacterSet] = element("CS", *merged)
+            put(after, t.ScheduledProcedureStepModificationDateTime, "DT", format_dt())
+            after = dict(sorted(after.items()))
+            events = []
+            if before.get(t.InputReadinessState) != after.get(t.InputReadinessState):
+                events.append(QueuedEvent(ev.STATE_REPORT, ev.state_report(after)))
+            if (before.get(t.ProcedureStepProgressInformationSequence)
+                    != after.get(t.ProcedureStepProgressInformationSequence)):
+                events.append(QueuedEvent(ev.PROGRESS_REPORT, ev.progress_report(after)))
+            if ev.assignment_changed(before, after) and (assigned := ev.assigned(after)):
+                events.append(QueuedEvent(ev.ASSIGNED, assigned))
+            change = self._change(after, tx=record.tx, performer=record.performer)
+            try:
+                await self.store.commit(uid, record.version, change, events)
+            except Conflict:
+                continue
+            log.info("workitem updated", extra={"uid": uid, "ae": requester,
+                                                "attributes": sorted(mods)})
+            return Outcome(uid)
+        raise self._contention(uid)
+
+    # ---- change state ------------------------------------------------------------------
+
+    async def change_state(self, uid: str, state: str | None, tx: str | None, *,
+                           requester: str | None = None) -> Outcome:
+        """Change UPS State (N-ACTION type 1 / PUT …/state). ``requester`` becomes the performer
+        of a claim (it is told of cancel requests)."""
+        for _ in range(self.settings.max_attempts):
+            record = await self._load(uid)
+            decision = statemachine.change_state(record.state, state, tx, record.tx)
+            if decision.new_state is None:
+                return Outcome(uid, decision.status, decision.message)
+            ds = copy.deepcopy(record.dataset)
+            outcome = Outcome(uid)
+            put(ds, t.ProcedureStepState, "CS", decision.new_state)
+            if decision.new_state == CANCELED:
+                outcome.modifications = self._fill_cancellation(ds, {})
+            if decision.new_state in FINAL_STATES:
+                unmet = (rules.unmet_for_completed(ds) if decision.new_state == COMPLETED
+                         else rules.unmet_for_canceled(ds))
+                if unmet:
+                    raise UPSError(st.FINAL_STATE_REQUIREMENTS_NOT_MET,
+                                   f"Cannot become {decision.new_state}: missing "
+                                   + ", ".join(unmet))
+            put(ds, t.ScheduledProcedureStepModificationDateTime, "DT", format_dt())
+            claim = decision.new_state == IN_PROGRESS
+            change = self._change(ds, tx=tx if claim else None,
+                                  performer=requester if claim else record.performer)
+            try:
+                await self.store.commit(uid, record.version, change,
+                                        [QueuedEvent(ev.STATE_REPORT, ev.state_report(ds))])
+            except Conflict:
+                continue
+            outcome.message = "; ".join(outcome.modifications)
+            log.info("workitem state changed", extra={"uid": uid, "ae": requester,
+                                                      "state": decision.new_state})
+            return outcome
+        raise self._contention(uid)
+
+    # ---- request cancellation ------------------------------------------------------------
+
+    async def request_cancel(self, uid: str, request: Dataset | None = None, *,
+                             requester: str | None = None) -> Outcome:
+        """Request UPS Cancel (N-ACTION type 2 / POST …/cancelrequest)."""
+        request = request or {}
+        for _ in range(self.settings.max_attempts):
+            record = await self._load(uid)
+            decision = statemachine.request_cancel(record.state)
+            if decision.action == "none":
+                return Outcome(uid, decision.status, decision.message)
+            if decision.action == "notify":
+                outcome = await self._notify_cancel(record, request, requester)
+                if outcome:
+                    return outcome
+                continue
+            ds = copy.deepcopy(record.dataset)
+            put(ds, t.ProcedureStepState, "CS", CANCELED)
+            self._fill_cancellation(ds, request)
+            put(ds, t.ScheduledProcedureStepModificationDateTime, "DT", format_dt())
+            events = [QueuedEvent(ev.STATE_REPORT, ev.state_report(ds, IN_PROGRESS)),
+                      QueuedEvent(ev.STATE_REPORT, ev.state_report(ds))]
+            try:
+                await self.store.commit(uid, record.version, self._change(ds), events)
+            except Conflict:
+                continue
+            log.info("scheduled workitem canceled on request", extra={"uid": uid, "ae": requester})
+            return Outcome(uid)
+        raise self._contention(uid)
+
+    async def _notify_cancel(self, record: Record, request: Dataset,
+                             requester: str | None) -> Outcome | None:
+        performer = record.performer
+        extra = (performer,) if performer and performer in self.settings.direct_event_aes else ()
+        event = QueuedEvent(ev.CANCEL_REQUESTED, ev.cancel_requested(requester or "", request),
+                            extra=extra, needs_recipient=True)
+        try:
+            await self.store.commit(record.uid, record.version, Change(None), [event])
+        except Conflict:
+            return None
+        except NoRecipient:
+            raise UPSError(st.PERFORMER_UNREACHABLE,
+                           "The performer cannot be contacted: nobody is subscribed to this "
+                           "workitem and its performer has no known address") from None
+        log.info("cancel requested", extra={"uid": record.uid, "ae": requester,
+                                            "performer": performer})
+        return Outcome(record.uid)
+
+    # ---- search ------------------------------------------------------------------------
+
+    async def search(self, query: Query) -> SearchResult:
+        """One page of matches in the stable search order, with the total number of matches."""
+        plan = indexes.plan(query)
+        limit = query.limit if query.limit is not None else self.settings.search_default_limit
+        if plan.exact and len(plan.indexes) == 1:
+            total = await self.store.count(plan)
+            uids = await self.store.page(plan, query.offset, limit) if query.offset < total else []
+            found = await self.store.datasets(uids)
+            return SearchResult([query.project(ds) for _, ds in found], total, query.offset)
+        page: list[Dataset] = []
+        total = 0
+        async for ds in self._matches(query, plan):
+            if query.offset <= total < query.offset + limit:
+                page.append(query.project(ds))
+            total += 1
+        return SearchResult(page, total, query.offset)
+
+    async def search_stream(self, query: Query) -> AsyncIterator[Dataset]:
+        """Every match in search order, projected — for C-FIND pending responses."""
+        async for ds in self._matches(query, indexes.plan(query)):
+            yield query.project(ds)
+
+    async def _matches(self, query: Query, plan: indexes.Plan) -> AsyncIterator[Dataset]:
+        uid_key = query.keys.get(t.SOPInstanceUID)
+        if uid_key is not None and uid_key.kind == "uids":
+            chunks = _one(sorted(uid_key.uids))
+        else:
+            chunks = self.store.candidates(plan)
+        async for chunk in chunks:
+            for _, ds in await self.store.datasets(chunk):
+                if query.matches(ds):
+                    yield ds
+        # An explicit UID list is not in search order; it is short, so that is acceptable.
+
+    # ---- helpers -----------------------------------------------------------------------
+
+    async def _load(self, uid: str) -> Record:
+        record = await self.store.load(uid)
+        if record is None:
+            raise NoSuchWorkitem(uid)
+        return record
+
+    def _change(self, ds: Dataset, **kw) -> Change:
+        state = first(ds, t.ProcedureStepState)
+        final_at = int(time.time() * 1000) if state in FINAL_STATES else None
+        return Change(ds, state=state, score=indexes.score(ds, self.settings.timezone),
+                      indexes=tuple(indexes.index_names(ds)), final_at_ms=final_at, **kw)
+
+    @staticmethod
+    def _fill_cancellation(ds: Dataset, request: Dataset) -> list[str]:
+        """Make a CANCELED workitem meet its final-state requirements (decisions.md): the
+        cancellation time, a discontinuation reason, and the request's reason and contact."""
+        progress = items(ds, t.ProcedureStepProgressInformationSequence)
+        item = progress[0] if progress else {}
+        filled = []
+        if not has_value(item, t.ProcedureStepCancellationDateTime):
+            put(item, t.ProcedureStepCancellationDateTime, "DT", format_dt())
+            filled.append(describe(t.ProcedureStepCancellationDateTime))
+        reason_codes = request.get(t.ProcedureStepDiscontinuationReasonCodeSequence)
+        if reason_codes and reason_codes.get("Value"):
+            item[t.ProcedureStepDiscontinuationReasonCodeSequence] = reason_codes
+        elif not has_value(item, t.ProcedureStepDiscontinuationReasonCodeSequence):
+            item[t.ProcedureStepDiscontinuationReasonCodeSequence] = element(
+                "SQ", code_item(*UNSPECIFIED_REASON))
+            filled.append(describe(t.ProcedureStepDiscontinuationReasonCodeSequence))
+        if has_value(request, t.ReasonForCancellation):
+            item[t.ReasonForCancellation] = request[t.ReasonForCancellation]
+        if has_value(request, t.ContactURI):
+            contact = select(request, (t.ContactURI, t.ContactDisplayName))
+            item[t.ProcedureStepCommunicationsURISequence] = element("SQ", contact)
+        ds[t.ProcedureStepProgressInformationSequence] = element(
+            "SQ", dict(sorted(item.items())), *progress[1:])
+        return [f"filled {name}" for name in filled]
+
+    @staticmethod
+    def _contention(uid: str) -> UPSError:
+        log.error("too much contention", extra={"uid": uid})
+        return UPSError(st.PROCESSING_FAILURE,
+                        f"Workitem {uid} is changing too fast; try again")
+
+
+async def _one(uids: list[str]) -> AsyncIterator[list[str]]:
+    yield uids

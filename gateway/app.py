@@ -31,6 +31,7 @@ class Gateway:
         self.store: RedisStore | None = None
         self.service: UPSService | None = None
         self.runner: web.AppRunner | None = None
+        self.dimse = None
         self.components: dict[str, Callable[[], bool]] = {}
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
@@ -49,9 +50,16 @@ class Gateway:
             search_max_limit=cfg.ups.search_max_limit,
             direct_event_aes=frozenset(cfg.peers)))
         await self._start_rest()
+        if cfg.dimse.enabled:
+            from gateway.dimse.server import DimseServer
+
+            self.dimse = DimseServer(self)
+            await self.dimse.start()
+            self.components["dimse"] = self.dimse.is_running
         self._tasks.append(asyncio.create_task(self._purge_loop(), name="purge"))
         log.info("gateway started", extra={
             "ae": cfg.ae_title, "rest": f"{cfg.rest.host}:{cfg.rest.port}{cfg.rest.base_path}",
+            "dimse": f"{cfg.dimse.host}:{cfg.dimse.port}" if cfg.dimse.enabled else "disabled",
             "redis": "embedded" if self.embedded else _redact(cfg.redis.url)})
 
     async def stop(self) -> None:
@@ -61,6 +69,8 @@ class Gateway:
                 await hook()
             except Exception:  # keep shutting down the rest
                 log.exception("shutdown step failed")
+        if self.dimse:
+            await self.dimse.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

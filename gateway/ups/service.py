@@ -267,6 +267,20 @@ class UPSService:
                                             "performer": performer})
         return Outcome(record.uid)
 
+    # ---- subscriptions (Watch) -------------------------------------------------------------
+
+    async def subscribe(self, uid: str, ae: str, deletion_lock: bool,
+                        filter_query: Query | None = None) -> Outcome:
+        """Subscribe ``ae`` to a workitem, or globally (UID = Global / Filtered Global instance;
+        ``filter_query`` holds the filtered subscription's matching keys)."""
+        raise UPSError(st.EVENTS_NOT_SUPPORTED, "subscriptions are not available yet")
+
+    async def unsubscribe(self, uid: str, ae: str) -> Outcome:
+        raise UPSError(st.EVENTS_NOT_SUPPORTED, "subscriptions are not available yet")
+
+    async def suspend(self, uid: str, ae: str) -> Outcome:
+        raise UPSError(st.EVENTS_NOT_SUPPORTED, "subscriptions are not available yet")
+
     # ---- search ------------------------------------------------------------------------
 
     async def search(self, query: Query) -> SearchResult:

@@ -14,6 +14,9 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway.config import Config, ConfigError
+from gateway.events.dimse_sender import DimseEventSender
+from gateway.events.hub import EventHub
+from gateway.events.status import ServiceStatus
 from gateway.rest.app import create_app
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.redis_store import RedisStore
@@ -32,6 +35,10 @@ class Gateway:
         self.service: UPSService | None = None
         self.runner: web.AppRunner | None = None
         self.dimse = None
+        self.hub: EventHub | None = None
+        self.event_sender: DimseEventSender | None = None
+        self.status: ServiceStatus | None = None
+        self.channels: set = set()  # open WebSocket event channels of this process
         self.components: dict[str, Callable[[], bool]] = {}
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
@@ -49,6 +56,8 @@ class Gateway:
             search_default_limit=cfg.ups.search_default_limit,
             search_max_limit=cfg.ups.search_max_limit,
             direct_event_aes=frozenset(cfg.peers)))
+        self.hub = EventHub(self.redis, cfg.redis.key_prefix)
+        await self.hub.start()
         await self._start_rest()
         if cfg.dimse.enabled:
             from gateway.dimse.server import DimseServer
@@ -56,6 +65,10 @@ class Gateway:
             self.dimse = DimseServer(self)
             await self.dimse.start()
             self.components["dimse"] = self.dimse.is_running
+        self.event_sender = DimseEventSender(self)
+        self.event_sender.start()
+        self.status = ServiceStatus(self)
+        await self.status.started()
         self._tasks.append(asyncio.create_task(self._purge_loop(), name="purge"))
         log.info("gateway started", extra={
             "ae": cfg.ae_title, "rest": f"{cfg.rest.host}:{cfg.rest.port}{cfg.rest.base_path}",
@@ -64,6 +77,10 @@ class Gateway:
 
     async def stop(self) -> None:
         log.info("gateway stopping")
+        if self.status:
+            await self.status.stopping()  # GOING DOWN to every subscriber
+        if self.event_sender:
+            await self.event_sender.flush(timeout=2.0)
         for hook in reversed(self._shutdown_hooks):
             try:
                 await hook()
@@ -74,8 +91,14 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for ws in list(self.channels):
+            await ws.close(code=1001, message=b"gateway shutting down")
         if self.runner:
             await self.runner.cleanup()
+        if self.event_sender:
+            await self.event_sender.stop()
+        if self.hub:
+            await self.hub.stop()
         if self.redis:
             await self.redis.aclose()
         if self.embedded:

@@ -12,7 +12,7 @@ from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.rest import paths, workitems
+from gateway.rest import paths, subscriptions, workitems
 from gateway.rest.messages import error_response, problem
 from gateway.ups.errors import UPSError
 
@@ -99,7 +99,7 @@ def create_app(gateway) -> web.Application:
     app["service"] = gateway.service
     app["gateway"] = gateway
     app["public_origin"] = _origin_function(config.rest.public_url)
-    app["extra_routes"] = {}
+    app["extra_routes"] = dict(subscriptions.ROUTES)
     app.router.add_get("/health", health)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app

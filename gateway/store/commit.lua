@@ -7,8 +7,10 @@
 --          9 index names (msgpack array), 10 final-state time ('' = not final),
 --          11 expected global-subscription version ('' = unchecked),
 --          12 subscriptions to add (msgpack array of {ae, lock}),
---          13 events (msgpack array of {type, info blob, extra recipients, required}),
---          14 per-subscriber backlog, 15 now (ms)
+--          13 events (msgpack array of {type, info blob, extra recipients, required, only}),
+--          14 per-subscriber backlog, 15 now (ms), 16 State Report blob of the new content
+-- An event goes to the workitem's subscribers plus its extra recipients, or only to 'only' when
+-- that list is not empty; 'required' refuses the commit when nobody would receive it.
 -- Returns  {1, new version} | {0, current version} conflict | {2} purged UID | {3} no recipient
 local p, uid, key = ARGV[1], ARGV[2], KEYS[1]
 local current = tonumber(redis.call('HGET', key, 'v') or '0')
@@ -22,15 +24,20 @@ local subs_key = p .. 'subs:' .. uid
 for _, sub in ipairs(cmsgpack.unpack(ARGV[12])) do
   redis.call('HSET', subs_key, sub[1], sub[2])
   redis.call('SADD', p .. 'aesubs:' .. sub[1], uid)
+  redis.call('SADD', p .. 'subscribers', sub[1])
 end
 
 local events = cmsgpack.unpack(ARGV[13])
 local recipients = {}
 for i, ev in ipairs(events) do
   local seen, list = {}, {}
-  for _, ae in ipairs(redis.call('HKEYS', subs_key)) do seen[ae] = true; table.insert(list, ae) end
-  for _, ae in ipairs(ev[3]) do
-    if not seen[ae] then seen[ae] = true; table.insert(list, ae) end
+  local candidates = ev[5]
+  if #candidates == 0 then candidates = redis.call('HKEYS', subs_key) end
+  for _, ae in ipairs(candidates) do seen[ae] = true; table.insert(list, ae) end
+  if #ev[5] == 0 then
+    for _, ae in ipairs(ev[3]) do
+      if not seen[ae] then seen[ae] = true; table.insert(list, ae) end
+    end
   end
   if ev[4] and #list == 0 then return {3} end
   recipients[i] = list
@@ -43,7 +50,7 @@ if ARGV[4] ~= '' then
     for _, name in ipairs(cmsgpack.unpack(old)) do redis.call('ZREM', p .. 'ix:' .. name, uid) end
   end
   local score = ARGV[8]
-  redis.call('HSET', key, 'd', ARGV[4], 's', ARGV[5], 'ix', ARGV[9], 'sc', score)
+  redis.call('HSET', key, 'd', ARGV[4], 's', ARGV[5], 'ix', ARGV[9], 'sc', score, 'sr', ARGV[16])
   for _, name in ipairs(cmsgpack.unpack(ARGV[9])) do
     redis.call('ZADD', p .. 'ix:' .. name, score, uid)
   end
@@ -58,10 +65,7 @@ redis.call('HSET', key, 'v', version)
 
 for i, ev in ipairs(events) do
   for _, ae in ipairs(recipients[i]) do
-    redis.call('XADD', p .. 'q:' .. ae, 'MAXLEN', '~', ARGV[14], '*',
-               't', ev[1], 'u', uid, 'i', ev[2], 'ts', ARGV[15])
-    redis.call('SADD', p .. 'queues', ae)
-    redis.call('PUBLISH', p .. 'notify', ae)
+    enqueue(p, ae, ARGV[14], ARGV[15], ev[1], uid, ev[2])
   end
 end
 return {1, version}

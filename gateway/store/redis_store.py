@@ -75,6 +75,7 @@ class Change:
     final_at_ms: int | None = None
     add_subscriptions: tuple[tuple[str, bool], ...] = ()
     global_version: int | None = None
+    state_report: Dataset | None = None  # kept beside the dataset for global subscribers
 
 
 @dataclass
@@ -85,6 +86,7 @@ class QueuedEvent:
     info: Dataset
     extra: tuple[str, ...] = ()
     needs_recipient: bool = False
+    only: tuple[str, ...] = ()  # send to these AEs instead of the subscribers
 
 
 class Conflict(Exception):
@@ -104,8 +106,8 @@ class RedisStore:
         self.redis = client
         self.p = prefix
         self.backlog = backlog
-        self._commit = client.register_script(_lua("commit.lua"))
-        self._purge = client.register_script(_lua("purge.lua"))
+        self._commit = client.register_script(lua("commit.lua"))
+        self._purge = client.register_script(lua("purge.lua"))
 
     def key(self, uid: str) -> str:
         return f"{self.p}wi:{uid}"
@@ -143,9 +145,9 @@ class RedisStore:
             "" if change.final_at_ms is None else change.final_at_ms,
             "" if change.global_version is None else change.global_version,
             pack_for_lua([[ae, "1" if lock else "0"] for ae, lock in change.add_subscriptions]),
-            pack_for_lua([[e.type, pack(e.info), list(e.extra), e.needs_recipient]
+            pack_for_lua([[e.type, pack(e.info), list(e.extra), e.needs_recipient, list(e.only)]
                           for e in events]),
-            self.backlog, int(time.time() * 1000)])
+            self.backlog, now_ms(), pack(change.state_report) if change.state_report else b""])
         code = int(result[0])
         if code == 1:
             return int(result[1])
@@ -205,7 +207,7 @@ class RedisStore:
 
     async def purge(self, cutoff_ms: int, tombstone_ttl_s: int, batch: int = 200) -> list[str]:
         result = await self._purge(args=[self.p, cutoff_ms, batch, max(1, tombstone_ttl_s),
-                                          int(time.time() * 1000)])
+                                          now_ms()])
         return [u.decode() for u in result]
 
     async def count_all(self) -> int:
@@ -218,5 +220,11 @@ def _bounds(plan: Plan) -> tuple[str, str]:
     return low, high
 
 
-def _lua(name: str) -> str:
-    return resources.files("gateway.store").joinpath(name).read_text()
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def lua(name: str) -> str:
+    """A Lua script with the shared prelude (``enqueue``) prepended."""
+    files = resources.files("gateway.store")
+    return files.joinpath("prelude.lua").read_text() + files.joinpath(name).read_text()

@@ -334,3 +334,18 @@ def _match_name(key: Key, value: dict, fuzzy: bool) -> bool:
 def _fold(text: str) -> str:
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+# ---- stored filters (Filtered Global Subscription) -------------------------------------------
+
+def filter_spec(params: list[tuple[str, str]] | None = None,
+                identifier: Dataset | None = None) -> dict:
+    """A filter as stored with a filtered global subscription: the UPS-RS parameters or the
+    DIMSE identifier it came from, rebuilt into a Query with ``from_spec``."""
+    return {"params": [list(p) for p in params]} if params is not None else {"identifier": identifier}
+
+
+def from_spec(spec: dict, default_tz: timezone = UTC) -> Query:
+    if "params" in spec:
+        return from_params([tuple(p) for p in spec["params"]], default_tz=default_tz)
+    return from_identifier(spec["identifier"], default_tz=default_tz)

@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import timezone
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator
 
 from gateway.store import indexes
 from gateway.store.redis_store import Change, Conflict, NoRecipient, QueuedEvent, Record, RedisStore
@@ -26,18 +26,11 @@ from gateway.ups.dataset import (Dataset, code_item, describe, element, first, h
 from gateway.ups.dicomtime import UTC, format_dt
 from gateway.ups.errors import InvalidDataset, NoSuchWorkitem, UPSError, WorkitemGone
 from gateway.ups.matching import Query
+from gateway.ups.watch import Watch
 from gateway.ups.uids import (CANCELED, COMPLETED, FINAL_STATES, IN_PROGRESS, UNSPECIFIED_REASON,
                               UPS_PUSH)
 
 log = logging.getLogger("gateway.ups")
-
-# Returns (version, [(ae, deletion lock)]) of the global subscribers a new workitem gets.
-GlobalSubscribers = Callable[[Dataset], Awaitable[tuple[int | None, list[tuple[str, bool]]]]]
-
-
-async def _no_global_subscribers(ds: Dataset) -> tuple[int | None, list[tuple[str, bool]]]:
-    return None, []
-
 
 @dataclass
 class Settings:
@@ -60,6 +53,7 @@ class Outcome:
     message: str = ""
     modifications: list[str] = field(default_factory=list)
     uid_assigned: bool = False
+    found: bool = True  # unsubscribe/suspend: whether there was such a subscription
 
 
 @dataclass
@@ -74,11 +68,11 @@ class SearchResult:
 
 
 class UPSService:
-    def __init__(self, store: RedisStore, settings: Settings | None = None,
-                 global_subscribers: GlobalSubscribers = _no_global_subscribers):
+    def __init__(self, store: RedisStore, settings: Settings | None = None):
         self.store = store
         self.settings = settings or Settings()
-        self.global_subscribers = global_subscribers
+        self.watch = Watch(store, self.settings, self._matching_datasets,
+                           self.settings.max_attempts)
 
     # ---- create ------------------------------------------------------------------------
 
@@ -110,7 +104,7 @@ class UPSService:
         if assigned := ev.assigned(ds):
             creation_events.append(QueuedEvent(ev.ASSIGNED, assigned))
         for _ in range(self.settings.max_attempts):
-            global_version, subscribers = await self.global_subscribers(ds)
+            global_version, subscribers = await self.watch.subscribers_for_new(ds)
             change = self._change(ds, add_subscriptions=tuple(subscribers),
                                   global_version=global_version)
             try:
@@ -270,16 +264,25 @@ class UPSService:
     # ---- subscriptions (Watch) -------------------------------------------------------------
 
     async def subscribe(self, uid: str, ae: str, deletion_lock: bool,
-                        filter_query: Query | None = None) -> Outcome:
-        """Subscribe ``ae`` to a workitem, or globally (UID = Global / Filtered Global instance;
-        ``filter_query`` holds the filtered subscription's matching keys)."""
-        raise UPSError(st.EVENTS_NOT_SUPPORTED, "subscriptions are not available yet")
+                        filter_spec: dict | None = None, *,
+                        check_reachable: bool = False) -> Outcome:
+        """Subscribe ``ae`` to a workitem, or to the worklist (UID = Global or Filtered Global
+        Subscription instance; ``filter_spec`` from ``matching.filter_spec`` holds the filtered
+        subscription's matching keys). ``check_reachable``: refuse (C308) an AE that is neither
+        a configured peer nor holds an open WebSocket channel."""
+        await self.watch.subscribe(uid, ae, deletion_lock, filter_spec,
+                                   check_reachable=check_reachable)
+        return Outcome(uid)
 
     async def unsubscribe(self, uid: str, ae: str) -> Outcome:
-        raise UPSError(st.EVENTS_NOT_SUPPORTED, "subscriptions are not available yet")
+        found = await self.watch.unsubscribe(uid, ae)
+        return Outcome(uid, found=found, message="" if found else
+                       "The target Subscription was not found.")
 
     async def suspend(self, uid: str, ae: str) -> Outcome:
-        raise UPSError(st.EVENTS_NOT_SUPPORTED, "subscriptions are not available yet")
+        found = await self.watch.suspend(uid, ae)
+        return Outcome(uid, found=found, message="" if found else
+                       "The target Subscription was not found.")
 
     # ---- search ------------------------------------------------------------------------
 
@@ -305,6 +308,9 @@ class UPSService:
         async for ds in self._matches(query, indexes.plan(query)):
             yield query.project(ds)
 
+    def _matching_datasets(self, query: Query) -> AsyncIterator[Dataset]:
+        return self._matches(query, indexes.plan(query))
+
     async def _matches(self, query: Query, plan: indexes.Plan) -> AsyncIterator[Dataset]:
         uid_key = query.keys.get(t.SOPInstanceUID)
         if uid_key is not None and uid_key.kind == "uids":
@@ -329,7 +335,8 @@ class UPSService:
         state = first(ds, t.ProcedureStepState)
         final_at = int(time.time() * 1000) if state in FINAL_STATES else None
         return Change(ds, state=state, score=indexes.score(ds, self.settings.timezone),
-                      indexes=tuple(indexes.index_names(ds)), final_at_ms=final_at, **kw)
+                      indexes=tuple(indexes.index_names(ds)), final_at_ms=final_at,
+                      state_report=ev.state_report(ds), **kw)
 
     @staticmethod
     def _fill_cancellation(ds: Dataset, request: Dataset) -> list[str]:

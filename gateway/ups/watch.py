@@ -1,0 +1,133 @@
+"""UPS Watch: subscriptions to workitems and to the worklist (PS3.4 CC.2.3, digest §7.2,
+decisions.md "Subscriptions and events").
+
+Per-workitem subscriptions live with the workitem (its commit queues their events); a global
+subscription is remembered and applied to every workitem created later (``subscribers_for_new``,
+used by the create commit) and, when made, to every existing one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Awaitable, Callable
+
+from gateway.store.indexes import Plan
+from gateway.store.redis_store import Change, Conflict, QueuedEvent, RedisStore
+from gateway.store.subscriptions import SubscriptionStore
+from gateway.ups import events as ev
+from gateway.ups import status as st
+from gateway.ups import tags as t
+from gateway.ups.dataset import Dataset, first
+from gateway.ups.errors import NoSuchWorkitem, UPSError
+from gateway.ups.matching import from_spec
+from gateway.ups.uids import FILTERED_GLOBAL_SUBSCRIPTION, GLOBAL_SUBSCRIPTION, WELL_KNOWN_SUBSCRIPTION_UIDS
+
+log = logging.getLogger("gateway.watch")
+
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash
+
+
+class Watch:
+    def __init__(self, store: RedisStore, settings, candidates: Callable,
+                 max_attempts: int = 64):
+        self.store = store
+        self.subs = SubscriptionStore(store)
+        self.settings = settings
+        # candidates(query) → async iterator of the datasets matching a query (the search path)
+        self._candidates = candidates
+        self.max_attempts = max_attempts
+        self._filters: dict[str, object] = {}
+
+    async def subscribers_for_new(self, ds: Dataset) -> tuple[int, list[tuple[str, bool]]]:
+        """The global subscribers a newly created workitem gets, and the version they were read at."""
+        version, globals_ = await self.subs.globals()
+        chosen = []
+        for sub in globals_:
+            if sub.filter is None or self._query(sub.filter).matches(ds):
+                chosen.append((sub.ae, sub.lock))
+        return version, chosen
+
+    async def reachable(self, ae: str) -> bool:
+        return ae in self.settings.direct_event_aes or await self.subs.channel_open(ae)
+
+    async def subscribe(self, uid: str, ae: str, deletion_lock: bool,
+                        filter_spec: dict | None = None, *, check_reachable: bool = False) -> str:
+        """Subscribe; returns "" or the warning text when the lock was not granted (never, here)."""
+        _check_ae(ae)
+        if check_reachable and not await self.reachable(ae):
+            raise UPSError(st.UNKNOWN_RECEIVING_AE,
+                           f"Receiving AE {ae} is unknown: not a configured peer and no open "
+                           "WebSocket channel")
+        if uid in WELL_KNOWN_SUBSCRIPTION_UIDS:
+            if uid == GLOBAL_SUBSCRIPTION and filter_spec:
+                raise UPSError(st.ACTION_NOT_APPROPRIATE, "matching keys are only accepted with "
+                               f"the Filtered Global Subscription UID {FILTERED_GLOBAL_SUBSCRIPTION}")
+            await self._subscribe_globally(ae, deletion_lock, filter_spec)
+            return ""
+        if filter_spec:
+            raise UPSError(st.ACTION_NOT_APPROPRIATE,
+                           "matching keys are only accepted for the Filtered Global Subscription")
+        for _ in range(self.max_attempts):
+            record = await self.store.load(uid)
+            if record is None:
+                raise NoSuchWorkitem(uid)
+            change = Change(None, add_subscriptions=((ae, deletion_lock),))
+            report = QueuedEvent(ev.STATE_REPORT, ev.state_report(record.dataset), only=(ae,))
+            try:
+                await self.store.commit(uid, record.version, change, [report])
+            except Conflict:
+                continue
+            log.info("subscribed", extra={"uid": uid, "ae": ae, "lock": deletion_lock})
+            return ""
+        raise UPSError(st.PROCESSING_FAILURE, f"Workitem {uid} is changing too fast; try again")
+
+    async def _subscribe_globally(self, ae: str, lock: bool, filter_spec: dict | None) -> None:
+        query = self._query(filter_spec) if filter_spec else None
+        # Remember first: workitems created from now on are subscribed by their own commit.
+        await self.subs.set_global(ae, lock, filter_spec)
+        if query is None:
+            everything = Plan(["all"], None, None, exact=True)
+            uids = [uid async for chunk in self.store.candidates(everything) for uid in chunk]
+        else:
+            uids = [first(ds, t.SOPInstanceUID) async for ds in self._candidates(query)]
+        count = await self.subs.subscribe_existing(ae, lock, uids, send_reports=lock)
+        log.info("subscribed globally", extra={"ae": ae, "lock": lock, "filtered": bool(query),
+                                               "existing": count})
+
+    async def unsubscribe(self, uid: str, ae: str) -> bool:
+        """Unsubscribe; False when there was no such subscription."""
+        _check_ae(ae)
+        if uid in WELL_KNOWN_SUBSCRIPTION_UIDS:
+            had_global = await self.subs.remove_global(ae)
+            removed = await self.subs.unsubscribe_all(ae)
+            log.info("unsubscribed globally", extra={"ae": ae, "removed": removed})
+            return had_global or removed > 0
+        if not await self.store.exists(uid):
+            raise NoSuchWorkitem(uid)
+        removed = await self.subs.unsubscribe(uid, ae)
+        log.info("unsubscribed", extra={"uid": uid, "ae": ae, "found": removed})
+        return removed
+
+    async def suspend(self, uid: str, ae: str) -> bool:
+        """Suspend a global subscription: no more auto-subscription of new workitems."""
+        _check_ae(ae)
+        if uid not in WELL_KNOWN_SUBSCRIPTION_UIDS:
+            raise UPSError(st.ACTION_NOT_APPROPRIATE, "only a global subscription (UID "
+                           f"{GLOBAL_SUBSCRIPTION} or {FILTERED_GLOBAL_SUBSCRIPTION}) can be suspended")
+        found = await self.subs.remove_global(ae)
+        log.info("global subscription suspended", extra={"ae": ae, "found": found})
+        return found
+
+    def _query(self, spec: dict):
+        cache_key = repr(spec)
+        if cache_key not in self._filters:
+            if len(self._filters) > 1000:
+                self._filters.clear()
+            self._filters[cache_key] = from_spec(spec, self.settings.timezone)
+        return self._filters[cache_key]
+
+
+def _check_ae(ae: str) -> None:
+    if not ae or not _AE_RE.match(ae) or ae != ae.strip():
+        raise UPSError(st.INVALID_ARGUMENT_VALUE, f"{ae!r} is not a valid AE title (1-16 characters)")

@@ -19,3 +19,30 @@ def set_nodelay(event) -> None:
 
 
 NODELAY_HANDLER = (evt.EVT_CONN_OPEN, set_nodelay)
+
+
+def guard_responses(assoc) -> None:
+    """Stop a requestor's reactor thread from stealing DIMSE responses (pynetdicom 3.0.4 race).
+
+    ``send_*`` pauses the reactor before sending and then blocks on the message queue for the
+    response, but the pause handshake has a window in which the reactor, already past its
+    checkpoint, polls the queue once more. On loopback the response can arrive inside that window:
+    the reactor takes it, discards it as "unexpected", and the sender waits out the whole DIMSE
+    timeout. Responses only ever belong to the blocked sender, so the reactor's non-blocking poll
+    is made to leave them in the queue.
+    """
+    provider = assoc.dimse
+    original = provider.get_msg
+
+    def get_msg(block: bool = False):
+        if block:
+            return original(block)
+        q = provider.msg_queue
+        with q.mutex:
+            if not q.queue or not q.queue[0][1].is_valid_request:
+                return None, None
+            item = q.queue.popleft()
+            q.not_full.notify()
+            return item
+
+    provider.get_msg = get_msg

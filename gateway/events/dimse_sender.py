@@ -19,7 +19,7 @@ from pynetdicom import AE, build_role
 from pynetdicom.sop_class import UnifiedProcedureStepEvent
 from redis.exceptions import RedisError
 
-from gateway.dimse.net import NODELAY_HANDLER
+from gateway.dimse.net import NODELAY_HANDLER, guard_responses
 from gateway.events.hub import wait_for
 from gateway.events.queue import Lease, QueuedEntry, QueueReader
 from gateway.ups import events as ev
@@ -134,6 +134,7 @@ class PeerWorker:
             if not self.assoc.is_established:
                 self.assoc = None
                 return f"cannot associate with {self.ae} at {self.host}:{self.port}"
+            guard_responses(self.assoc)
         self.last_used = time.monotonic()
         try:
             status, _ = self.assoc.send_n_event_report(Dataset.from_json(entry.info), entry.type,

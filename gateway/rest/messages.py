@@ -105,7 +105,6 @@ def check_accept(request: web.Request) -> None:
     raise web.HTTPNotAcceptable(text=f"Only {DICOM_JSON} responses are offered")
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None
-                  ) -> web.Response:
+def json_response(data: Any, status: int = 200, headers=None) -> web.Response:
     return web.Response(body=json.dumps(data, separators=(",", ":")).encode(), status=status,
                         content_type=DICOM_JSON, headers=headers)

@@ -4,6 +4,7 @@ Search (PS3.18 §11.4–11.9), translated to UPS service calls."""
 from __future__ import annotations
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway.rest.messages import (check_accept, json_response, read_dataset, service_url,
                                    warning)
@@ -122,13 +123,24 @@ async def search(request: web.Request) -> web.Response:
                                  default_limit=settings.search_default_limit,
                                  max_limit=settings.search_max_limit)
     result = await _service(request).search(query)
+    headers = CIMultiDict()
+    for name, text in _UNSUPPORTED_MATCHING.items():
+        if request.query.get(name, "").lower() == "true":
+            headers.add("Warning", warning(request, text))
     if not result.items:
-        return web.Response(status=204)
-    headers = {}
+        return web.Response(status=204, headers=headers)
     if result.remaining:
-        headers["Warning"] = warning(
-            request, f"There are {result.remaining} additional results that can be requested")
+        headers.add("Warning", warning(
+            request, f"There are {result.remaining} additional results that can be requested"))
     return json_response(result.items, headers=headers)
+
+
+_UNSUPPORTED_MATCHING = {
+    "emptyvaluematching": "The emptyvaluematching parameter is not supported. "
+                          "Empty Value Matching has not been performed.",
+    "multiplevaluematching": "The multiplevaluematching parameter is not supported. "
+                             "Multiple Value Matching has not been performed.",
+}
 
 
 def _header_safe(text: str) -> str:

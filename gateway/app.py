@@ -135,6 +135,19 @@ class Gateway:
             raise ConfigError(f"redis.url: cannot reach Redis at {_redact(url)}: "
                               f"{exc or type(exc).__name__}") from None
         self.components["redis"] = lambda: True
+        await self._check_redis_settings()
+
+    async def _check_redis_settings(self) -> None:
+        """Workitem hashes hold one 1-2 KB field; Redis's default 64-byte compact-encoding limit
+        doubles their memory. Advise (managed Redis may forbid CONFIG GET: then stay quiet)."""
+        try:
+            reply = await self.redis.config_get("hash-max-ziplist-value")
+            value = int(next(iter(reply.values())))
+        except (RedisError, StopIteration, ValueError):
+            return
+        if value < 4096:
+            log.warning("redis hash-max-ziplist-value is small: workitems take about twice the "
+                        "memory; set it to 16384", extra={"current": value})
 
     async def _start_rest(self) -> None:
         cfg = self.config.rest

@@ -89,6 +89,8 @@ async def read_json(request: web.Request, *, optional: bool = False) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidDataset(f"the payload is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidDataset("the payload is nested too deeply") from None
 
 
 def check_accept(request: web.Request) -> None:

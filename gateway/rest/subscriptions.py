@@ -36,6 +36,11 @@ def _filter(request: web.Request, uid: str) -> dict | None:
                 key, sep, val = part.partition("=")
                 if not sep:
                     raise InvalidQuery(f"filter: {part!r} is not Key=Value")
+                if not matching.from_params([(key.strip(), val)]).keys:
+                    # Plain unknown parameters are ignored, but a key named in filter= that is
+                    # no attribute would silently widen the subscription to every workitem.
+                    raise InvalidQuery(f"filter: {key.strip()!r} is not a UPS attribute "
+                                       "keyword or tag")
                 pairs.append((key.strip(), val))
         elif name.lower() not in _NOT_FILTER and uid == FILTERED_GLOBAL_SUBSCRIPTION:
             pairs.append((name, value))

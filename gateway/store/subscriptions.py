@@ -39,7 +39,8 @@ class SubscriptionStore:
     # ---- global subscriptions ----------------------------------------------------------
 
     async def globals(self) -> tuple[int, list[GlobalSubscription]]:
-        async with self.redis.pipeline(transaction=True) as pipe:
+        # Version first: a change between the two reads makes the version stale, never newer.
+        async with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(f"{self.p}gver")
             pipe.hgetall(f"{self.p}global")
             version, entries = await pipe.execute()

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 import uuid
 from typing import Any, Iterable
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
+from gateway.ups.dicomtime import dt_period
 from gateway.ups.errors import InvalidDataset
 from gateway.ups.uids import UUID_ROOT
 
@@ -35,6 +37,10 @@ _CS_RE = re.compile(r"^[A-Z0-9 _]*$")
 _HEX8_RE = re.compile(r"^[0-9A-Fa-f]{8}$")
 _IS_RE = re.compile(r"^\s*[+-]?\d+\s*$")
 _DS_RE = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
+# Value ranges of the binary integer VRs and of IS (PS3.5 6.2).
+_INT_RANGE = {"SS": (-2**15, 2**15 - 1), "US": (0, 2**16 - 1), "SL": (-2**31, 2**31 - 1),
+              "UL": (0, 2**32 - 1), "SV": (-2**63, 2**63 - 1), "UV": (0, 2**64 - 1),
+              "IS": (-2**31, 2**31 - 1)}
 _MAX_LEN = {"AE": 16, "CS": 16, "LO": 64, "SH": 16, "UI": 64, "DA": 8, "TM": 14, "DT": 26,
             "AS": 4, "LT": 10240, "ST": 1024}
 
@@ -129,7 +135,10 @@ def select(ds: Dataset, keys: Iterable[str]) -> Dataset:
 
 # ---- validation and normalisation at the edge ---------------------------------------------
 
-def normalize(obj: Any, path: str = "") -> Dataset:
+MAX_DEPTH = 16  # sequences nested deeper than this are refused (UPS needs about 4)
+
+
+def normalize(obj: Any, path: str = "", _depth: int = 0) -> Dataset:
     """Validate a DICOM JSON object and return its canonical form.
 
     Keys are upper-cased and sorted, group-length elements dropped, IS/DS turned into JSON numbers,
@@ -138,6 +147,8 @@ def normalize(obj: Any, path: str = "") -> Dataset:
     """
     if not isinstance(obj, dict):
         raise InvalidDataset(f"{path or 'Dataset'}: expected a JSON object, got {type(obj).__name__}")
+    if _depth > MAX_DEPTH:
+        raise InvalidDataset(f"{path}: sequences are nested more than {MAX_DEPTH} levels deep")
     out: Dataset = {}
     for raw_key in sorted(obj, key=str.upper):
         if not isinstance(raw_key, str) or not _HEX8_RE.match(raw_key):
@@ -148,11 +159,11 @@ def normalize(obj: Any, path: str = "") -> Dataset:
         where = f"{path}{describe(tag_key)}"
         if tag_key.startswith("0000"):
             raise InvalidDataset(f"{where}: command elements are not allowed in a dataset")
-        out[tag_key] = _normalize_element(tag_key, obj[raw_key], where)
+        out[tag_key] = _normalize_element(tag_key, obj[raw_key], where, _depth)
     return out
 
 
-def _normalize_element(tag_key: str, elem: Any, where: str) -> dict[str, Any]:
+def _normalize_element(tag_key: str, elem: Any, where: str, depth: int = 0) -> dict[str, Any]:
     if not isinstance(elem, dict):
         raise InvalidDataset(f"{where}: expected an object with 'vr', got {type(elem).__name__}")
     vr = elem.get("vr")
@@ -177,7 +188,7 @@ def _normalize_element(tag_key: str, elem: Any, where: str) -> dict[str, Any]:
     if not vals and vr != "SQ":
         return {"vr": vr}
     if vr == "SQ":
-        return {"vr": vr, "Value": [normalize(item or {}, f"{where}[{i}] > ")
+        return {"vr": vr, "Value": [normalize(item or {}, f"{where}[{i}] > ", depth + 1)
                                     for i, item in enumerate(vals)]}
     return {"vr": vr, "Value": [_normalize_value(vr, v, f"{where}") for v in vals]}
 
@@ -188,24 +199,27 @@ def _normalize_value(vr: str, v: Any, where: str) -> Any:
     if vr in STRING_VRS:
         if not isinstance(v, str):
             raise InvalidDataset(f"{where}: {vr} values must be strings, got {v!r}")
+        _check_unicode(v, where)
         _check_string(vr, v, where)
         return v
     if vr in NUMBER_VRS:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise InvalidDataset(f"{where}: {vr} values must be JSON numbers, got {v!r}")
-        if vr in ("SS", "US", "SL", "UL", "SV", "UV") and not float(v).is_integer():
-            raise InvalidDataset(f"{where}: {vr} values must be integers, got {v!r}")
-        return v
+        return _check_number(vr, v, where)
     if vr in NUMERIC_STRING_VRS:
         return _numeric_string(vr, v, where)
     if vr == "PN":
         if isinstance(v, str):  # liberal: a bare string is the Alphabetic group
-            return {"Alphabetic": v} if v else {}
+            v = {"Alphabetic": v} if v else {}
         if not isinstance(v, dict) or set(v) - {"Alphabetic", "Ideographic", "Phonetic"}:
             raise InvalidDataset(f"{where}: PN values must be objects with Alphabetic/Ideographic/"
                                  f"Phonetic groups, got {v!r}")
         if not all(isinstance(g, str) for g in v.values()):
             raise InvalidDataset(f"{where}: PN component groups must be strings")
+        for group in v.values():
+            _check_unicode(group, where)
+        if any(len(g) > 64 for g in v.values()):
+            raise InvalidDataset(f"{where}: a PN component group may have at most 64 characters")
         return {g: s for g, s in v.items() if s}
     if vr == "AT":
         if not isinstance(v, str) or not _HEX8_RE.match(v):
@@ -214,15 +228,23 @@ def _normalize_value(vr: str, v: Any, where: str) -> Any:
     raise InvalidDataset(f"{where}: VR {vr} must be sent as InlineBinary")
 
 
+def _check_unicode(v: str, where: str) -> None:
+    """JSON may carry lone surrogates (``"\\ud800"``); they cannot be stored as UTF-8."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidDataset(f"{where}: the value is not valid Unicode text") from None
+
+
 def _check_string(vr: str, v: str, where: str) -> None:
     limit = _MAX_LEN.get(vr)
     if limit and len(v) > limit:
         raise InvalidDataset(f"{where}: value longer than the {limit} characters {vr} allows")
     if vr == "UI" and v and not is_uid(v):
         raise InvalidDataset(f"{where}: {v!r} is not a valid UID")
-    elif vr == "DA" and v and not _DA_RE.match(v):
+    elif vr == "DA" and v and not (_DA_RE.match(v) and _is_date_time(v)):
         raise InvalidDataset(f"{where}: {v!r} is not a valid DA (YYYYMMDD)")
-    elif vr == "DT" and v and not _DT_RE.match(v):
+    elif vr == "DT" and v and not (_DT_RE.match(v) and _is_date_time(v)):
         raise InvalidDataset(f"{where}: {v!r} is not a valid DT (YYYYMMDDHHMMSS.FFFFFF&ZZXX)")
     elif vr == "TM" and v and not _TM_RE.match(v):
         raise InvalidDataset(f"{where}: {v!r} is not a valid TM (HHMMSS.FFFFFF)")
@@ -236,18 +258,44 @@ def _numeric_string(vr: str, v: Any, where: str) -> int | float | None:
     if isinstance(v, bool):
         raise InvalidDataset(f"{where}: {vr} value must be a number or numeric string, got {v!r}")
     if isinstance(v, (int, float)):
-        if vr == "IS" and not float(v).is_integer():
-            raise InvalidDataset(f"{where}: IS value must be an integer, got {v!r}")
-        return int(v) if vr == "IS" else v
+        return _check_number(vr, v, where)
     if isinstance(v, str):
         if not v.strip():
             return None
         if vr == "IS" and _IS_RE.match(v):
-            return int(v)
+            return _check_number(vr, int(v), where)
         if vr == "DS" and _DS_RE.match(v):
-            number = float(v)
+            number = _check_number(vr, float(v), where)
             return int(number) if number.is_integer() and "e" not in v.lower() and abs(number) < 2**53 else number
     raise InvalidDataset(f"{where}: {v!r} is not a valid {vr}")
+
+
+def _check_number(vr: str, v: int | float, where: str) -> int | float:
+    """A finite number within the range of its VR (huge or non-finite JSON numbers refused)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        raise InvalidDataset(f"{where}: {v!r} is not a finite {vr} value")
+    bounds = _INT_RANGE.get(vr)
+    if bounds:
+        if isinstance(v, float):
+            if not v.is_integer():
+                raise InvalidDataset(f"{where}: {vr} values must be integers, got {v!r}")
+            v = int(v)
+        if not bounds[0] <= v <= bounds[1]:
+            raise InvalidDataset(f"{where}: {v} is out of the range of {vr}")
+        return v
+    if isinstance(v, int):  # FL / FD / DS given as a JSON integer
+        if abs(v) > 2**53:
+            raise InvalidDataset(f"{where}: {v} is too large for {vr}")
+    return v
+
+
+def _is_date_time(v: str) -> bool:
+    """Whether a DA/DT value that has the right shape is also a real date (and time)."""
+    try:
+        dt_period(v)
+    except ValueError:
+        return False
+    return True
 
 
 def _inline_binary(value: Any, vr: str, where: str) -> str:

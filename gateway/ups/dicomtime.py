@@ -37,23 +37,25 @@ def dt_period(value: str, tz: timezone = UTC) -> tuple[float, float]:
     parts = [int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0),
              int(second or 0)]
     micro = int((frac or "0").ljust(6, "0"))
+    if parts[5] == 60:  # a leap second (PS3.5 DT allows 60)
+        parts[5] = 59
     start = datetime(*parts, micro, tzinfo=zone)
+    # The width in seconds, not start + timedelta: the end of 9999-12-31 is past datetime.max.
     if frac:
-        end = start + timedelta(microseconds=10 ** (6 - len(frac)))
+        width = 10.0 ** -len(frac)
     elif second:
-        end = start + timedelta(seconds=1)
+        width = 1
     elif minute:
-        end = start + timedelta(minutes=1)
+        width = 60
     elif hour:
-        end = start + timedelta(hours=1)
+        width = 3600
     elif day:
-        end = start + timedelta(days=1)
+        width = 86400
     elif month:
-        days = calendar.monthrange(parts[0], parts[1])[1]
-        end = start + timedelta(days=days)
+        width = calendar.monthrange(parts[0], parts[1])[1] * 86400
     else:
-        end = start.replace(year=parts[0] + 1)
-    return start.timestamp(), end.timestamp()
+        width = (366 if calendar.isleap(parts[0]) else 365) * 86400
+    return start.timestamp(), start.timestamp() + width
 
 
 def tm_period(value: str) -> tuple[float, float]:

@@ -201,8 +201,12 @@ def from_params(params: list[tuple[str, str]], *, default_tz: timezone = UTC,
             for field_name in filter(None, (f.strip() for f in value.split(","))):
                 if field_name.lower() == "all":
                     query.include_all = True
-                else:
+                    continue
+                try:
                     query.include.add(_resolve_path(field_name)[0])
+                except KeyError:
+                    raise InvalidQuery(f"includefield: {field_name!r} is not a DICOM attribute "
+                                       "keyword or tag") from None
         elif lower == "fuzzymatching":
             query.fuzzy = _boolean(name, value)
         elif lower in ("offset", "limit"):

@@ -80,8 +80,8 @@ def check_create(ds: Dataset) -> list[str]:
             raise InvalidDataset(f"{describe(tag)} must have no items at creation")
     for tag in t.ReferencedRequestSequence, t.ReplacedProcedureStepSequence:
         _check_items_have(ds, tag, {t.ReferencedRequestSequence: (t.StudyInstanceUID,),
-                                    t.ReplacedProcedureStepSequence: (t.SOPClassUID,
-                                                                       t.SOPInstanceUID)}[tag])
+                                    t.ReplacedProcedureStepSequence: (
+                                        t.ReferencedSOPClassUID, t.ReferencedSOPInstanceUID)}[tag])
     check_values(ds)
     added = []
     for tag, vr in CREATE_TYPE2.items():

@@ -8,7 +8,6 @@ number of gateway processes serialise exactly as the standard requires.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -78,8 +77,8 @@ class UPSService:
 
     async def create(self, ds: Dataset, uid: str | None = None, *,
                      requester: str | None = None) -> Outcome:
-        """Create a SCHEDULED workitem from a normalised dataset (N-CREATE / Create Workitem)."""
-        ds = copy.deepcopy(ds)
+        """Create a SCHEDULED workitem from a normalised dataset (N-CREATE / Create Workitem).
+        The service takes ownership of ``ds`` (adapters pass a freshly decoded one)."""
         payload_uid = first(ds, t.SOPInstanceUID)
         if uid and payload_uid and uid != payload_uid:
             raise InvalidDataset(f"{describe(t.SOPInstanceUID)} {payload_uid} differs from the "
@@ -113,7 +112,8 @@ class UPSService:
                 if conflict.current_version:
                     raise UPSError(st.DUPLICATE_INSTANCE,
                                    f"A workitem with UID {uid} already exists") from None
-                continue  # the global subscriptions changed meanwhile: decide again
+                self.watch.forget_globals()  # they changed meanwhile: read them, decide again
+                continue
             except WorkitemGone:
                 raise UPSError(st.DUPLICATE_INSTANCE,
                                f"A workitem with UID {uid} existed and was deleted") from None
@@ -137,7 +137,7 @@ class UPSService:
     async def update(self, uid: str, mods: Dataset, tx: str | None = None, *,
                      requester: str | None = None) -> Outcome:
         """Apply an N-SET modification list / Update Workitem payload."""
-        mods = copy.deepcopy(mods)
+        mods = dict(mods)
         payload_tx = first(mods, t.TransactionUID)
         mods.pop(t.TransactionUID, None)
         if tx and payload_tx and tx != payload_tx:
@@ -186,7 +186,7 @@ class UPSService:
             decision = statemachine.change_state(record.state, state, tx, record.tx)
             if decision.new_state is None:
                 return Outcome(uid, decision.status, decision.message)
-            ds = copy.deepcopy(record.dataset)
+            ds = record.dataset  # freshly read: ours to change
             outcome = Outcome(uid)
             put(ds, t.ProcedureStepState, "CS", decision.new_state)
             if decision.new_state == CANCELED:
@@ -229,7 +229,7 @@ class UPSService:
                 if outcome:
                     return outcome
                 continue
-            ds = copy.deepcopy(record.dataset)
+            ds = record.dataset  # freshly read: ours to change
             put(ds, t.ProcedureStepState, "CS", CANCELED)
             self._fill_cancellation(ds, request)
             put(ds, t.ScheduledProcedureStepModificationDateTime, "DT", format_dt())

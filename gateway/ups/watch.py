@@ -38,10 +38,20 @@ class Watch:
         self._candidates = candidates
         self.max_attempts = max_attempts
         self._filters: dict[str, object] = {}
+        self._globals = None
+
+    def forget_globals(self) -> None:
+        self._globals = None
 
     async def subscribers_for_new(self, ds: Dataset) -> tuple[int, list[tuple[str, bool]]]:
-        """The global subscribers a newly created workitem gets, and the version they were read at."""
-        version, globals_ = await self.subs.globals()
+        """The global subscribers a newly created workitem gets, and the version they were read at.
+
+        The global subscriptions are cached: the create commit checks their version atomically,
+        and a mismatch (another process changed them) makes the caller ``forget_globals`` and retry.
+        """
+        if self._globals is None:
+            self._globals = await self.subs.globals()
+        version, globals_ = self._globals
         chosen = []
         for sub in globals_:
             if sub.filter is None or self._query(sub.filter).matches(ds):
@@ -86,6 +96,7 @@ class Watch:
         query = self._query(filter_spec) if filter_spec else None
         # Remember first: workitems created from now on are subscribed by their own commit.
         await self.subs.set_global(ae, lock, filter_spec)
+        self.forget_globals()
         if query is None:
             everything = Plan(["all"], None, None, exact=True)
             uids = [uid async for chunk in self.store.candidates(everything) for uid in chunk]
@@ -100,6 +111,7 @@ class Watch:
         _check_ae(ae)
         if uid in WELL_KNOWN_SUBSCRIPTION_UIDS:
             had_global = await self.subs.remove_global(ae)
+            self.forget_globals()
             removed = await self.subs.unsubscribe_all(ae)
             log.info("unsubscribed globally", extra={"ae": ae, "removed": removed})
             return had_global or removed > 0
@@ -116,6 +128,7 @@ class Watch:
             raise UPSError(st.ACTION_NOT_APPROPRIATE, "only a global subscription (UID "
                            f"{GLOBAL_SUBSCRIPTION} or {FILTERED_GLOBAL_SUBSCRIPTION}) can be suspended")
         found = await self.subs.remove_global(ae)
+        self.forget_globals()
         log.info("global subscription suspended", extra={"ae": ae, "found": found})
         return found
 

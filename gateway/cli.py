@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import logging.handlers
 import signal
 import sys
 
@@ -24,16 +25,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ups-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.setup(config.log.level, config.log.format)
+    held = _hold_logs()
     try:
-        return asyncio.run(_run(config))
+        return asyncio.run(_run(config, held))
     except ConfigError as exc:
+        # A start refused for a configuration reason (port in use, Redis unreachable…) says so
+        # in one line; the start-up logs leading to it would only bury that line.
+        _release_logs(held, emit=False)
         print(f"ups-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        _release_logs(held, emit=True)
 
 
-async def _run(config) -> int:
+def _hold_logs() -> logging.handlers.MemoryHandler:
+    """Keep log records in memory until the gateway has started (see ``main``)."""
+    root = logging.getLogger()
+    held = logging.handlers.MemoryHandler(capacity=1_000_000, flushLevel=logging.CRITICAL + 1,
+                                          target=root.handlers[0], flushOnClose=False)
+    root.handlers[:] = [held]
+    return held
+
+
+def _release_logs(held: logging.handlers.MemoryHandler, *, emit: bool) -> None:
+    root = logging.getLogger()
+    if held in root.handlers:
+        if emit:
+            held.flush()
+        root.handlers[:] = [held.target]
+    held.buffer.clear()
+
+
+async def _run(config, held: logging.handlers.MemoryHandler | None = None) -> int:
     from gateway.app import Gateway
 
     gateway = Gateway(config)
@@ -45,6 +70,8 @@ async def _run(config) -> int:
     except BaseException:
         await gateway.stop()
         raise
+    if held is not None:
+        _release_logs(held, emit=True)
     await gateway.run_until_stopped()
     logging.getLogger("gateway").info("signal received: shutting down")
     await gateway.stop()

@@ -8,6 +8,7 @@ inside the core may then trust the structure (upper-case 8-hex keys, known VRs, 
 from __future__ import annotations
 
 import base64
+import functools
 import binascii
 import math
 import re
@@ -68,6 +69,7 @@ def resolve(name: str) -> str:
     return key(tag)
 
 
+@functools.lru_cache(maxsize=4096)
 def dictionary_vr(tag_key: str) -> str | None:
     try:
         return dictionary_VR(int(tag_key, 16))
@@ -156,27 +158,31 @@ def normalize(obj: Any, path: str = "", _depth: int = 0) -> Dataset:
         tag_key = raw_key.upper()
         if tag_key[4:] == "0000":
             continue  # group length: never stored (PS3.18 F.2)
-        where = f"{path}{describe(tag_key)}"
+        where = (path, tag_key)  # named in full only when something is wrong
         if tag_key.startswith("0000"):
-            raise InvalidDataset(f"{where}: command elements are not allowed in a dataset")
+            raise InvalidDataset(f"{_w(where)}: command elements are not allowed in a dataset")
         out[tag_key] = _normalize_element(tag_key, obj[raw_key], where, _depth)
     return out
 
 
-def _normalize_element(tag_key: str, elem: Any, where: str, depth: int = 0) -> dict[str, Any]:
+def _w(where: tuple[str, str] | str) -> str:
+    return where if isinstance(where, str) else f"{where[0]}{describe(where[1])}"
+
+
+def _normalize_element(tag_key: str, elem: Any, where: tuple[str, str], depth: int = 0) -> dict[str, Any]:
     if not isinstance(elem, dict):
-        raise InvalidDataset(f"{where}: expected an object with 'vr', got {type(elem).__name__}")
+        raise InvalidDataset(f"{_w(where)}: expected an object with 'vr', got {type(elem).__name__}")
     vr = elem.get("vr")
     if not isinstance(vr, str) or vr not in ALL_VRS:
-        raise InvalidDataset(f"{where}: missing or unknown VR {vr!r}")
+        raise InvalidDataset(f"{_w(where)}: missing or unknown VR {vr!r}")
     expected = dictionary_vr(tag_key)
     if expected and expected not in ("UN", vr) and vr not in expected.split(" or ") and vr != "UN":
-        raise InvalidDataset(f"{where}: VR {vr} is wrong, the data dictionary says {expected}")
+        raise InvalidDataset(f"{_w(where)}: VR {vr} is wrong, the data dictionary says {expected}")
     unknown = set(elem) - {"vr", "Value", "InlineBinary", "BulkDataURI"}
     if unknown:
-        raise InvalidDataset(f"{where}: unexpected member(s) {sorted(unknown)}")
+        raise InvalidDataset(f"{_w(where)}: unexpected member(s) {sorted(unknown)}")
     if "BulkDataURI" in elem:
-        raise InvalidDataset(f"{where}: BulkDataURI is not supported; UPS-RS payloads must be "
+        raise InvalidDataset(f"{_w(where)}: BulkDataURI is not supported; UPS-RS payloads must be "
                              "self-contained (use InlineBinary)")
     if "InlineBinary" in elem:
         return {"vr": vr, "InlineBinary": _inline_binary(elem["InlineBinary"], vr, where)}
@@ -184,13 +190,13 @@ def _normalize_element(tag_key: str, elem: Any, where: str, depth: int = 0) -> d
         return {"vr": vr}
     vals = elem["Value"]
     if not isinstance(vals, list):
-        raise InvalidDataset(f"{where}: 'Value' must be a JSON array")
+        raise InvalidDataset(f"{_w(where)}: 'Value' must be a JSON array")
     if not vals and vr != "SQ":
         return {"vr": vr}
     if vr == "SQ":
-        return {"vr": vr, "Value": [normalize(item or {}, f"{where}[{i}] > ", depth + 1)
+        return {"vr": vr, "Value": [normalize(item or {}, f"{_w(where)}[{i}] > ", depth + 1)
                                     for i, item in enumerate(vals)]}
-    return {"vr": vr, "Value": [_normalize_value(vr, v, f"{where}") for v in vals]}
+    return {"vr": vr, "Value": [_normalize_value(vr, v, where) for v in vals]}
 
 
 def _normalize_value(vr: str, v: Any, where: str) -> Any:
@@ -198,13 +204,13 @@ def _normalize_value(vr: str, v: Any, where: str) -> Any:
         return None
     if vr in STRING_VRS:
         if not isinstance(v, str):
-            raise InvalidDataset(f"{where}: {vr} values must be strings, got {v!r}")
+            raise InvalidDataset(f"{_w(where)}: {vr} values must be strings, got {v!r}")
         _check_unicode(v, where)
         _check_string(vr, v, where)
         return v
     if vr in NUMBER_VRS:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise InvalidDataset(f"{where}: {vr} values must be JSON numbers, got {v!r}")
+            raise InvalidDataset(f"{_w(where)}: {vr} values must be JSON numbers, got {v!r}")
         return _check_number(vr, v, where)
     if vr in NUMERIC_STRING_VRS:
         return _numeric_string(vr, v, where)
@@ -212,20 +218,20 @@ def _normalize_value(vr: str, v: Any, where: str) -> Any:
         if isinstance(v, str):  # liberal: a bare string is the Alphabetic group
             v = {"Alphabetic": v} if v else {}
         if not isinstance(v, dict) or set(v) - {"Alphabetic", "Ideographic", "Phonetic"}:
-            raise InvalidDataset(f"{where}: PN values must be objects with Alphabetic/Ideographic/"
+            raise InvalidDataset(f"{_w(where)}: PN values must be objects with Alphabetic/Ideographic/"
                                  f"Phonetic groups, got {v!r}")
         if not all(isinstance(g, str) for g in v.values()):
-            raise InvalidDataset(f"{where}: PN component groups must be strings")
+            raise InvalidDataset(f"{_w(where)}: PN component groups must be strings")
         for group in v.values():
             _check_unicode(group, where)
         if any(len(g) > 64 for g in v.values()):
-            raise InvalidDataset(f"{where}: a PN component group may have at most 64 characters")
+            raise InvalidDataset(f"{_w(where)}: a PN component group may have at most 64 characters")
         return {g: s for g, s in v.items() if s}
     if vr == "AT":
         if not isinstance(v, str) or not _HEX8_RE.match(v):
-            raise InvalidDataset(f"{where}: AT values must be 8 hexadecimal digits, got {v!r}")
+            raise InvalidDataset(f"{_w(where)}: AT values must be 8 hexadecimal digits, got {v!r}")
         return v.upper()
-    raise InvalidDataset(f"{where}: VR {vr} must be sent as InlineBinary")
+    raise InvalidDataset(f"{_w(where)}: VR {vr} must be sent as InlineBinary")
 
 
 def _check_unicode(v: str, where: str) -> None:
@@ -233,30 +239,30 @@ def _check_unicode(v: str, where: str) -> None:
     try:
         v.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidDataset(f"{where}: the value is not valid Unicode text") from None
+        raise InvalidDataset(f"{_w(where)}: the value is not valid Unicode text") from None
 
 
 def _check_string(vr: str, v: str, where: str) -> None:
     limit = _MAX_LEN.get(vr)
     if limit and len(v) > limit:
-        raise InvalidDataset(f"{where}: value longer than the {limit} characters {vr} allows")
+        raise InvalidDataset(f"{_w(where)}: value longer than the {limit} characters {vr} allows")
     if vr == "UI" and v and not is_uid(v):
-        raise InvalidDataset(f"{where}: {v!r} is not a valid UID")
+        raise InvalidDataset(f"{_w(where)}: {v!r} is not a valid UID")
     elif vr == "DA" and v and not (_DA_RE.match(v) and _is_date_time(v)):
-        raise InvalidDataset(f"{where}: {v!r} is not a valid DA (YYYYMMDD)")
+        raise InvalidDataset(f"{_w(where)}: {v!r} is not a valid DA (YYYYMMDD)")
     elif vr == "DT" and v and not (_DT_RE.match(v) and _is_date_time(v)):
-        raise InvalidDataset(f"{where}: {v!r} is not a valid DT (YYYYMMDDHHMMSS.FFFFFF&ZZXX)")
+        raise InvalidDataset(f"{_w(where)}: {v!r} is not a valid DT (YYYYMMDDHHMMSS.FFFFFF&ZZXX)")
     elif vr == "TM" and v and not _TM_RE.match(v):
-        raise InvalidDataset(f"{where}: {v!r} is not a valid TM (HHMMSS.FFFFFF)")
+        raise InvalidDataset(f"{_w(where)}: {v!r} is not a valid TM (HHMMSS.FFFFFF)")
     elif vr == "CS" and not _CS_RE.match(v):
-        raise InvalidDataset(f"{where}: {v!r} is not a valid CS (upper case, digits, space, _)")
+        raise InvalidDataset(f"{_w(where)}: {v!r} is not a valid CS (upper case, digits, space, _)")
     elif vr not in SINGLE_VALUE_TEXT_VRS and "\\" in v:
-        raise InvalidDataset(f"{where}: backslash is not allowed inside a {vr} value")
+        raise InvalidDataset(f"{_w(where)}: backslash is not allowed inside a {vr} value")
 
 
 def _numeric_string(vr: str, v: Any, where: str) -> int | float | None:
     if isinstance(v, bool):
-        raise InvalidDataset(f"{where}: {vr} value must be a number or numeric string, got {v!r}")
+        raise InvalidDataset(f"{_w(where)}: {vr} value must be a number or numeric string, got {v!r}")
     if isinstance(v, (int, float)):
         return _check_number(vr, v, where)
     if isinstance(v, str):
@@ -267,25 +273,25 @@ def _numeric_string(vr: str, v: Any, where: str) -> int | float | None:
         if vr == "DS" and _DS_RE.match(v):
             number = _check_number(vr, float(v), where)
             return int(number) if number.is_integer() and "e" not in v.lower() and abs(number) < 2**53 else number
-    raise InvalidDataset(f"{where}: {v!r} is not a valid {vr}")
+    raise InvalidDataset(f"{_w(where)}: {v!r} is not a valid {vr}")
 
 
 def _check_number(vr: str, v: int | float, where: str) -> int | float:
     """A finite number within the range of its VR (huge or non-finite JSON numbers refused)."""
     if isinstance(v, float) and not math.isfinite(v):
-        raise InvalidDataset(f"{where}: {v!r} is not a finite {vr} value")
+        raise InvalidDataset(f"{_w(where)}: {v!r} is not a finite {vr} value")
     bounds = _INT_RANGE.get(vr)
     if bounds:
         if isinstance(v, float):
             if not v.is_integer():
-                raise InvalidDataset(f"{where}: {vr} values must be integers, got {v!r}")
+                raise InvalidDataset(f"{_w(where)}: {vr} values must be integers, got {v!r}")
             v = int(v)
         if not bounds[0] <= v <= bounds[1]:
-            raise InvalidDataset(f"{where}: {v} is out of the range of {vr}")
+            raise InvalidDataset(f"{_w(where)}: {v} is out of the range of {vr}")
         return v
     if isinstance(v, int):  # FL / FD / DS given as a JSON integer
         if abs(v) > 2**53:
-            raise InvalidDataset(f"{where}: {v} is too large for {vr}")
+            raise InvalidDataset(f"{_w(where)}: {v} is too large for {vr}")
     return v
 
 
@@ -302,9 +308,9 @@ def _inline_binary(value: Any, vr: str, where: str) -> str:
     if isinstance(value, list) and len(value) == 1:
         value = value[0]
     if vr not in BINARY_VRS or not isinstance(value, str):
-        raise InvalidDataset(f"{where}: InlineBinary must be a base64 string on a binary VR")
+        raise InvalidDataset(f"{_w(where)}: InlineBinary must be a base64 string on a binary VR")
     try:
         base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidDataset(f"{where}: InlineBinary is not valid base64") from None
+        raise InvalidDataset(f"{_w(where)}: InlineBinary is not valid base64") from None
     return value

@@ -1,0 +1,206 @@
+"""Starting and stopping the gateway as an operator does: ``python -m gateway --config PATH``.
+A bad configuration stops it quickly with one line naming the key; signals stop it cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import GatewayProcess, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(**overrides) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UPSGW_")}
+    env.update(overrides)
+    return env
+
+
+def run_config(tmp_path: Path, config: dict, timeout: float = 30.0, **env) -> tuple[int, str, float]:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "gateway", "--config", str(path)],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env=_env(**env))
+    return proc.returncode, proc.stderr, time.monotonic() - started
+
+
+def base_config(tmp_path: Path) -> dict:
+    return {"data_dir": str(tmp_path / "data"),
+            "rest": {"host": "127.0.0.1", "port": free_port()},
+            "dimse": {"host": "127.0.0.1", "port": free_port(), "enabled": False}}
+
+
+def assert_one_line_naming(stderr: str, key: str) -> None:
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert key in lines[0], stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("change,key", [
+    ({"rest": {"prot": 8080}}, "rest.prot"),
+    ({"nonsense": 1}, "nonsense"),
+    ({"ups": {"search_default_limit": "many"}}, "ups.search_default_limit"),
+    ({"rest": {"port": "http"}}, "rest.port"),
+    ({"rest": {"port": 70000}}, "rest.port"),
+    ({"dimse": {"enabled": "yes"}}, "dimse.enabled"),
+    ({"rest": {"max_body_bytes": 1.5}}, "rest.max_body_bytes"),
+    ({"ae_title": "THIS_AE_TITLE_IS_WAY_TOO_LONG"}, "ae_title"),
+    ({"redis": {"url": "http://localhost:6379"}}, "redis.url"),
+    ({"ups": {"timezone_offset": "CET"}}, "ups.timezone_offset"),
+    ({"peers": {"MODALITY": {"host": "x"}}}, "peers.MODALITY"),
+    ({"rest": "not a mapping"}, "rest"),
+])
+def test_bad_configuration_is_one_line_naming_the_key(tmp_path, change, key):
+    config = base_config(tmp_path)
+    for section, value in change.items():
+        if isinstance(value, dict) and isinstance(config.get(section), dict):
+            config[section].update(value)
+        else:
+            config[section] = value
+    code, stderr, took = run_config(tmp_path, config)
+    assert code != 0
+    assert took < 10
+    assert_one_line_naming(stderr, key)
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("rest: [unclosed\n")
+    for target in (path, tmp_path / "missing.yaml"):
+        proc = subprocess.run([sys.executable, "-m", "gateway", "--config", str(target)],
+                              capture_output=True, text=True, timeout=30, cwd=ROOT, env=_env())
+        assert proc.returncode != 0
+        assert_one_line_naming(proc.stderr, str(target))
+
+
+def test_rest_port_in_use(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        config = base_config(tmp_path)
+        config["rest"]["port"] = busy.getsockname()[1]
+        code, stderr, took = run_config(tmp_path, config)
+    assert code != 0
+    assert took < 15
+    assert_one_line_naming(stderr, "rest.port")
+    assert str(config["rest"]["port"]) in stderr
+
+
+def test_dimse_port_in_use(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        config = base_config(tmp_path)
+        config["dimse"].update(enabled=True, port=busy.getsockname()[1])
+        code, stderr, took = run_config(tmp_path, config)
+    assert code != 0
+    assert took < 15
+    assert_one_line_naming(stderr, "dimse.port")
+
+
+def test_unreachable_redis(tmp_path):
+    config = base_config(tmp_path)
+    config["redis"] = {"url": f"redis://127.0.0.1:{free_port()}/0"}
+    code, stderr, took = run_config(tmp_path, config)
+    assert code != 0
+    assert took < 15
+    assert_one_line_naming(stderr, "redis.url")
+
+
+def test_redis_url_password_is_not_printed(tmp_path):
+    config = base_config(tmp_path)
+    config["redis"] = {"url": f"redis://user:s3cret-pw@127.0.0.1:{free_port()}/0"}
+    code, stderr, _ = run_config(tmp_path, config)
+    assert code != 0
+    assert_one_line_naming(stderr, "redis.url")
+    assert "s3cret-pw" not in stderr
+
+
+def test_environment_variable_with_a_bad_value_names_the_key(tmp_path):
+    code, stderr, _ = run_config(tmp_path, base_config(tmp_path), UPSGW_REST__PORT="eighty")
+    assert code != 0
+    assert_one_line_naming(stderr, "rest.port")
+    code, stderr, _ = run_config(tmp_path, base_config(tmp_path), UPSGW_REST__NO_SUCH_KEY="1")
+    assert code != 0
+    assert_one_line_naming(stderr, "rest.no_such_key")
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"gateway exited with {proc.returncode}: "
+                                 f"{proc.stderr.read() if proc.stderr else ''}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                return json.loads(r.read())
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("gateway did not become healthy")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_environment_override_and_clean_exit_on_signal(tmp_path, sig):
+    config = base_config(tmp_path)
+    file_port, env_port = config["rest"]["port"], free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(path)], cwd=ROOT,
+                            env=_env(UPSGW_REST__PORT=str(env_port)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        health = _wait_healthy(env_port, proc)
+        assert health["status"] == "ok"
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{file_port}/health", timeout=1)
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=20)
+        assert proc.returncode == 0, stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # a normal run logs its start and stop (JSON lines)
+    messages = [json.loads(line)["msg"] for line in stderr.splitlines() if line.startswith("{")]
+    assert "gateway started" in messages and "gateway stopped" in messages
+
+
+def test_health_reports_its_components(tmp_path):
+    proc = GatewayProcess(tmp_path, dimse=True).start()
+    try:
+        with urllib.request.urlopen(f"{proc.url}/health", timeout=5) as r:
+            assert r.status == 200
+            assert r.headers.get_content_type() == "application/json"
+            body = json.loads(r.read())
+        assert body["status"] == "ok"
+        assert body["ae_title"] == "UPS_GATEWAY"
+        components = body["components"]
+        assert {"rest", "redis", "dimse"} <= set(components)
+        assert all(state == "up" for state in components.values()), components
+    finally:
+        assert proc.stop() == 0
+
+
+def test_health_without_dimse(tmp_path):
+    proc = GatewayProcess(tmp_path, dimse=False).start()
+    try:
+        with urllib.request.urlopen(f"{proc.url}/health", timeout=5) as r:
+            body = json.loads(r.read())
+        assert "dimse" not in body["components"]
+        assert body["components"]["redis"] == "up"
+    finally:
+        proc.stop()

@@ -1,0 +1,131 @@
+"""Workitems survive a gateway restart on the same data_dir: after SIGTERM, and after SIGKILL for
+everything older than the AOF fsync interval (one second)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from tests.helpers import GatewayProcess, completion_payload, element, new_uid, state_payload, workitem
+
+JSON = {"Content-Type": "application/dicom+json"}
+
+
+async def _create(http, gateway, uid, **kw):
+    async with http.post(f"{gateway.base}/workitems?workitem={uid}",
+                         data=json.dumps(workitem(**kw)), headers=JSON) as r:
+        assert r.status == 201, await r.text()
+
+
+async def _state(http, gateway, uid, state, tx):
+    async with http.put(f"{gateway.base}/workitems/{uid}/state", headers=JSON,
+                        data=json.dumps(state_payload(state, tx))) as r:
+        return r.status, await r.text()
+
+
+async def _get(http, gateway, uid):
+    async with http.get(f"{gateway.base}/workitems/{uid}") as r:
+        if r.status != 200:
+            return r.status, None
+        [ds] = await r.json(content_type=None)
+        return 200, ds
+
+
+async def _populate(http, gateway):
+    """Workitems in every state; returns {uid: state} and the claimed item's Transaction UID."""
+    states, tx = {}, new_uid()
+    for i in range(5):
+        uid = new_uid()
+        await _create(http, gateway, uid, patient_id=f"R{i}", start=f"2026112509{i:02d}00")
+        states[uid] = "SCHEDULED"
+    claimed, done, canceled = list(states)[:3]
+    assert (await _state(http, gateway, claimed, "IN PROGRESS", tx))[0] == 200
+    async with http.post(f"{gateway.base}/workitems/{claimed}?transaction-uid={tx}",
+                         data=json.dumps({"00741204": element("LO", "kept")}), headers=JSON) as r:
+        assert r.status == 200
+    done_tx = new_uid()
+    assert (await _state(http, gateway, done, "IN PROGRESS", done_tx))[0] == 200
+    async with http.post(f"{gateway.base}/workitems/{done}?transaction-uid={done_tx}",
+                         data=json.dumps(completion_payload()), headers=JSON) as r:
+        assert r.status == 200
+    assert (await _state(http, gateway, done, "COMPLETED", done_tx))[0] == 200
+    async with http.post(f"{gateway.base}/workitems/{canceled}/cancelrequest") as r:
+        assert r.status == 202
+    states.update({claimed: "IN PROGRESS", done: "COMPLETED", canceled: "CANCELED"})
+    return states, claimed, tx
+
+
+async def _check_survivors(http, gateway, states, claimed, tx):
+    for uid, state in states.items():
+        status, ds = await _get(http, gateway, uid)
+        assert status == 200, uid
+        assert ds["00741000"]["Value"] == [state]
+        assert "00081195" not in ds
+    assert (await _get(http, gateway, claimed))[1]["00741204"]["Value"] == ["kept"]
+    # the indexes came back too
+    async with http.get(f"{gateway.base}/workitems", params={
+            "SOPInstanceUID": ",".join(states), "ProcedureStepState": "SCHEDULED"}) as r:
+        assert r.status == 200
+        assert len(await r.json(content_type=None)) == 2
+    # the claim is intact: another claimant and a wrong Transaction UID are refused ...
+    assert (await _state(http, gateway, claimed, "IN PROGRESS", new_uid()))[0] == 409
+    async with http.post(f"{gateway.base}/workitems/{claimed}?transaction-uid={new_uid()}",
+                         data=json.dumps(completion_payload()), headers=JSON) as r:
+        assert r.status == 400
+    # ... and the original one still works
+    async with http.post(f"{gateway.base}/workitems/{claimed}?transaction-uid={tx}",
+                         data=json.dumps(completion_payload()), headers=JSON) as r:
+        assert r.status == 200, await r.text()
+    assert (await _state(http, gateway, claimed, "COMPLETED", tx))[0] == 200
+
+
+async def test_restart_after_sigterm_keeps_everything(tmp_path, http):
+    first = GatewayProcess(tmp_path / "a", dimse=False).start()
+    try:
+        states, claimed, tx = await _populate(http, first)
+        assert first.stop() == 0
+    finally:
+        first.kill()
+    second = GatewayProcess(tmp_path / "b", data_dir=first.data_dir, dimse=False).start()
+    try:
+        await _check_survivors(http, second, states, claimed, tx)
+    finally:
+        assert second.stop() == 0
+
+
+async def test_restart_after_sigkill_keeps_what_was_fsynced(tmp_path, http):
+    first = GatewayProcess(tmp_path / "a", dimse=False).start()
+    try:
+        states, claimed, tx = await _populate(http, first)
+        await asyncio.sleep(1.6)  # appendfsync everysec
+        first.kill()
+    finally:
+        first.kill()
+    assert first.proc.returncode == -9
+    second = GatewayProcess(tmp_path / "b", data_dir=first.data_dir, dimse=False).start()
+    try:
+        await _check_survivors(http, second, states, claimed, tx)
+        # and it keeps working: new workitems are stored beside the old ones
+        uid = new_uid()
+        await _create(http, second, uid)
+        assert (await _get(http, second, uid))[0] == 200
+    finally:
+        second.stop()
+
+
+async def test_two_gateways_cannot_share_one_data_dir(tmp_path, http):
+    first = GatewayProcess(tmp_path / "a", dimse=False).start()
+    try:
+        second = GatewayProcess(tmp_path / "b", data_dir=first.data_dir, dimse=False)
+        try:
+            second.start(timeout=30)
+        except RuntimeError as exc:
+            assert "data_dir" in str(exc)
+        else:
+            second.stop()
+            raise AssertionError("a second gateway started on a data_dir in use")
+        # the first one is unharmed
+        uid = new_uid()
+        await _create(http, first, uid)
+    finally:
+        first.stop()

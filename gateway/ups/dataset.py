@@ -33,7 +33,10 @@ SINGLE_VALUE_TEXT_VRS = frozenset(("LT", "ST", "UT", "UR"))  # backslash is not 
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _DA_RE = re.compile(r"^\d{8}$")
 _DT_RE = re.compile(r"^\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?$")
-_TM_RE = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
+_TM_RE = re.compile(r"^([01]\d|2[0-3])([0-5]\d([0-5]\d|60)?(\.\d{1,6})?)?$")
+# Control characters: only the text VRs may carry line breaks, tabs and form feeds (PS3.5 6.1.3).
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_TEXT_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _CS_RE = re.compile(r"^[A-Z0-9 _]*$")
 _HEX8_RE = re.compile(r"^[0-9A-Fa-f]{8}$")
 _IS_RE = re.compile(r"^\s*[+-]?\d+\s*$")
@@ -224,6 +227,8 @@ def _normalize_value(vr: str, v: Any, where: str) -> Any:
             raise InvalidDataset(f"{_w(where)}: PN component groups must be strings")
         for group in v.values():
             _check_unicode(group, where)
+            if _CONTROL_RE.search(group):
+                raise InvalidDataset(f"{_w(where)}: control characters are not allowed in a PN")
         if any(len(g) > 64 for g in v.values()):
             raise InvalidDataset(f"{_w(where)}: a PN component group may have at most 64 characters")
         return {g: s for g, s in v.items() if s}
@@ -252,7 +257,9 @@ def _check_string(vr: str, v: str, where: str) -> None:
         raise InvalidDataset(f"{_w(where)}: {v!r} is not a valid DA (YYYYMMDD)")
     elif vr == "DT" and v and not (_DT_RE.match(v) and _is_date_time(v)):
         raise InvalidDataset(f"{_w(where)}: {v!r} is not a valid DT (YYYYMMDDHHMMSS.FFFFFF&ZZXX)")
-    elif vr == "TM" and v and not _TM_RE.match(v):
+    if (_TEXT_CONTROL_RE if vr in ("LT", "ST", "UT") else _CONTROL_RE).search(v):
+        raise InvalidDataset(f"{_w(where)}: control characters are not allowed in a {vr} value")
+    if vr == "TM" and v and not _TM_RE.match(v):
         raise InvalidDataset(f"{_w(where)}: {v!r} is not a valid TM (HHMMSS.FFFFFF)")
     elif vr == "CS" and not _CS_RE.match(v):
         raise InvalidDataset(f"{_w(where)}: {v!r} is not a valid CS (upper case, digits, space, _)")

@@ -92,6 +92,8 @@ class EmbeddedRedis:
     async def _wait_for_previous_owner(self, timeout: float = 10.0) -> None:
         """A previous gateway killed hard leaves redis shutting down: wait; refuse a live owner."""
         for _ in range(int(timeout / 0.1)):
+            if self._owner_alive():
+                break
             if not await self._answers_ping():
                 if self.socket.exists():
                     self.socket.unlink()
@@ -99,6 +101,19 @@ class EmbeddedRedis:
             await asyncio.sleep(0.1)
         raise RuntimeError(f"data_dir: an embedded Redis is already serving {self.socket}; "
                            "is another gateway running on this data_dir?")
+
+    def _owner_alive(self) -> bool:
+        """Whether the redis-server of this data_dir still has its gateway (a live parent)."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (OSError, ValueError):
+            return False
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        try:  # after the owner dies, redis is re-parented (to 1 or a subreaper) and exits soon
+            return b"gateway" in Path(f"/proc/{parent}/cmdline").read_bytes()
+        except OSError:
+            return False
 
     async def _answers_ping(self) -> bool:
         if not self.socket.exists():

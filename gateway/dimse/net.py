@@ -39,7 +39,8 @@ def guard_responses(assoc) -> None:
             return original(block)
         q = provider.msg_queue
         with q.mutex:
-            if not q.queue or not q.queue[0][1].is_valid_request:
+            # (None, None) is pynetdicom's wake-up for a blocked sender on abort/close: leave it.
+            if not q.queue or q.queue[0][1] is None or not q.queue[0][1].is_valid_request:
                 return None, None
             item = q.queue.popleft()
             q.not_full.notify()

@@ -1,7 +1,11 @@
 """The DIMSE listener: a pynetdicom acceptor for the UPS SOP classes and Verification.
 
 Handlers (``gateway.dimse.handlers``) run in pynetdicom's association threads and reach the UPS
-core through ``LoopBridge``.
+core through ``LoopBridge``. Configuration (``dimse`` in config.yaml) is applied here: the
+calling-AE allowlist (an association from any other AE is rejected, "calling AE title not
+recognised"), the maximum of concurrent associations (more are rejected as "local limit
+exceeded"), the ACSE/DIMSE/network timeouts and the largest PDU we receive. TCP_NODELAY is set on
+every accepted socket.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import errno
 import logging
 
 from pynetdicom import AE, evt
+from pynetdicom._handlers import (standard_dimse_recv_handler, standard_dimse_sent_handler,
+                                  standard_pdu_recv_handler, standard_pdu_sent_handler)
 from pynetdicom.sop_class import (UnifiedProcedureStepEvent, UnifiedProcedureStepPull,
                                   UnifiedProcedureStepPush, UnifiedProcedureStepQuery,
                                   UnifiedProcedureStepWatch, Verification)
@@ -25,6 +31,49 @@ log = logging.getLogger("gateway.dimse")
 UPS_SOP_CLASSES = (UnifiedProcedureStepPush, UnifiedProcedureStepPull, UnifiedProcedureStepWatch,
                    UnifiedProcedureStepEvent, UnifiedProcedureStepQuery)
 TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99"]
+
+
+def _peer(event) -> dict:
+    assoc = event.assoc
+    requestor = assoc.requestor
+    return {"ae": str(requestor.ae_title).strip() if requestor.ae_title else None,
+            "address": f"{requestor.address}:{requestor.port}"}
+
+
+def _log_established(event) -> None:
+    log.debug("association established", extra=_peer(event))
+
+
+def _log_rejected(event) -> None:
+    log.info("association rejected", extra=_peer(event))
+
+
+def _log_aborted(event) -> None:
+    log.info("association aborted", extra=_peer(event))
+
+
+_STANDARD_LOG_HANDLERS = ((evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+                          (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+                          (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+                          (evt.EVT_PDU_SENT, standard_pdu_sent_handler))
+
+
+def _drop_standard_logging(event) -> None:
+    """EVT_CONN_OPEN: pynetdicom's standard handlers dump every PDU and message for its DEBUG/INFO
+    log, which the gateway silences below DEBUG; they cost time per message (and log a spurious
+    ERROR for an N-GET without an Attribute Identifier List), so unbind them then."""
+    if logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+        return
+    for event_type, handler in _STANDARD_LOG_HANDLERS:
+        try:
+            event.assoc.unbind(event_type, handler)
+        except Exception:  # noqa: BLE001 - logging only
+            pass
+
+
+ASSOCIATION_LOG = [(evt.EVT_CONN_OPEN, _drop_standard_logging),
+                   (evt.EVT_ESTABLISHED, _log_established), (evt.EVT_REJECTED, _log_rejected),
+                   (evt.EVT_ABORTED, _log_aborted)]
 
 
 class DimseServer:
@@ -57,7 +106,7 @@ class DimseServer:
         bound = handlers.bind(self.gateway, self.bridge)
         try:
             self.server = ae.start_server((cfg.host, cfg.port), block=False,
-                                          evt_handlers=[NODELAY_HANDLER, *bound])
+                                          evt_handlers=[NODELAY_HANDLER, *ASSOCIATION_LOG, *bound])
         except OSError as exc:
             reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
             raise ConfigError(f"dimse.port: {cfg.host}:{cfg.port} {reason}") from None

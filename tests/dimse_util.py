@@ -1,0 +1,140 @@
+"""A pynetdicom SCU for the DIMSE tests: associations with TCP_NODELAY and UPS helpers.
+
+UPS messages carry the UPS Push SOP Class UID whatever context they travel on (PS3.4 CC.3.1);
+``meta_uid`` picks the presentation context (Pull for N-SET / change state, Watch for
+subscriptions …), as a real UPS SCU does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from io import BytesIO
+from typing import Iterator
+
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+from gateway.dimse.net import NODELAY_HANDLER, guard_responses
+
+PUSH = "1.2.840.10008.5.1.4.34.6.1"
+WATCH = "1.2.840.10008.5.1.4.34.6.2"
+PULL = "1.2.840.10008.5.1.4.34.6.3"
+EVENT = "1.2.840.10008.5.1.4.34.6.4"
+QUERY = "1.2.840.10008.5.1.4.34.6.5"
+ALL_UPS = (PUSH, PULL, WATCH, QUERY, EVENT)
+SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+
+
+def make_ae(contexts=ALL_UPS, ae_title: str = "TEST_SCU", syntaxes=SYNTAXES,
+            timeout: float = 15.0) -> AE:
+    ae = AE(ae_title=ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    for sop_class in contexts:
+        ae.add_requested_context(sop_class, syntaxes)
+    ae.add_requested_context(Verification)
+    return ae
+
+
+def associate(gateway, contexts=ALL_UPS, ae_title: str = "TEST_SCU", syntaxes=SYNTAXES,
+              called: str = "UPS_GATEWAY"):
+    """An association (established or not) with the gateway's DIMSE listener."""
+    ae = make_ae(contexts, ae_title, syntaxes)
+    assoc = ae.associate("127.0.0.1", gateway.dimse_port, ae_title=called,
+                         evt_handlers=[NODELAY_HANDLER])
+    if assoc.is_established:
+        guard_responses(assoc)  # pynetdicom 3.0.4 requestor race (gateway.dimse.net)
+    return assoc
+
+
+@contextlib.contextmanager
+def association(gateway, contexts=ALL_UPS, ae_title: str = "TEST_SCU",
+                syntaxes=SYNTAXES) -> Iterator:
+    assoc = associate(gateway, contexts, ae_title, syntaxes)
+    assert assoc.is_established, "association with the gateway failed"
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def dataset(json_ds: dict) -> Dataset:
+    return Dataset.from_json(json_ds)
+
+
+def status_of(status: Dataset) -> int:
+    assert status is not None and "Status" in status, "no response from the gateway"
+    return int(status.Status)
+
+
+def comment_of(status: Dataset) -> str:
+    return str(status.get("ErrorComment", "") or "")
+
+
+def n_create(assoc, json_ds: dict, uid: str | None):
+    ds = dataset({k: v for k, v in json_ds.items() if k != "00080018"})
+    return assoc.send_n_create(ds, PUSH, uid)
+
+
+def n_get(assoc, uid: str, tags=None, meta_uid: str = PULL):
+    return assoc.send_n_get(tags or [], PUSH, uid, meta_uid=meta_uid)
+
+
+def n_set(assoc, uid: str, json_ds: dict, tx: str | None = None, meta_uid: str = PULL):
+    mods = dict(json_ds)
+    if tx:
+        mods["00081195"] = {"vr": "UI", "Value": [tx]}
+    return assoc.send_n_set(dataset(mods), PUSH, uid, meta_uid=meta_uid)
+
+
+def change_state(assoc, uid: str, state: str, tx: str | None, meta_uid: str = PULL):
+    info = Dataset()
+    info.ProcedureStepState = state
+    if tx:
+        info.TransactionUID = tx
+    return assoc.send_n_action(info, 1, PUSH, uid, meta_uid=meta_uid)
+
+
+def request_cancel(assoc, uid: str, info: Dataset | None = None, meta_uid: str = PUSH):
+    # No Action Information at all when there is none: an empty dataset would be announced
+    # in the command set but never sent.
+    return assoc.send_n_action(info if info else None, 2, PUSH, uid, meta_uid=meta_uid)
+
+
+def c_find(assoc, identifier: Dataset, model: str = PULL) -> tuple[int, list[Dataset], Dataset]:
+    """(final status, pending identifiers, final status dataset)."""
+    results = []
+    final = None
+    for status, ds in assoc.send_c_find(identifier, model):
+        assert status is not None and "Status" in status, "no C-FIND response"
+        if status.Status in (0xFF00, 0xFF01):
+            results.append(ds)
+        else:
+            final = status
+    assert final is not None
+    return int(final.Status), results, final
+
+
+def raw_request(assoc, primitive, abstract_syntax: str):
+    """Send a hand-built DIMSE request primitive on the context of ``abstract_syntax`` and
+    return the response primitive (for what pynetdicom's send_* methods won't send)."""
+    context = assoc._get_valid_context(abstract_syntax, "", "scu")
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    try:
+        assoc.dimse.send_msg(primitive, context.context_id)
+        _, rsp = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    assert rsp is not None, "no response from the gateway"
+    return rsp
+
+
+def encoded(ds: Dataset, implicit: bool = False) -> BytesIO:
+    from pynetdicom.dsutils import encode
+
+    return BytesIO(encode(ds, implicit, True))

@@ -28,7 +28,7 @@ from gateway.ups.uids import UPS_PUSH
 log = logging.getLogger("gateway.events.dimse")
 
 _TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
-_LEASE_MS = 10000
+_LEASE_MS = 6000  # a crashed sender's peers are taken over within this
 
 
 class DimseEventSender:
@@ -49,6 +49,9 @@ class DimseEventSender:
     async def flush(self, timeout: float) -> None:
         """Give workers a moment to deliver what is queued (e.g. GOING DOWN at shutdown)."""
         deadline = time.monotonic() + timeout
+        for worker in self.workers:
+            self.gateway.hub.wake(worker.ae)
+        await asyncio.sleep(0.2)  # let the workers pick up what was just queued
         while time.monotonic() < deadline and any(w.busy for w in self.workers):
             await asyncio.sleep(0.05)
 
@@ -83,12 +86,12 @@ class PeerWorker:
                     if not await self.lease.hold():
                         self.reader.forget()
                         await self.close()
-                        await wait_for(hub, wake, _LEASE_MS / 3000)
+                        await wait_for(hub, wake, _LEASE_MS / 4000)
                         continue
                     if not await self._deliver_some():
                         if self.assoc and time.monotonic() - self.last_used > self.cfg.association_idle_seconds:
                             await self.close()
-                        await wait_for(hub, wake, 2.0)
+                        await wait_for(hub, wake, _LEASE_MS / 4000)
                 except RedisError as exc:
                     log.warning("event delivery paused: redis unavailable",
                                 extra={"ae": self.ae, "error": str(exc)})
@@ -126,7 +129,9 @@ class PeerWorker:
 
     def _send(self, entry: QueuedEntry) -> str | None:
         """Send one N-EVENT-REPORT (in a worker thread); the error text, or None when delivered."""
-        if self.assoc is None or not self.assoc.is_established:
+        if self.assoc is not None and not (self.assoc.is_established and self.assoc.is_alive()):
+            self._abort()
+        if self.assoc is None:
             self.assoc = self.requestor.associate(
                 self.host, self.port, ae_title=self.ae,
                 ext_neg=[build_role(UnifiedProcedureStepEvent, scp_role=True)],

@@ -38,12 +38,21 @@ class ServiceStatus:
         await self.redis.zremrangebyscore(self.key, "-inf", now)
         return int(await self.redis.zcard(self.key))
 
+    async def _others(self) -> dict[str, float]:
+        """The other processes' heartbeat entries (id → expiry) that have not expired."""
+        await self.redis.zremrangebyscore(self.key, "-inf", time.time())
+        entries = await self.redis.zrange(self.key, 0, -1, withscores=True)
+        return {member.decode(): score for member, score in entries
+                if member.decode() != self.id}
+
     async def started(self) -> None:
-        alone = await self._alive_count() == 0
+        others = await self._others()
         await self.redis.zadd(self.key, {self.id: time.time() + _ALIVE_S})
-        self._task = asyncio.create_task(self._heartbeat(), name="heartbeat")
-        if not alone:
-            return
+        self._task = asyncio.create_task(self._heartbeat(others), name="heartbeat")
+        if not others:
+            await self._announce_restarted()
+
+    async def _announce_restarted(self) -> None:
         store = self.gateway.store
         subs = self.gateway.service.watch.subs
         recipients = await subs.subscribers()
@@ -53,6 +62,18 @@ class ServiceStatus:
                                     ev.scp_status("RESTARTED", list_status))
         log.info("SCP status RESTARTED announced", extra={"recipients": sent,
                                                           "list_status": list_status})
+
+    async def _confirm_others(self, others: dict[str, float]) -> None:
+        """A process killed without stopping leaves its entry until it expires. If none of the
+        processes seen at start refreshes its entry within a heartbeat, they are gone and this
+        start is a restart of the service: announce RESTARTED after all."""
+        await asyncio.sleep(_HEARTBEAT_S + 1.0)
+        now = await self._others()
+        stale = [member for member, expiry in others.items() if now.get(member, 0) <= expiry]
+        if stale:
+            await self.redis.zrem(self.key, *stale)
+        if not [member for member in now if member not in stale]:
+            await self._announce_restarted()
 
     async def stopping(self) -> None:
         if self._task:
@@ -69,7 +90,12 @@ class ServiceStatus:
         except RedisError as exc:
             log.warning("could not announce GOING DOWN", extra={"error": str(exc)})
 
-    async def _heartbeat(self) -> None:
+    async def _heartbeat(self, others: dict[str, float]) -> None:
+        if others:
+            try:
+                await self._confirm_others(others)
+            except RedisError as exc:
+                log.warning("could not check for a restart", extra={"error": str(exc)})
         while True:
             await asyncio.sleep(_HEARTBEAT_S)
             try:

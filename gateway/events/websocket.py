@@ -55,7 +55,7 @@ class Channel:
     async def run(self) -> None:
         hub = self.gateway.hub
         wake = hub.waiter(self.ae)
-        receiver = asyncio.create_task(self._receive())
+        receiver = asyncio.create_task(self._receive(wake))
         self.gateway.channels.add(self.ws)
         log.info("event channel opened", extra={"ae": self.ae, "request": self.request_id})
         try:
@@ -98,11 +98,14 @@ class Channel:
     async def _send(self, frame: dict) -> None:
         await self.ws.send_str(json.dumps(frame, separators=(",", ":")))
 
-    async def _receive(self) -> None:
+    async def _receive(self, wake: asyncio.Event) -> None:
         # Clients send nothing meaningful; reading keeps pings/close handshakes flowing.
-        async for message in self.ws:
-            if message.type == WSMsgType.ERROR:
-                break
+        try:
+            async for message in self.ws:
+                if message.type == WSMsgType.ERROR:
+                    break
+        finally:
+            wake.set()  # the client left: end the delivery loop now, not at its next poll
 
 
 def overflow_notice(lost: int) -> dict:

@@ -7,7 +7,7 @@ import asyncio
 import errno
 import logging
 import time
-from typing import Awaitable, Callable
+from typing import Callable
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -42,7 +42,6 @@ class Gateway:
         self.components: dict[str, Callable[[], bool]] = {}
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
-        self._shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -58,13 +57,14 @@ class Gateway:
             direct_event_aes=frozenset(cfg.peers)))
         self.hub = EventHub(self.redis, cfg.redis.key_prefix)
         await self.hub.start()
+        if cfg.dimse.enabled:  # /health says 503 until the listener is up
+            self.components["dimse"] = lambda: self.dimse is not None and self.dimse.is_running()
         await self._start_rest()
         if cfg.dimse.enabled:
             from gateway.dimse.server import DimseServer
 
             self.dimse = DimseServer(self)
             await self.dimse.start()
-            self.components["dimse"] = self.dimse.is_running
         self.event_sender = DimseEventSender(self)
         self.event_sender.start()
         self.status = ServiceStatus(self)
@@ -81,11 +81,6 @@ class Gateway:
             await self.status.stopping()  # GOING DOWN to every subscriber
         if self.event_sender:
             await self.event_sender.flush(timeout=2.0)
-        for hook in reversed(self._shutdown_hooks):
-            try:
-                await hook()
-            except Exception:  # keep shutting down the rest
-                log.exception("shutdown step failed")
         if self.dimse:
             await self.dimse.stop()
         for task in self._tasks:
@@ -104,9 +99,6 @@ class Gateway:
         if self.embedded:
             await self.embedded.stop()
         log.info("gateway stopped")
-
-    def on_shutdown(self, hook: Callable[[], Awaitable[None]]) -> None:
-        self._shutdown_hooks.append(hook)
 
     async def run_until_stopped(self) -> None:
         await self._stopping.wait()

@@ -3,6 +3,7 @@ workitem UID, AE title, request id — that callers pass through ``extra``."""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
@@ -10,14 +11,28 @@ import time
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
+# Fields of the request being served (request id, calling AE), added to every record logged
+# while serving it — also by the UPS core, which knows nothing of requests.
+_context: contextvars.ContextVar[dict] = contextvars.ContextVar("log_context", default={})
+
+
+def bind(**fields) -> None:
+    """Attach fields to every log record of the current request (task or thread)."""
+    _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+
+
+def _fields(record: logging.LogRecord) -> dict:
+    fields = dict(_context.get())
+    fields.update((k, v) for k, v in record.__dict__.items() if k not in _STANDARD and v is not None)
+    return fields
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
                  + f".{int(record.msecs):03d}Z",
                  "level": record.levelname, "logger": record.name, "msg": record.getMessage()}
-        entry.update({k: v for k, v in record.__dict__.items()
-                      if k not in _STANDARD and v is not None})
+        entry.update(_fields(record))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
@@ -25,8 +40,7 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{k}={v}" for k, v in record.__dict__.items()
-                          if k not in _STANDARD and v is not None)
+        fields = " ".join(f"{k}={v}" for k, v in _fields(record).items())
         line = f"{self.formatTime(record)} {record.levelname} {record.name}: {record.getMessage()}"
         line = f"{line} {fields}" if fields else line
         if record.exc_info:

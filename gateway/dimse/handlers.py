@@ -24,6 +24,7 @@ from pynetdicom import evt
 from pynetdicom.dsutils import encode
 from redis.exceptions import RedisError
 
+from gateway import logs
 from gateway.dimse import convert
 from gateway.ups import matching
 from gateway.ups import status as st
@@ -370,6 +371,8 @@ class DimseHandlers:
         offered = frozenset(str(cx.abstract_syntax) for cx in event.assoc.accepted_contexts
                             if str(cx.abstract_syntax) in UPS_CLASSES) | {context_class}
         req = Request(op, ae, msg_id, context_class, offered)
+        # The core's own log records (written on the loop) carry this request's identity too.
+        logs.bind(request=f"{ae}#{msg_id}", ae=ae)
         foreign = getattr(event.assoc, "_ups_foreign_sop_classes", None)
         if foreign and msg_id in foreign:
             req.sop_class = foreign.pop(msg_id)

@@ -12,6 +12,7 @@ from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway import logs
 from gateway.rest import paths, subscriptions, workitems
 from gateway.rest.messages import error_response, problem
 from gateway.ups.errors import UPSError
@@ -25,6 +26,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request["id"] = rid = f"r{next(_request_ids)}"
+    logs.bind(request=rid, peer=request.remote)
     started = time.perf_counter()
     try:
         response = await handler(request)

@@ -10,6 +10,7 @@ and the registry of open WebSocket channels.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -18,6 +19,7 @@ from gateway.store.redis_store import RedisStore, lua, now_ms, pack, unpack
 from gateway.ups.dataset import Dataset
 
 _BATCH = 500
+log = logging.getLogger("gateway.store")
 
 
 @dataclass
@@ -71,6 +73,9 @@ class SubscriptionStore:
             count += int(await self._existing(args=[
                 self.p, ae, "1" if lock else "0", "1" if send_reports else "0",
                 self.store.backlog, now_ms(), *uids[i:i + _BATCH]]))
+            if i and i % (20 * _BATCH) == 0:  # a large worklist takes a while: show progress
+                log.info("subscribing to existing workitems",
+                         extra={"ae": ae, "done": i, "of": len(uids)})
         return count
 
     # ---- per-workitem subscriptions ----------------------------------------------------

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from gateway.dimse.net import NODELAY_HANDLER, guard_responses
 from gateway.events.hub import wait_for
-from gateway.events.queue import Lease, QueuedEntry, QueueReader
+from gateway.events.queue import Lease, LeaseLost, QueuedEntry, QueueReader
 from gateway.ups import events as ev
 from gateway.ups.uids import UPS_PUSH
 
@@ -92,6 +92,8 @@ class PeerWorker:
                         if self.assoc and time.monotonic() - self.last_used > self.cfg.association_idle_seconds:
                             await self.close()
                         await wait_for(hub, wake, _LEASE_MS / 4000)
+                except LeaseLost:
+                    continue  # another process took over: the next turn notices
                 except RedisError as exc:
                     log.warning("event delivery paused: redis unavailable",
                                 extra={"ae": self.ae, "error": str(exc)})

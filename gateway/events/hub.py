@@ -1,7 +1,7 @@
 """The process-wide notification hub: one Redis pub/sub subscription wakes local deliverers.
 
-Every queued event is PUBLISHed with its subscriber AE (by the store's Lua, in the same atomic
-step). Deliverers — WebSocket channels and DIMSE senders — wait on the hub instead of polling, and
+Every Lua step that queues events PUBLISHes the subscriber AEs it queued for (newline-separated)
+in the same atomic step. Deliverers — WebSocket channels and DIMSE senders — wait on the hub instead of polling, and
 still re-check their queue every few seconds in case a notification was missed.
 """
 
@@ -55,7 +55,8 @@ class EventHub:
                 ready.set()
                 async for message in pubsub.listen():
                     if message and message.get("type") == "message":
-                        self.wake(message["data"].decode())
+                        for ae in message["data"].decode().split("\n"):
+                            self.wake(ae)
             except asyncio.CancelledError:
                 await pubsub.aclose()
                 raise

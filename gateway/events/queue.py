@@ -68,6 +68,7 @@ class QueueReader:
         self.lease = lease
         self._cursor: tuple[str, int] | None = None
         self._advance = store.redis.register_script(lua("cursor.lua"))
+        self._read = store.redis.register_script(lua("read_queue.lua"))
 
     async def cursor(self) -> tuple[str, int]:
         if self._cursor is None:
@@ -80,10 +81,15 @@ class QueueReader:
         return self._cursor
 
     async def pending(self, count: int = 100) -> tuple[list[QueuedEntry], int]:
-        """Up to ``count`` undelivered events, and how many were lost before the first of them."""
+        """Up to ``count`` undelivered events, and how many were lost before the first of them.
+
+        Raises ``LeaseLost`` when another reader now owns this AE's delivery."""
         entry_id, n = await self.cursor()
-        raw = await self.redis.xrange(f"{self.p}q:{self.ae}", f"({entry_id}", "+", count=count)
-        entries = [_entry(i, fields) for i, fields in raw]
+        reply = await self._read(keys=[self.lease.key, f"{self.p}q:{self.ae}"],
+                                 args=[self.lease.owner, entry_id, count])
+        if not int(reply[0]):
+            raise LeaseLost(self.ae)
+        entries = [_entry(i, _fields(fields)) for i, fields in reply[1]]
         lost = entries[0].n - n - 1 if entries else 0
         return entries, max(0, lost)
 
@@ -96,6 +102,17 @@ class QueueReader:
     def forget(self) -> None:
         """Re-read the cursor next time (after losing and regaining the lease)."""
         self._cursor = None
+
+
+class LeaseLost(Exception):
+    """Another reader (a newer WebSocket, another process) now delivers this AE's events."""
+
+
+def _fields(raw) -> dict:
+    """Stream entry fields as a dict (Lua hands them over as a flat list)."""
+    if isinstance(raw, dict):
+        return raw
+    return dict(zip(raw[::2], raw[1::2]))
 
 
 def _entry(entry_id: bytes, fields: dict) -> QueuedEntry:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 
 from aiohttp import WSMsgType, web
 
 from gateway.events.hub import wait_for
-from gateway.events.queue import Lease, QueuedEntry, QueueReader
+from gateway.events.queue import Lease, LeaseLost, QueuedEntry, QueueReader
 from gateway.ups import events as ev
 from gateway.ups.dicomtime import UTC
 from gateway.ups.uids import GLOBAL_SUBSCRIPTION
@@ -26,6 +27,7 @@ log = logging.getLogger("gateway.events")
 
 _POLL_SECONDS = 5.0
 _LEASE_MS = 15000
+_REFRESH_SECONDS = 2.0  # lease and channel registration are renewed this often, not per event
 REPLACED = 4000  # close code: a newer connection for the same AE took over
 
 
@@ -61,13 +63,21 @@ class Channel:
         try:
             await self.lease.hold(take=True)
             await self.subs.register_channel(self.ae, self.id, _LEASE_MS / 1000)
+            refreshed = time.monotonic()
             while not self.ws.closed and not receiver.done():
-                if not await self.lease.hold():
+                if time.monotonic() - refreshed > _REFRESH_SECONDS:
+                    if not await self.lease.hold():
+                        await self.ws.close(code=REPLACED,
+                                            message=b"replaced by a newer connection for this AE")
+                        break
+                    await self.subs.register_channel(self.ae, self.id, _LEASE_MS / 1000)
+                    refreshed = time.monotonic()
+                try:
+                    await self._deliver()
+                except LeaseLost:
                     await self.ws.close(code=REPLACED,
                                         message=b"replaced by a newer connection for this AE")
                     break
-                await self.subs.register_channel(self.ae, self.id, _LEASE_MS / 1000)
-                await self._deliver()
                 await wait_for(hub, wake, _POLL_SECONDS)
         except (ConnectionResetError, asyncio.CancelledError):
             pass

@@ -3,4 +3,5 @@
 for i = 7, #ARGV do
   enqueue(ARGV[1], ARGV[i], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 end
+notify(ARGV[1])
 return #ARGV - 6

@@ -68,4 +68,5 @@ for i, ev in ipairs(events) do
     enqueue(p, ae, ARGV[14], ARGV[15], ev[1], uid, ev[2])
   end
 end
+notify(p)
 return {1, version}

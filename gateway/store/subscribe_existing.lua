@@ -17,4 +17,5 @@ for i = 7, #ARGV do
   end
 end
 redis.call('SADD', p .. 'subscribers', ae)
+notify(p)
 return count

@@ -6,8 +6,8 @@ from __future__ import annotations
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.rest.messages import (check_accept, json_response, read_dataset, service_url,
-                                   warning)
+from gateway.rest.messages import (DICOM_JSON, check_accept, json_response, read_dataset,
+                                   service_url, warning)
 from gateway.ups import matching
 from gateway.ups import status as st
 from gateway.ups import tags as t
@@ -132,7 +132,7 @@ async def search(request: web.Request) -> web.Response:
     if result.remaining:
         headers.add("Warning", warning(
             request, f"There are {result.remaining} additional results that can be requested"))
-    return json_response(result.items, headers=headers)
+    return web.Response(body=result.to_json(), content_type=DICOM_JSON, headers=headers)
 
 
 _UNSUPPORTED_MATCHING = {

@@ -19,6 +19,7 @@ re-decides. Two concurrent claims therefore cannot both succeed, on any number o
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import zlib
@@ -51,21 +52,39 @@ def unpack(blob: bytes):
     return msgpack.unpackb(blob, raw=False)
 
 
-# A stored dataset is msgpack compressed with zlib (level 1): DICOM JSON repeats "vr"/"Value" and
-# tag keys, so a realistic 40-attribute workitem shrinks from ~3.6 KB to ~1.3 KB for ~60 µs per
-# write and ~15 µs per read (bench/, docs/performance.md, scenario 6). Blobs written before are
-# plain msgpack and still read: a msgpack map never starts with 0x78, a zlib stream always does.
-_ZLIB_HEADER = 0x78
+# A stored dataset is a msgpack map of tag → that element's DICOM JSON text, compressed with zlib
+# (level 1). Element-wise JSON lets a search splice the stored text of the attributes it returns
+# into its response without decoding and re-encoding whole datasets, and lets matching decode only
+# the attributes it looks at; zlib shrinks a realistic 40-attribute workitem from ~4 KB to ~1.3 KB
+# (docs/performance.md, scenarios 2 and 6).
+RawDataset = dict[str, bytes]
+_json_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def pack_dataset(ds: Dataset) -> bytes:
-    return zlib.compress(pack(ds), 1)
+    return zlib.compress(pack({tag: _json_encode(elem).encode() for tag, elem in ds.items()}), 1)
+
+
+def unpack_raw(blob: bytes) -> RawDataset:
+    return unpack(zlib.decompress(blob))
+
+
+def parse(raw: RawDataset, tags=None) -> Dataset:
+    """Decode a stored dataset (or only ``tags`` of it) into canonical form."""
+    if tags is None:
+        return {tag: json.loads(text) for tag, text in raw.items()}
+    return {tag: json.loads(raw[tag]) for tag in tags if tag in raw}
 
 
 def unpack_dataset(blob: bytes) -> Dataset:
-    if blob[:1] and blob[0] == _ZLIB_HEADER:
-        blob = zlib.decompress(blob)
-    return unpack(blob)
+    return parse(unpack_raw(blob))
+
+
+def to_json(items: list[RawDataset]) -> bytes:
+    """A JSON array of stored (projected) datasets, spliced from their elements' stored text."""
+    return b"[" + b",".join(
+        b"{" + b",".join(b'"%s":%s' % (tag.encode(), text) for tag, text in item.items()) + b"}"
+        for item in items) + b"]"
 
 
 @dataclass
@@ -209,15 +228,16 @@ class RedisStore:
         for i in range(0, len(ordered), _SCAN_CHUNK):
             yield [uid.decode() for uid, _ in ordered[i:i + _SCAN_CHUNK]]
 
-    async def datasets(self, uids: list[str]) -> list[tuple[str, Dataset]]:
-        """The datasets of ``uids`` (skipping any deleted meanwhile), in the given order."""
+    async def raw_datasets(self, uids: list[str]) -> list[tuple[str, RawDataset]]:
+        """The stored datasets of ``uids`` (skipping any deleted meanwhile), in the given order,
+        still element-wise encoded (``parse`` decodes them)."""
         if not uids:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for uid in uids:
                 pipe.hget(self.key(uid), "d")
             blobs = await pipe.execute()
-        return [(uid, unpack_dataset(blob)) for uid, blob in zip(uids, blobs) if blob is not None]
+        return [(uid, unpack_raw(blob)) for uid, blob in zip(uids, blobs) if blob is not None]
 
     def _index(self, name: str) -> str:
         return f"{self.p}ix:{name}"

@@ -15,7 +15,8 @@ from datetime import timezone
 from typing import AsyncIterator
 
 from gateway.store import indexes
-from gateway.store.redis_store import Change, Conflict, NoRecipient, QueuedEvent, Record, RedisStore
+from gateway.store.redis_store import (Change, Conflict, NoRecipient, QueuedEvent, RawDataset,
+                                       Record, RedisStore, parse, to_json)
 from gateway.ups import events as ev
 from gateway.ups import rules, statemachine
 from gateway.ups import status as st
@@ -57,21 +58,30 @@ class Outcome:
 
 @dataclass
 class SearchResult:
-    items: list[Dataset]
+    """One page of matches, projected, still in stored form (see ``redis_store.pack_dataset``):
+    ``to_json`` splices them into a response, ``items`` decodes them."""
+
+    raw: list[RawDataset]
     total: int
     offset: int
 
     @property
+    def items(self) -> list[Dataset]:
+        return [parse(item) for item in self.raw]
+
+    def to_json(self) -> bytes:
+        return to_json(self.raw)
+
+    @property
     def remaining(self) -> int:
-        return max(0, self.total - self.offset - len(self.items))
+        return max(0, self.total - self.offset - len(self.raw))
 
 
 class UPSService:
     def __init__(self, store: RedisStore, settings: Settings | None = None):
         self.store = store
         self.settings = settings or Settings()
-        self.watch = Watch(store, self.settings, self._matching_datasets,
-                           self.settings.max_attempts)
+        self.watch = Watch(store, self.settings, self._matching_uids, self.settings.max_attempts)
 
     # ---- create ------------------------------------------------------------------------
 
@@ -293,35 +303,41 @@ class UPSService:
         if plan.exact and len(plan.indexes) == 1:
             total = await self.store.count(plan)
             uids = await self.store.page(plan, query.offset, limit) if query.offset < total else []
-            found = await self.store.datasets(uids)
-            return SearchResult([query.project(ds) for _, ds in found], total, query.offset)
-        page: list[Dataset] = []
+            found = await self.store.raw_datasets(uids)
+            return SearchResult([query.project(raw) for _, raw in found], total, query.offset)
+        page: list[RawDataset] = []
         total = 0
-        async for ds in self._matches(query, plan):
+        async for _, raw in self._matches(query, plan):
             if query.offset <= total < query.offset + limit:
-                page.append(query.project(ds))
+                page.append(query.project(raw))
             total += 1
         return SearchResult(page, total, query.offset)
 
     async def search_stream(self, query: Query) -> AsyncIterator[Dataset]:
         """Every match in search order, projected — for C-FIND pending responses."""
-        async for ds in self._matches(query, indexes.plan(query)):
-            yield query.project(ds)
+        async for _, raw in self._matches(query, indexes.plan(query)):
+            yield parse(query.project(raw))
 
-    def _matching_datasets(self, query: Query) -> AsyncIterator[Dataset]:
-        return self._matches(query, indexes.plan(query))
+    async def _matching_uids(self, query: Query) -> AsyncIterator[str]:
+        async for uid, _ in self._matches(query, indexes.plan(query)):
+            yield uid
 
-    async def _matches(self, query: Query, plan: indexes.Plan) -> AsyncIterator[Dataset]:
+    async def _matches(self, query: Query, plan: indexes.Plan
+                       ) -> AsyncIterator[tuple[str, RawDataset]]:
         uid_key = query.keys.get(t.SOPInstanceUID)
         if uid_key is not None and uid_key.kind == "uids":
-            chunks = _one(sorted(uid_key.uids))
-        else:
-            chunks = self.store.candidates(plan)
-        async for chunk in chunks:
-            for _, ds in await self.store.datasets(chunk):
-                if query.matches(ds):
-                    yield ds
-        # An explicit UID list is not in search order; it is short, so that is acceptable.
+            # An explicit UID list is short: sort its matches into search order here.
+            found = await self.store.raw_datasets(sorted(uid_key.uids))
+            keyed = [(indexes.score(parse(raw, (t.ScheduledProcedureStepStartDateTime,)),
+                                    self.settings.timezone), uid, raw) for uid, raw in found]
+            for _, uid, raw in sorted(keyed, key=lambda k: (k[0], k[1])):
+                if query.matches(parse(raw, query.keys)):
+                    yield uid, raw
+            return
+        async for chunk in self.store.candidates(plan):
+            for uid, raw in await self.store.raw_datasets(chunk):
+                if query.matches(parse(raw, query.keys)):
+                    yield uid, raw
 
     # ---- helpers -----------------------------------------------------------------------
 
@@ -371,5 +387,3 @@ class UPSService:
                         f"Workitem {uid} is changing too fast; try again")
 
 
-async def _one(uids: list[str]) -> AsyncIterator[list[str]]:
-    yield uids

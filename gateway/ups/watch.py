@@ -17,8 +17,7 @@ from gateway.store.redis_store import Change, Conflict, QueuedEvent, RedisStore
 from gateway.store.subscriptions import SubscriptionStore
 from gateway.ups import events as ev
 from gateway.ups import status as st
-from gateway.ups import tags as t
-from gateway.ups.dataset import Dataset, first
+from gateway.ups.dataset import Dataset
 from gateway.ups.errors import NoSuchWorkitem, UPSError
 from gateway.ups.matching import from_spec
 from gateway.ups.uids import FILTERED_GLOBAL_SUBSCRIPTION, GLOBAL_SUBSCRIPTION, WELL_KNOWN_SUBSCRIPTION_UIDS
@@ -34,7 +33,7 @@ class Watch:
         self.store = store
         self.subs = SubscriptionStore(store)
         self.settings = settings
-        # candidates(query) → async iterator of the datasets matching a query (the search path)
+        # candidates(query) → async iterator of the UIDs of workitems matching a query
         self._candidates = candidates
         self.max_attempts = max_attempts
         self._filters: dict[str, object] = {}
@@ -101,7 +100,7 @@ class Watch:
             everything = Plan(["all"], None, None, exact=True)
             uids = [uid async for chunk in self.store.candidates(everything) for uid in chunk]
         else:
-            uids = [first(ds, t.SOPInstanceUID) async for ds in self._candidates(query)]
+            uids = [uid async for uid in self._candidates(query)]
         count = await self.subs.subscribe_existing(ae, lock, uids, send_reports=lock)
         log.info("subscribed globally", extra={"ae": ae, "lock": lock, "filtered": bool(query),
                                                "existing": count})

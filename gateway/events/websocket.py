@@ -10,11 +10,11 @@ the worklist again) instead of losing them silently.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
 
+import orjson
 from aiohttp import WSMsgType, web
 
 from gateway.events.hub import wait_for
@@ -106,7 +106,7 @@ class Channel:
                 return  # lease lost: the next turn closes this channel
 
     async def _send(self, frame: dict) -> None:
-        await self.ws.send_str(json.dumps(frame, separators=(",", ":")))
+        await self.ws.send_str(orjson.dumps(frame).decode())
 
     async def _receive(self, wake: asyncio.Event) -> None:
         # Clients send nothing meaningful; reading keeps pings/close handshakes flowing.

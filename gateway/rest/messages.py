@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import orjson
 from typing import Any
 
 from aiohttp import web
@@ -86,11 +86,9 @@ async def read_json(request: web.Request, *, optional: bool = False) -> Any:
         raise web.HTTPUnsupportedMediaType(
             text=f"Content-Type {media or '(none)'} is not supported; use {DICOM_JSON}")
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return orjson.loads(raw)  # strict: no NaN/Infinity, no lone surrogates, ≤ 64-bit ints
+    except orjson.JSONDecodeError as exc:
         raise InvalidDataset(f"the payload is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise InvalidDataset("the payload is nested too deeply") from None
 
 
 def check_accept(request: web.Request) -> None:
@@ -108,5 +106,5 @@ def check_accept(request: web.Request) -> None:
 
 
 def json_response(data: Any, status: int = 200, headers=None) -> web.Response:
-    return web.Response(body=json.dumps(data, separators=(",", ":")).encode(), status=status,
+    return web.Response(body=orjson.dumps(data), status=status,
                         content_type=DICOM_JSON, headers=headers)

@@ -19,7 +19,6 @@ re-decides. Two concurrent claims therefore cannot both succeed, on any number o
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import zlib
@@ -28,6 +27,7 @@ from importlib import resources
 from typing import AsyncIterator, Iterable
 
 import msgpack
+import orjson
 import redis.asyncio as aioredis
 
 from gateway.store.indexes import Plan
@@ -58,11 +58,10 @@ def unpack(blob: bytes):
 # the attributes it looks at; zlib shrinks a realistic 40-attribute workitem from ~4 KB to ~1.3 KB
 # (docs/performance.md, scenarios 2 and 6).
 RawDataset = dict[str, bytes]
-_json_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def pack_dataset(ds: Dataset) -> bytes:
-    return zlib.compress(pack({tag: _json_encode(elem).encode() for tag, elem in ds.items()}), 1)
+    return zlib.compress(pack({tag: orjson.dumps(elem) for tag, elem in ds.items()}), 1)
 
 
 def unpack_raw(blob: bytes) -> RawDataset:
@@ -72,8 +71,8 @@ def unpack_raw(blob: bytes) -> RawDataset:
 def parse(raw: RawDataset, tags=None) -> Dataset:
     """Decode a stored dataset (or only ``tags`` of it) into canonical form."""
     if tags is None:
-        return {tag: json.loads(text) for tag, text in raw.items()}
-    return {tag: json.loads(raw[tag]) for tag in tags if tag in raw}
+        return {tag: orjson.loads(text) for tag, text in raw.items()}
+    return {tag: orjson.loads(raw[tag]) for tag in tags if tag in raw}
 
 
 def unpack_dataset(blob: bytes) -> Dataset:

@@ -143,7 +143,7 @@ def select(ds: Dataset, keys: Iterable[str]) -> Dataset:
 MAX_DEPTH = 16  # sequences nested deeper than this are refused (UPS needs about 4)
 
 
-def normalize(obj: Any, path: str = "", _depth: int = 0) -> Dataset:
+def normalize(obj: Any, path: Any = "", _depth: int = 0) -> Dataset:
     """Validate a DICOM JSON object and return its canonical form.
 
     Keys are upper-cased and sorted, group-length elements dropped, IS/DS turned into JSON numbers,
@@ -151,13 +151,13 @@ def normalize(obj: Any, path: str = "", _depth: int = 0) -> Dataset:
     attribute path, e.g. ``ScheduledStationNameCodeSequence[0] > CodeValue (0008,0100)``.
     """
     if not isinstance(obj, dict):
-        raise InvalidDataset(f"{path or 'Dataset'}: expected a JSON object, got {type(obj).__name__}")
+        raise InvalidDataset(f"{_w(path) or 'Dataset'}: expected a JSON object, got {type(obj).__name__}")
     if _depth > MAX_DEPTH:
-        raise InvalidDataset(f"{path}: sequences are nested more than {MAX_DEPTH} levels deep")
+        raise InvalidDataset(f"{_w(path)}: sequences are nested more than {MAX_DEPTH} levels deep")
     out: Dataset = {}
     for raw_key in sorted(obj, key=str.upper):
         if not isinstance(raw_key, str) or not _HEX8_RE.match(raw_key):
-            raise InvalidDataset(f"{path}{raw_key!r}: attribute keys must be 8 hexadecimal digits")
+            raise InvalidDataset(f"{_w(path)}{raw_key!r}: attribute keys must be 8 hexadecimal digits")
         tag_key = raw_key.upper()
         if tag_key[4:] == "0000":
             continue  # group length: never stored (PS3.18 F.2)
@@ -168,22 +168,36 @@ def normalize(obj: Any, path: str = "", _depth: int = 0) -> Dataset:
     return out
 
 
-def _w(where: tuple[str, str] | str) -> str:
-    return where if isinstance(where, str) else f"{where[0]}{describe(where[1])}"
+def _w(where) -> str:
+    """Render a lazily built location: "" | (parent, tag key) | (parent, item index)."""
+    if isinstance(where, str):
+        return where
+    parent, last = where
+    if isinstance(last, int):
+        return f"{_w(parent)}[{last}] > "
+    return f"{_w(parent)}{describe(last)}"
 
 
-def _normalize_element(tag_key: str, elem: Any, where: tuple[str, str], depth: int = 0) -> dict[str, Any]:
-    if not isinstance(elem, dict):
+@functools.lru_cache(maxsize=4096)
+def _vr_allowed(tag_key: str, vr: str) -> bool:
+    expected = dictionary_vr(tag_key)
+    return not expected or vr == "UN" or expected == "UN" or vr in expected.split(" or ")
+
+
+_MEMBERS = frozenset(("vr", "Value", "InlineBinary", "BulkDataURI"))
+
+
+def _normalize_element(tag_key: str, elem: Any, where, depth: int = 0) -> dict[str, Any]:
+    if type(elem) is not dict:
         raise InvalidDataset(f"{_w(where)}: expected an object with 'vr', got {type(elem).__name__}")
     vr = elem.get("vr")
-    if not isinstance(vr, str) or vr not in ALL_VRS:
+    if type(vr) is not str or vr not in ALL_VRS:
         raise InvalidDataset(f"{_w(where)}: missing or unknown VR {vr!r}")
-    expected = dictionary_vr(tag_key)
-    if expected and expected not in ("UN", vr) and vr not in expected.split(" or ") and vr != "UN":
-        raise InvalidDataset(f"{_w(where)}: VR {vr} is wrong, the data dictionary says {expected}")
-    unknown = set(elem) - {"vr", "Value", "InlineBinary", "BulkDataURI"}
-    if unknown:
-        raise InvalidDataset(f"{_w(where)}: unexpected member(s) {sorted(unknown)}")
+    if not _vr_allowed(tag_key, vr):
+        raise InvalidDataset(f"{_w(where)}: VR {vr} is wrong, the data dictionary says "
+                             f"{dictionary_vr(tag_key)}")
+    if not _MEMBERS.issuperset(elem):
+        raise InvalidDataset(f"{_w(where)}: unexpected member(s) {sorted(set(elem) - _MEMBERS)}")
     if "BulkDataURI" in elem:
         raise InvalidDataset(f"{_w(where)}: BulkDataURI is not supported; UPS-RS payloads must be "
                              "self-contained (use InlineBinary)")
@@ -197,7 +211,7 @@ def _normalize_element(tag_key: str, elem: Any, where: tuple[str, str], depth: i
     if not vals and vr != "SQ":
         return {"vr": vr}
     if vr == "SQ":
-        return {"vr": vr, "Value": [normalize(item or {}, f"{_w(where)}[{i}] > ", depth + 1)
+        return {"vr": vr, "Value": [normalize(item or {}, (where, i), depth + 1)
                                     for i, item in enumerate(vals)]}
     return {"vr": vr, "Value": [_normalize_value(vr, v, where) for v in vals]}
 

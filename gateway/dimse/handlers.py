@@ -25,11 +25,11 @@ from pynetdicom.dsutils import encode
 from redis.exceptions import RedisError
 
 from gateway import logs
-from gateway.dimse import convert
+from gateway.dimse import binary, convert
 from gateway.ups import matching
 from gateway.ups import status as st
 from gateway.ups import tags as t
-from gateway.ups.dataset import Dataset, describe, first, is_uid
+from gateway.ups.dataset import Dataset, describe, first, is_uid, normalize
 from gateway.ups.errors import InvalidDataset, UPSError
 from gateway.ups.uids import (FILTERED_GLOBAL_SUBSCRIPTION, UPS_EVENT, UPS_PULL, UPS_PUSH,
                               UPS_QUERY, UPS_WATCH)
@@ -146,7 +146,7 @@ class DimseHandlers:
         def body(req: Request):
             uid = _uid_param(event.request.AffectedSOPInstanceUID, "Affected SOP Instance UID")
             req.uid = uid
-            ds = convert.to_canonical(_decoded(event, "attribute_list"), "Attribute List")
+            ds = _canonical(event, "attribute_list")
             outcome = self.bridge.run(self.service.create(ds, uid, requester=req.ae))
             req.uid = outcome.uid
             if outcome.uid_assigned:
@@ -165,7 +165,7 @@ class DimseHandlers:
         def body(req: Request):
             uid = req.uid = _uid_param(event.request.RequestedSOPInstanceUID,
                                        "Requested SOP Instance UID", required=True)
-            mods = convert.to_canonical(_decoded(event, "modification_list"), "Modification List")
+            mods = _canonical(event, "modification_list")
             # DIMSE carries the Transaction UID inside the Modification List (PS3.4 CC.2.6).
             tx = first(mods, t.TransactionUID)
             outcome = self.bridge.run(self.service.update(uid, mods, tx, requester=req.ae))
@@ -204,14 +204,12 @@ class DimseHandlers:
             uid = req.uid = _uid_param(event.request.RequestedSOPInstanceUID,
                                        "Requested SOP Instance UID", required=True)
             if action == 1:
-                info = convert.to_canonical(_decoded(event, "action_information"),
-                                            "Action Information")
+                info = _canonical(event, "action_information")
                 outcome = self.bridge.run(self.service.change_state(
                     uid, first(info, t.ProcedureStepState), first(info, t.TransactionUID),
                     requester=req.ae))
             elif action == 2:
-                info = convert.to_canonical(_decoded(event, "action_information"),
-                                            "Action Information")
+                info = _canonical(event, "action_information")
                 outcome = self.bridge.run(self.service.request_cancel(uid, info or None,
                                                                       requester=req.ae))
             else:
@@ -439,6 +437,27 @@ async def _take(stream: AsyncIterator[Dataset], limit: int, seconds: float) -> l
 
 _DATASET_NAMES = {"attribute_list": "Attribute List", "modification_list": "Modification List",
                   "action_information": "Action Information", "identifier": "Identifier"}
+
+
+# Where each request dataset travels in the DIMSE message (pynetdicom primitive attributes).
+_RAW_FIELDS = {"attribute_list": "AttributeList", "modification_list": "ModificationList",
+               "action_information": "ActionInformation"}
+
+
+def _canonical(event, name: str) -> Dataset:
+    """A request dataset in canonical form: read straight from its bytes when it is plain
+    little-endian (``binary``), else decoded by pynetdicom/pydicom."""
+    what = _DATASET_NAMES[name]
+    stream = getattr(event.request, _RAW_FIELDS[name], None)
+    if stream is None:
+        return {}
+    raw = stream.getvalue()
+    if not raw:
+        return {}
+    fast = binary.read(raw, str(event.context.transfer_syntax[0]))
+    if fast is not None:
+        return normalize(fast)
+    return convert.to_canonical(_decoded(event, name), what)
 
 
 def _decoded(event, name: str) -> PydicomDataset | None:

@@ -4,10 +4,11 @@ workitem UID, AE title, request id — that callers pass through ``extra``."""
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import sys
 import time
+
+import orjson
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -35,7 +36,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(_fields(record))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return orjson.dumps(entry, default=str).decode()
 
 
 class TextFormatter(logging.Formatter):

@@ -27,7 +27,8 @@ log = logging.getLogger("gateway.events")
 
 _POLL_SECONDS = 5.0
 _LEASE_MS = 15000
-_REFRESH_SECONDS = 2.0  # lease and channel registration are renewed this often, not per event
+_REFRESH_SECONDS = 2.0
+_BATCH = 200  # lease and channel registration are renewed this often, not per event
 REPLACED = 4000  # close code: a newer connection for the same AE took over
 
 
@@ -94,7 +95,7 @@ class Channel:
 
     async def _deliver(self) -> None:
         while not self.ws.closed:
-            entries, lost = await self.reader.pending(200)
+            entries, lost = await self.reader.pending(_BATCH)
             if not entries:
                 return
             if lost:
@@ -102,8 +103,8 @@ class Channel:
                 log.warning("event backlog overflowed", extra={"ae": self.ae, "lost": lost})
             for entry in entries:
                 await self._send(entry.frame())
-            if not await self.reader.ack(entries[-1]):
-                return  # lease lost: the next turn closes this channel
+            if not await self.reader.ack(entries[-1]) or len(entries) < _BATCH:
+                return  # caught up (or lease lost: the next turn closes this channel)
 
     async def _send(self, frame: dict) -> None:
         await self.ws.send_str(orjson.dumps(frame).decode())

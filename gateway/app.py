@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import time
 from typing import Callable
@@ -70,6 +71,10 @@ class Gateway:
         self.status = ServiceStatus(self)
         await self.status.started()
         self._tasks.append(asyncio.create_task(self._purge_loop(), name="purge"))
+        # Everything allocated so far (modules, dictionaries, configuration) lives as long as the
+        # process: keep it out of the cyclic collector, whose full passes over it cost 80-90 ms.
+        gc.collect()
+        gc.freeze()
         log.info("gateway started", extra={
             "ae": cfg.ae_title, "rest": f"{cfg.rest.host}:{cfg.rest.port}{cfg.rest.base_path}",
             "dimse": f"{cfg.dimse.host}:{cfg.dimse.port}" if cfg.dimse.enabled else "disabled",
@@ -86,8 +91,9 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for ws in list(self.channels):
-            await ws.close(code=1001, message=b"gateway shutting down")
+        if self.channels:  # deliver what is queued (GOING DOWN included), then say goodbye
+            await asyncio.wait([asyncio.create_task(ch.close_after_delivery())
+                                for ch in list(self.channels)], timeout=2.0)
         if self.runner:
             await self.runner.cleanup()
         if self.event_sender:

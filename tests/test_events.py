@@ -8,6 +8,8 @@ start their own.
 
 from __future__ import annotations
 
+import json
+
 import asyncio
 import inspect
 import itertools
@@ -269,7 +271,9 @@ async def test_scp_status_restarted_cold_start_on_an_empty_store(tmp_path, http)
             while "SCP status RESTARTED announced" not in proc.log():
                 assert time.monotonic() < deadline, proc.log()
                 await asyncio.sleep(0.05)
-            assert '"list_status": "COLD START"' in proc.log()
+            announced = [json.loads(line) for line in proc.log().splitlines()
+                         if "SCP status RESTARTED announced" in line]
+            assert announced[-1]["list_status"] == "COLD START"
         finally:
             proc.stop()
         assert rcv.received(event_type=SCP_STATUS_CHANGE) == []  # not a subscriber

@@ -60,8 +60,10 @@ class _Reader:
         self.data = data
         self.explicit = explicit
 
-    def dataset(self, pos: int, end: int, encoding: str) -> tuple[dict, int]:
-        """Elements from ``pos`` up to ``end`` or an item delimiter; returns (dataset, next pos)."""
+    def dataset(self, pos: int, end: int, encoding: str,
+                delimited: bool = False) -> tuple[dict, int]:
+        """Elements from ``pos`` up to ``end`` or an item delimiter; returns (dataset, next pos).
+        A ``delimited`` (undefined-length) item must end with its delimiter."""
         data, out = self.data, {}
         while pos < end:
             group, elem = _HEADER.unpack_from(data, pos)
@@ -83,6 +85,8 @@ class _Reader:
             if tag == 0x00080005:
                 encoding = _encoding(element)
             out[key] = element
+        if delimited:
+            raise Unsupported("an undefined-length item has no delimiter")
         return out, pos
 
     def sequence(self, pos: int, length: int, encoding: str) -> tuple[list, int]:
@@ -97,9 +101,12 @@ class _Reader:
                 return items, pos
             if tag != _ITEM:
                 raise Unsupported(f"unexpected tag {tag:08X} in a sequence")
-            item_end = len(data) if item_length == _UNDEFINED else pos + item_length
-            item, pos = self.dataset(pos, item_end, encoding)
+            undefined = item_length == _UNDEFINED
+            item_end = len(data) if undefined else pos + item_length
+            item, pos = self.dataset(pos, item_end, encoding, delimited=undefined)
             items.append(item)
+        if length == _UNDEFINED:
+            raise Unsupported("an undefined-length sequence has no delimiter")
         return items, pos
 
     def _header(self, tag: int, pos: int) -> tuple[str, int, int]:

@@ -454,7 +454,8 @@ def _canonical(event, name: str) -> Dataset:
     raw = stream.getvalue()
     if not raw:
         return {}
-    fast = binary.read(raw, str(event.context.transfer_syntax[0]))
+    syntax = event.context.transfer_syntax  # a UID on the acceptor side, a list when proposed
+    fast = binary.read(raw, str(syntax if isinstance(syntax, str) else syntax[0]))
     if fast is not None:
         return normalize(fast)
     return convert.to_canonical(_decoded(event, name), what)

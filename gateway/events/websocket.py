@@ -16,6 +16,7 @@ import uuid
 
 import orjson
 from aiohttp import WSMsgType, web
+from redis.exceptions import RedisError
 
 from gateway.events.hub import wait_for
 from gateway.events.queue import Lease, LeaseLost, QueuedEntry, QueueReader
@@ -37,9 +38,12 @@ async def channel(request: web.Request, ae: str) -> web.StreamResponse:
     if not ws.can_prepare(request).ok:
         raise web.HTTPBadRequest(text="this is the WebSocket event channel: open it with a "
                                  "WebSocket upgrade (GET, Upgrade: websocket)")
+    events = Channel(request.app["gateway"], ws, ae, request.get("id"))
+    # Take over the AE's delivery before the handshake completes: once the client sees 101,
+    # no older connection sends it anything more.
+    await events.take_over()
     await ws.prepare(request)
-    gateway = request.app["gateway"]
-    await Channel(gateway, ws, ae, request.get("id")).run()
+    await events.run()
     return ws
 
 
@@ -54,16 +58,19 @@ class Channel:
         self.lease = Lease(store, "ws", ae, _LEASE_MS)
         self.reader = QueueReader(store, "ws", ae, self.lease)
         self.id = uuid.uuid4().hex
+        self._delivering = asyncio.Lock()  # the loop and a shutdown drain never send twice
+
+    async def take_over(self) -> None:
+        await self.lease.hold(take=True)
+        await self.subs.register_channel(self.ae, self.id, _LEASE_MS / 1000)
 
     async def run(self) -> None:
         hub = self.gateway.hub
         wake = hub.waiter(self.ae)
         receiver = asyncio.create_task(self._receive(wake))
-        self.gateway.channels.add(self.ws)
+        self.gateway.channels.add(self)
         log.info("event channel opened", extra={"ae": self.ae, "request": self.request_id})
         try:
-            await self.lease.hold(take=True)
-            await self.subs.register_channel(self.ae, self.id, _LEASE_MS / 1000)
             refreshed = time.monotonic()
             while not self.ws.closed and not receiver.done():
                 if time.monotonic() - refreshed > _REFRESH_SECONDS:
@@ -84,7 +91,7 @@ class Channel:
             pass
         finally:
             hub.drop(self.ae, wake)
-            self.gateway.channels.discard(self.ws)
+            self.gateway.channels.discard(self)
             receiver.cancel()
             await asyncio.gather(receiver, return_exceptions=True)
             await self.subs.unregister_channel(self.ae, self.id)
@@ -93,7 +100,19 @@ class Channel:
                 await self.ws.close()
             log.info("event channel closed", extra={"ae": self.ae, "request": self.request_id})
 
+    async def close_after_delivery(self) -> None:
+        """At shutdown: send what is still queued for this AE, then close (going away)."""
+        try:
+            await self._deliver()
+        except (LeaseLost, ConnectionResetError, RedisError):
+            pass
+        await self.ws.close(code=1001, message=b"gateway shutting down")
+
     async def _deliver(self) -> None:
+        async with self._delivering:
+            await self._deliver_queued()
+
+    async def _deliver_queued(self) -> None:
         while not self.ws.closed:
             entries, lost = await self.reader.pending(_BATCH)
             if not entries:

@@ -19,6 +19,7 @@ re-decides. Two concurrent claims therefore cannot both succeed, on any number o
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import zlib
@@ -88,15 +89,20 @@ def to_json(items: list[RawDataset]) -> bytes:
 
 @dataclass
 class Record:
-    """A stored workitem as read at one version."""
+    """A stored workitem as read at one version. Its dataset is decoded on first use: most
+    refusals (a lost claim race, a wrong Transaction UID) are decided on the state alone."""
 
     uid: str
-    dataset: Dataset
+    blob: bytes
     version: int
     state: str
     tx: str | None
     performer: str | None
     subscribers: dict[str, bool]
+
+    @functools.cached_property
+    def dataset(self) -> Dataset:
+        return unpack_dataset(self.blob)
 
 
 @dataclass
@@ -165,7 +171,7 @@ class RedisStore:
             if gone:
                 raise WorkitemGone(uid)
             return None
-        return Record(uid, unpack_dataset(blob), int(version), state.decode(),
+        return Record(uid, blob, int(version), state.decode(),
                       tx.decode() if tx else None, performer.decode() if performer else None,
                       {ae.decode(): lock == b"1" for ae, lock in subs.items()})
 

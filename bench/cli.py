@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx.log(f"work directory {ctx.workdir}; scenarios {wanted}; repeat {args.repeat}"
             f"{'; quick' if args.quick else ''}")
     results: list[ScenarioResult] = []
-    commit = _git("rev-parse", "--short", "HEAD")
+    # BENCH_COMMIT names the code under test when the suite runs from an exported snapshot.
+    commit = _git("rev-parse", "--short", "HEAD") or os.environ.get("BENCH_COMMIT", "")
     dirty = bool(_git("status", "--porcelain", "--", "gateway"))
     start = time.monotonic()
     done_modules: set[str] = set()

@@ -55,7 +55,13 @@ class CpuMeter:
     """CPU seconds used by some processes between ``start`` and ``stop``."""
 
     def __init__(self, *pids: int | None):
-        self.procs = [psutil.Process(p) for p in pids if p]
+        self.procs = []
+        for pid in pids:
+            try:
+                if pid:
+                    self.procs.append(psutil.Process(pid))
+            except psutil.Error:
+                pass  # gone: the caller's liveness check says why
         self.before = 0.0
         self.seconds = 0.0
 

@@ -134,6 +134,13 @@ class Gateway:
         wait_http(f"{self.url}/health", self.proc, timeout, self.log_path)
         return self
 
+    def check_alive(self) -> None:
+        """Raise if the gateway process has exited (e.g. killed from outside the benchmark)."""
+        if self.proc is not None and self.proc.poll() is not None:
+            tail = self.log_path.read_text()[-1500:] if self.log_path.exists() else ""
+            raise RuntimeError(f"the gateway process exited (code {self.proc.returncode}) during "
+                               f"the measurement; end of its log:\n{tail}")
+
     def stop(self) -> None:
         stop_process(self.proc, 60.0)
         if getattr(self, "_log", None):

@@ -41,6 +41,7 @@ def run(ctx: Context) -> ScenarioResult:
                     with CpuMeter(*pids) as cpu:
                         res = client.call("create_burst", url=url, seconds=s.create_seconds,
                                           warmup=s.create_warmup, concurrency=CONCURRENCY)
+                    gw.check_alive()
                     res["server_cpu_ms_per_op"] = (cpu.seconds * 1000 / res["ok"]
                                                    if res["ok"] else None)
                     runs[name].append(res)

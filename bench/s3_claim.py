@@ -48,6 +48,7 @@ def run(ctx: Context) -> ScenarioResult:
             with CpuMeter(gw.pid, gw.redis_pid()) as cpu:
                 res = client.call("claim", base=gw.base, label=label, performers=PERFORMERS,
                                   page=PAGE, timeout=120)
+            gw.check_alive()
             winners = Counter(uid for uid, _, _ in res["wins"])
             doubles = sorted(uid for uid, k in winners.items() if k > 1)
             if doubles:

@@ -75,6 +75,7 @@ def run(ctx: Context) -> ScenarioResult:
                                 res = client.call("dimse_ncreate", port=p, called="UPS_GATEWAY",
                                                   seconds=s.dimse_seconds, warmup=s.dimse_warmup,
                                                   associations=1 if mode == "1 assoc" else PARALLEL)
+                        gw.check_alive()
                         res["server_cpu_ms_per_op"] = (cpu.seconds * 1000 / res["ok"]
                                                        if res["ok"] else None)
                         if name == "gateway" and mode != "associations":

@@ -130,10 +130,6 @@ def person_name(value: dict | None) -> str:
     return value.get("Alphabetic") or value.get("Ideographic") or value.get("Phonetic") or ""
 
 
-def sorted_dataset(ds: Dataset) -> Dataset:
-    return {k: ds[k] for k in sorted(ds)}
-
-
 def select(ds: Dataset, keys: Iterable[str]) -> Dataset:
     return {k: ds[k] for k in sorted(keys) if k in ds}
 

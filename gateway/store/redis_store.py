@@ -83,8 +83,14 @@ def unpack_dataset(blob: bytes) -> Dataset:
 def to_json(items: list[RawDataset]) -> bytes:
     """A JSON array of stored (projected) datasets, spliced from their elements' stored text."""
     return b"[" + b",".join(
-        b"{" + b",".join(b'"%s":%s' % (tag.encode(), text) for tag, text in item.items()) + b"}"
+        b"{" + b",".join([_member(tag) + text for tag, text in item.items()]) + b"}"
         for item in items) + b"]"
+
+
+@functools.lru_cache(maxsize=8192)
+def _member(tag: str) -> bytes:
+    """'00100020' → b'"00100020":', the start of a JSON member (tags recur in every result)."""
+    return b'"%s":' % tag.encode()
 
 
 @dataclass
@@ -151,6 +157,8 @@ class RedisStore:
         self.backlog = backlog
         self._commit = client.register_script(lua("commit.lua"))
         self._purge = client.register_script(lua("purge.lua"))
+        self._page = client.register_script(lua("page.lua"))
+        self._datasets = client.register_script(lua("datasets.lua"))
 
     def key(self, uid: str) -> str:
         return f"{self.p}wi:{uid}"
@@ -202,14 +210,15 @@ class RedisStore:
 
     # ---- search ------------------------------------------------------------------------
 
-    async def count(self, plan: Plan) -> int:
-        return int(await self.redis.zcount(self._index(plan.indexes[0]), *_bounds(plan)))
-
-    async def page(self, plan: Plan, offset: int, limit: int) -> list[str]:
-        """UIDs of one page of an exact single-index plan, in search order."""
-        uids = await self.redis.zrangebyscore(self._index(plan.indexes[0]), *_bounds(plan),
-                                              start=offset, num=limit)
-        return [u.decode() for u in uids]
+    async def page(self, plan: Plan, offset: int, limit: int
+                   ) -> tuple[int, list[tuple[str, RawDataset]]]:
+        """An exact single-index plan's number of matches and the stored datasets of one page,
+        in search order."""
+        low, high = _bounds(plan)
+        reply = await self._page(keys=[self._index(plan.indexes[0])],
+                                 args=[f"{self.p}wi:", low, high, offset, limit])
+        return int(reply[0]), [(reply[i].decode(), unpack_raw(reply[i + 1]))
+                               for i in range(1, len(reply), 2)]
 
     async def candidates(self, plan: Plan) -> AsyncIterator[list[str]]:
         """All UIDs of a plan in search order, in chunks."""
@@ -238,10 +247,7 @@ class RedisStore:
         still element-wise encoded (``parse`` decodes them)."""
         if not uids:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for uid in uids:
-                pipe.hget(self.key(uid), "d")
-            blobs = await pipe.execute()
+        blobs = await self._datasets(keys=[self.key(uid) for uid in uids])
         return [(uid, unpack_raw(blob)) for uid, blob in zip(uids, blobs) if blob is not None]
 
     def _index(self, name: str) -> str:

@@ -55,6 +55,7 @@ def key(tag: int) -> str:
     return f"{tag:08X}"
 
 
+@functools.lru_cache(maxsize=4096)
 def describe(tag_key: str) -> str:
     """'PatientID (0010,0020)' — how error messages name an attribute."""
     tag = int(tag_key, 16)
@@ -183,7 +184,34 @@ def _vr_allowed(tag_key: str, vr: str) -> bool:
 _MEMBERS = frozenset(("vr", "Value", "InlineBinary", "BulkDataURI"))
 
 
+def _one_pattern(chars: str, limit: int | None):
+    return re.compile(f"[{chars}]{{0,{limit}}}" if limit else f"[{chars}]*").fullmatch
+
+
+# Whole-value checks for the string VRs whose rules are pure syntax: one regex per VR says "this
+# value is fine" in one call. A value that fails is handed to the precise checks, which then say
+# what is wrong; the two must accept exactly the same values (tests/test_dataset_fast.py).
+_PLAIN = r"^\x00-\x1f\x7f\\\ud800-\udfff"      # no control characters, backslash, surrogates
+_TEXT = r"^\x00-\x08\x0b\x0e-\x1f\x7f\ud800-\udfff"  # LT/ST/UT: tab, LF, FF, CR allowed
+_uid_syntax = re.compile(r"(?:(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*)?").fullmatch
+_FAST_STRING = {
+    **{vr: _one_pattern(_PLAIN, _MAX_LEN.get(vr)) for vr in ("AE", "AS", "LO", "SH", "UC")},
+    **{vr: _one_pattern(_TEXT, _MAX_LEN.get(vr)) for vr in ("LT", "ST", "UT")},
+    "UR": _one_pattern(r"^\x00-\x1f\x7f\ud800-\udfff", None),
+    "CS": _one_pattern("A-Z0-9 _", _MAX_LEN["CS"]),
+    "TM": re.compile(r"(?:[01]\d|2[0-3])(?:[0-5]\d(?:[0-5]\d|60)?(?:\.\d{1,6})?)?|").fullmatch,
+    "UI": lambda v: len(v) <= 64 and _uid_syntax(v) is not None,
+}
+
+
 def _normalize_element(tag_key: str, elem: Any, where, depth: int = 0) -> dict[str, Any]:
+    # Fast path: {"vr": <plain string VR>, "Value": [valid strings]}, most of any real payload.
+    if type(elem) is dict and len(elem) == 2 and type(vr := elem.get("vr")) is str:
+        check = _FAST_STRING.get(vr)
+        vals = elem.get("Value")
+        if (check is not None and type(vals) is list and vals and _vr_allowed(tag_key, vr)
+                and all(type(v) is str and check(v) for v in vals)):
+            return {"vr": vr, "Value": vals}
     if type(elem) is not dict:
         raise InvalidDataset(f"{_w(where)}: expected an object with 'vr', got {type(elem).__name__}")
     vr = elem.get("vr")

@@ -115,31 +115,36 @@ def check_values(ds: Dataset) -> None:
         value = first(ds, tag)
         if value is not None and value not in allowed:
             raise InvalidDataset(f"{describe(tag)}: {value!r} is not one of {', '.join(allowed)}")
-    _check_codes(ds, "")
+    _check_codes(ds)
 
 
-def _check_codes(ds: Dataset, path: str) -> None:
+def _check_codes(ds: Dataset, path: tuple = ()) -> None:
     for tag_key, elem in ds.items():
         if elem.get("vr") != "SQ":
             continue
         for i, item in enumerate(elem.get("Value") or []):
-            where = f"{path}{describe(tag_key)}[{i}]"
+            where = (*path, (tag_key, i))  # rendered only when something is wrong
             if tag_key in CODE_SEQUENCES and item:
                 _check_code_item(item, where)
-            _check_codes(item, where + " > ")
+            _check_codes(item, where)
 
 
-def _check_code_item(item: Dataset, where: str) -> None:
+def _check_code_item(item: Dataset, where: tuple) -> None:
     if not (has_value(item, t.CodeValue) or has_value(item, t.LongCodeValue)
             or has_value(item, t.URNCodeValue)):
-        raise InvalidDataset(f"{where}: a code item needs {describe(t.CodeValue)}",
+        raise InvalidDataset(f"{_path(where)}: a code item needs {describe(t.CodeValue)}",
                              st.MISSING_ATTRIBUTE)
     if has_value(item, t.CodeValue) and not has_value(item, t.CodingSchemeDesignator):
-        raise InvalidDataset(f"{where}: {describe(t.CodingSchemeDesignator)} is required",
+        raise InvalidDataset(f"{_path(where)}: {describe(t.CodingSchemeDesignator)} is required",
                              st.MISSING_ATTRIBUTE)
     if not has_value(item, t.CodeMeaning):
-        raise InvalidDataset(f"{where}: {describe(t.CodeMeaning)} is required",
+        raise InvalidDataset(f"{_path(where)}: {describe(t.CodeMeaning)} is required",
                              st.MISSING_ATTRIBUTE)
+
+
+def _path(where: tuple) -> str:
+    """((seq tag, item index), ...) → 'ScheduledStationNameCodeSequence (0040,4025)[0] > ...'."""
+    return " > ".join(f"{describe(tag_key)}[{i}]" for tag_key, i in where)
 
 
 def _check_items_have(ds: Dataset, seq: str, required: tuple[str, ...]) -> None:

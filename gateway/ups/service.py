@@ -301,9 +301,7 @@ class UPSService:
         plan = indexes.plan(query)
         limit = query.limit if query.limit is not None else self.settings.search_default_limit
         if plan.exact and len(plan.indexes) == 1:
-            total = await self.store.count(plan)
-            uids = await self.store.page(plan, query.offset, limit) if query.offset < total else []
-            found = await self.store.raw_datasets(uids)
+            total, found = await self.store.page(plan, query.offset, limit)
             return SearchResult([query.project(raw) for _, raw in found], total, query.offset)
         page: list[RawDataset] = []
         total = 0

@@ -1,0 +1,58 @@
+"""The fast whole-value checks of ``normalize`` accept exactly what the precise checks accept.
+
+The fast path only decides "valid"; anything it refuses goes through the precise checks, which
+raise with a message. If the two ever disagreed, the fast path would let an invalid value in.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from gateway.ups import dataset
+from gateway.ups.errors import InvalidDataset
+
+ALPHABET = ("A", "Z", "a", "z", "0", "1", "9", " ", "_", ".", "-", "+", ":", "^", "\\", "\n",
+            "\t", "\r", "\x0c", "\x0b", "\x00", "\x1f", "\x7f", "é", "\u4e2d", "\ud800", "\udfff")
+EDGES = ["", " ", "0", "00", "01", "1.2", "1..2", "1.2.", ".1", "1.02", "1." + "2" * 62,
+         "1." + "2" * 63, "24", "23", "2359", "235960", "235961", "2360", "12.5", "120000.123456",
+         "120000.1234567", "1200001", "ABC_12", "abc", "A\\B", "x" * 16, "x" * 17, "x" * 64,
+         "x" * 65, "x" * 1024, "x" * 1025, "1.2\n", "ABC\n", "120000\n"]
+
+
+def precise_accepts(vr: str, value: str) -> bool:
+    try:
+        dataset._check_unicode(value, "")
+        dataset._check_string(vr, value, "")
+    except InvalidDataset:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("vr", sorted(dataset._FAST_STRING))
+def test_fast_check_agrees_with_precise_checks(vr):
+    rng = random.Random(vr)
+    values = list(EDGES)
+    for _ in range(4000):
+        length = rng.choice((0, 1, 2, 3, 5, 8, 13, 16, 17, 40, 64, 65))
+        values.append("".join(rng.choice(ALPHABET) for _ in range(length)))
+    check = dataset._FAST_STRING[vr]
+    disagree = [v for v in values if bool(check(v)) != precise_accepts(vr, v)]
+    assert not disagree, f"{vr}: fast and precise checks disagree on {disagree[:5]!r}"
+
+
+def test_fast_path_result_equals_precise_result():
+    elem = {"vr": "LO", "Value": ["Ward 3", "Bed 2"]}
+    fast = dataset._normalize_element("00102000", elem, ("", "00102000"))
+    precise = {"vr": "LO", "Value": [dataset._normalize_value("LO", v, "") for v in elem["Value"]]}
+    assert fast == precise
+
+
+def test_invalid_value_still_gets_its_precise_message():
+    with pytest.raises(InvalidDataset, match=r"PatientID \(0010,0020\): backslash"):
+        dataset.normalize({"00100020": {"vr": "LO", "Value": ["A\\B"]}})
+    with pytest.raises(InvalidDataset, match="not a valid CS"):
+        dataset.normalize({"00741000": {"vr": "CS", "Value": ["scheduled"]}})
+    with pytest.raises(InvalidDataset, match="VR SH is wrong"):
+        dataset.normalize({"00100020": {"vr": "SH", "Value": ["X"]}})

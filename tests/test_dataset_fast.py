@@ -44,7 +44,7 @@ def test_fast_check_agrees_with_precise_checks(vr):
 
 def test_fast_path_result_equals_precise_result():
     elem = {"vr": "LO", "Value": ["Ward 3", "Bed 2"]}
-    fast = dataset._normalize_element("00102000", elem, ("", "00102000"))
+    fast = dataset.normalize({"00102000": elem})["00102000"]
     precise = {"vr": "LO", "Value": [dataset._normalize_value("LO", v, "") for v in elem["Value"]]}
     assert fast == precise
 

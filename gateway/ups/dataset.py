@@ -38,7 +38,7 @@ _TM_RE = re.compile(r"^([01]\d|2[0-3])([0-5]\d([0-5]\d|60)?(\.\d{1,6})?)?$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _TEXT_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _CS_RE = re.compile(r"^[A-Z0-9 _]*$")
-_HEX8_RE = re.compile(r"^[0-9A-Fa-f]{8}$")
+_HEX8_RE = re.compile(r"[0-9A-Fa-f]{8}")  # use fullmatch: "$" would let a trailing newline in
 _IS_RE = re.compile(r"^\s*[+-]?\d+\s*$")
 _DS_RE = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
 # Value ranges of the binary integer VRs and of IS (PS3.5 6.2).
@@ -65,7 +65,7 @@ def describe(tag_key: str) -> str:
 
 def resolve(name: str) -> str:
     """Keyword or 8-hex tag → tag key. Raises KeyError for anything else."""
-    if _HEX8_RE.match(name):
+    if _HEX8_RE.fullmatch(name):
         return name.upper()
     tag = tag_for_keyword(name)
     if tag is None:
@@ -153,16 +153,32 @@ def normalize(obj: Any, path: Any = "", _depth: int = 0) -> Dataset:
         raise InvalidDataset(f"{_w(path)}: sequences are nested more than {MAX_DEPTH} levels deep")
     out: Dataset = {}
     for raw_key in sorted(obj, key=str.upper):
-        if not isinstance(raw_key, str) or not _HEX8_RE.match(raw_key):
+        tag_key = _tag_key(raw_key) if type(raw_key) is str else None
+        if tag_key is None:
             raise InvalidDataset(f"{_w(path)}{raw_key!r}: attribute keys must be 8 hexadecimal digits")
-        tag_key = raw_key.upper()
         if tag_key[4:] == "0000":
             continue  # group length: never stored (PS3.18 F.2)
-        where = (path, tag_key)  # named in full only when something is wrong
         if tag_key.startswith("0000"):
-            raise InvalidDataset(f"{_w(where)}: command elements are not allowed in a dataset")
-        out[tag_key] = _normalize_element(tag_key, obj[raw_key], where, _depth)
+            raise InvalidDataset(f"{_w((path, tag_key))}: command elements are not allowed in a "
+                                 "dataset")
+        elem = obj[raw_key]
+        # Fast path, most of any real payload: {"vr": <plain string VR>, "Value": [valid strings]}.
+        if type(elem) is dict and len(elem) == 2 and type(vr := elem.get("vr")) is str:
+            check = _FAST_STRING.get(vr)
+            vals = elem.get("Value")
+            if (check is not None and type(vals) is list and vals and _vr_allowed(tag_key, vr)
+                    and all(type(v) is str and check(v) for v in vals)):
+                out[tag_key] = {"vr": vr, "Value": vals}
+                continue
+        # (path, tag key): the location is named in full only when something is wrong.
+        out[tag_key] = _normalize_element(tag_key, elem, (path, tag_key), _depth)
     return out
+
+
+@functools.lru_cache(maxsize=8192)
+def _tag_key(raw_key: str) -> str | None:
+    """A payload's attribute key in canonical (upper-case) form; None when it is not a tag."""
+    return raw_key.upper() if _HEX8_RE.fullmatch(raw_key) else None
 
 
 def _w(where) -> str:
@@ -205,13 +221,6 @@ _FAST_STRING = {
 
 
 def _normalize_element(tag_key: str, elem: Any, where, depth: int = 0) -> dict[str, Any]:
-    # Fast path: {"vr": <plain string VR>, "Value": [valid strings]}, most of any real payload.
-    if type(elem) is dict and len(elem) == 2 and type(vr := elem.get("vr")) is str:
-        check = _FAST_STRING.get(vr)
-        vals = elem.get("Value")
-        if (check is not None and type(vals) is list and vals and _vr_allowed(tag_key, vr)
-                and all(type(v) is str and check(v) for v in vals)):
-            return {"vr": vr, "Value": vals}
     if type(elem) is not dict:
         raise InvalidDataset(f"{_w(where)}: expected an object with 'vr', got {type(elem).__name__}")
     vr = elem.get("vr")
@@ -271,7 +280,7 @@ def _normalize_value(vr: str, v: Any, where: str) -> Any:
             raise InvalidDataset(f"{_w(where)}: a PN component group may have at most 64 characters")
         return {g: s for g, s in v.items() if s}
     if vr == "AT":
-        if not isinstance(v, str) or not _HEX8_RE.match(v):
+        if not isinstance(v, str) or not _HEX8_RE.fullmatch(v):
             raise InvalidDataset(f"{_w(where)}: AT values must be 8 hexadecimal digits, got {v!r}")
         return v.upper()
     raise InvalidDataset(f"{_w(where)}: VR {vr} must be sent as InlineBinary")

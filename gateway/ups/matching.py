@@ -13,7 +13,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import timezone
-from typing import Iterable, Union
+from typing import Union
 
 from gateway.ups import tags as t
 from gateway.ups.dataset import (STRING_VRS, Dataset, describe, dictionary_vr, person_name, resolve,

@@ -1,4 +1,5 @@
-"""How datasets are stored: zstd-compressed element-wise msgpack; zlib from earlier versions read."""
+"""How datasets are stored: their JSON members, a line each, zstd-compressed; the zlib-compressed
+msgpack maps of earlier versions are still read."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import zlib
 import orjson
 import pytest
 
-from gateway.store.redis_store import pack, pack_dataset, parse, to_json, unpack_raw
+from gateway.store.redis_store import pack, pack_dataset, parse, projector, to_json, unpack_raw
 from gateway.ups.dataset import normalize
 from gateway.ups.matching import from_params
 from tests.helpers import workitem
@@ -18,7 +19,9 @@ def test_round_trip_and_splice():
     blob = pack_dataset(ds)
     assert blob[:4] == b"\x28\xb5\x2f\xfd"  # a zstd frame
     raw = unpack_raw(blob)
+    assert [m[:11] for m in raw] == [b'"%s":' % tag.encode() for tag in sorted(ds)]
     assert parse(raw) == ds
+    assert parse(raw, ["00100020", "00741000"]) == {k: ds[k] for k in ("00100020", "00741000")}
     assert orjson.loads(to_json([raw])) == [ds]
 
 
@@ -33,3 +36,19 @@ async def test_search_reads_what_create_stored(service):
     outcome = await service.create(normalize(workitem(label="CODEC")))
     result = await service.search(from_params([("WorklistLabel", "CODEC")]))
     assert [item["00080018"]["Value"][0] for item in result.items] == [outcome.uid]
+
+
+def test_projector_keeps_what_a_result_returns():
+    ds = normalize(workitem())
+    ds["00081195"] = {"vr": "UI", "Value": ["1.2.3"]}
+    raw = unpack_raw(pack_dataset(ds))
+    everything_but_tx = projector(None, frozenset({"00081195"}))(raw)
+    assert parse(everything_but_tx) == {k: v for k, v in ds.items() if k != "00081195"}
+    some = projector(frozenset({"00100020", "00081195", "99990010"}), frozenset({"00081195"}))(raw)
+    assert parse(some) == {"00100020": ds["00100020"]}
+
+
+def test_text_with_line_breaks_survives():
+    ds = normalize(workitem())
+    ds["00400400"] = {"vr": "LT", "Value": ["line one\nline two\r\n"]}
+    assert parse(unpack_raw(pack_dataset(ds))) == ds

@@ -26,7 +26,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from importlib import resources
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator, Callable, Iterable
 
 import msgpack
 import orjson
@@ -55,14 +55,16 @@ def unpack(blob: bytes):
     return msgpack.unpackb(blob, raw=False)
 
 
-# A stored dataset is a msgpack map of tag → that element's DICOM JSON text, compressed with
-# Zstandard (level 1). Element-wise JSON lets a search splice the stored text of the attributes it
-# returns into its response without decoding and re-encoding whole datasets, and lets matching
-# decode only the attributes it looks at. Compression shrinks a realistic 40-attribute workitem
-# from ~4.8 KB to ~1.3 KB; zstd does it as well as zlib at a third of zlib's cost to unpack (every
-# search result pays it) and a quarter of its cost to pack (docs/performance.md, scenarios 2, 6).
-# Datasets stored as zlib (first byte 0x78) by earlier versions are still read.
-RawDataset = dict[str, bytes]
+# A stored dataset is the text of its JSON members, one per line and in tag order
+# ('"00100020":{"vr":"LO","Value":["PID1"]}'), compressed with Zstandard (level 1).
+# * A search splices the stored lines of the attributes it returns straight into its response
+#   (no decoding, no re-encoding), and matching decodes only the members it compares.
+# * JSON text never holds a raw line feed (strings escape it), so the lines split safely.
+# * zstd shrinks a realistic 40-attribute workitem from ~4.8 KB to ~1.3 KB, as zlib did, at a
+#   third of zlib's cost to unpack (every search result pays it) and a quarter of its cost to pack.
+# Datasets written by earlier versions (zlib over a msgpack map of tag → element text) are read.
+# (docs/performance.md, scenarios 2, 3 and 6.)
+RawDataset = list[bytes]  # a stored dataset's members, in tag order
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _codecs = threading.local()  # zstd (de)compressor objects may not be shared between threads
 
@@ -76,36 +78,49 @@ def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
 
 
 def pack_dataset(ds: Dataset) -> bytes:
-    return _zstd()[0].compress(pack({tag: orjson.dumps(elem) for tag, elem in ds.items()}))
+    return _zstd()[0].compress(
+        b"\n".join([_member(tag) + orjson.dumps(elem) for tag, elem in sorted(ds.items())]))
 
 
 def unpack_raw(blob: bytes) -> RawDataset:
     if blob[:4] == _ZSTD_MAGIC:
-        return unpack(_zstd()[1].decompress(blob))
-    return unpack(zlib.decompress(blob))
+        text = _zstd()[1].decompress(blob)
+        return text.split(b"\n") if text else []
+    legacy = unpack(zlib.decompress(blob))
+    return [_member(tag) + text for tag, text in sorted(legacy.items())]
 
 
-def parse(raw: RawDataset, tags=None) -> Dataset:
+def parse(raw: RawDataset, tags: Iterable[str] | None = None) -> Dataset:
     """Decode a stored dataset (or only ``tags`` of it) into canonical form."""
-    if tags is None:
-        return {tag: orjson.loads(text) for tag, text in raw.items()}
-    return {tag: orjson.loads(raw[tag]) for tag in tags if tag in raw}
+    if tags is not None:
+        wanted = {tag.encode() for tag in tags}
+        raw = [m for m in raw if m[1:9] in wanted]
+    return orjson.loads(b"{" + b",".join(raw) + b"}")
 
 
 def unpack_dataset(blob: bytes) -> Dataset:
     return parse(unpack_raw(blob))
 
 
+def projector(returned: frozenset[str] | None, never: frozenset[str]
+              ) -> Callable[[RawDataset], RawDataset]:
+    """What keeps, of a stored dataset, the members a result returns (``returned``, or all when
+    None, never those of ``never``): built once per search, run on every result."""
+    if returned is None:
+        drop = frozenset(tag.encode() for tag in never)
+        return lambda raw: [m for m in raw if m[1:9] not in drop]
+    keep = frozenset(tag.encode() for tag in returned - never)
+    return lambda raw: [m for m in raw if m[1:9] in keep]
+
+
 def to_json(items: list[RawDataset]) -> bytes:
-    """A JSON array of stored (projected) datasets, spliced from their elements' stored text."""
-    return b"[" + b",".join(
-        b"{" + b",".join([_member(tag) + text for tag, text in item.items()]) + b"}"
-        for item in items) + b"]"
+    """A JSON array of stored (projected) datasets, spliced from their members' stored text."""
+    return b"[" + b",".join([b"{" + b",".join(item) + b"}" for item in items]) + b"]"
 
 
 @functools.lru_cache(maxsize=8192)
 def _member(tag: str) -> bytes:
-    """'00100020' → b'"00100020":', the start of a JSON member (tags recur in every result)."""
+    """'00100020' → b'"00100020":', the start of a JSON member."""
     return b'"%s":' % tag.encode()
 
 

@@ -90,24 +90,24 @@ class Query:
     offset: int = 0
     limit: int | None = None
     store_tz: timezone = UTC  # how stored DT values without a UTC offset are read
-    _returned_tags: list[str] | None = field(default=None, init=False, repr=False, compare=False)
+    _returned: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def matches(self, ds: Dataset) -> bool:
         return all(_match(node, ds, self) for node in self.keys.values())
 
     def project(self, ds: Dataset) -> Dataset:
         """The attributes a result returns: defaults, match keys and includefield attributes."""
-        if self.include_all:
-            return select(ds, (k for k in ds if k not in NEVER_RETURNED))
-        return {k: ds[k] for k in self._returned() if k in ds}
+        returned, never = self.projection()
+        return select(ds, (k for k in ds if k not in never) if returned is None else returned)
 
-    def _returned(self) -> list[str]:
-        """The returned attributes in tag order, worked out once per query (a page has many
-        results); a query is not changed once built."""
-        if self._returned_tags is None:
-            self._returned_tags = sorted((DEFAULT_RETURN | self.include | set(self.keys))
-                                         - NEVER_RETURNED)
-        return self._returned_tags
+    def projection(self) -> tuple[frozenset[str] | None, frozenset[str]]:
+        """(the attributes a result returns, None for all of them; those it never returns),
+        worked out once per query (a page has many results; a query is not changed once built)."""
+        if self.include_all:
+            return None, NEVER_RETURNED
+        if self._returned is None:
+            self._returned = (DEFAULT_RETURN | self.include | set(self.keys)) - NEVER_RETURNED
+        return self._returned, NEVER_RETURNED
 
     def single_value(self, tag: str) -> str | None:
         """The value of a top-level single-value key (for index selection)."""

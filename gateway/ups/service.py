@@ -16,7 +16,7 @@ from typing import AsyncIterator
 
 from gateway.store import indexes
 from gateway.store.redis_store import (Change, Conflict, NoRecipient, QueuedEvent, RawDataset,
-                                       Record, RedisStore, parse, to_json)
+                                       Record, RedisStore, parse, projector, to_json)
 from gateway.ups import events as ev
 from gateway.ups import rules, statemachine
 from gateway.ups import status as st
@@ -300,21 +300,23 @@ class UPSService:
         """One page of matches in the stable search order, with the total number of matches."""
         plan = indexes.plan(query)
         limit = query.limit if query.limit is not None else self.settings.search_default_limit
+        project = projector(*query.projection())
         if plan.exact and len(plan.indexes) == 1:
             total, found = await self.store.page(plan, query.offset, limit)
-            return SearchResult([query.project(raw) for _, raw in found], total, query.offset)
+            return SearchResult([project(raw) for _, raw in found], total, query.offset)
         page: list[RawDataset] = []
         total = 0
         async for _, raw in self._matches(query, plan):
             if query.offset <= total < query.offset + limit:
-                page.append(query.project(raw))
+                page.append(project(raw))
             total += 1
         return SearchResult(page, total, query.offset)
 
     async def search_stream(self, query: Query) -> AsyncIterator[Dataset]:
         """Every match in search order, projected — for C-FIND pending responses."""
+        project = projector(*query.projection())
         async for _, raw in self._matches(query, indexes.plan(query)):
-            yield parse(query.project(raw))
+            yield parse(project(raw))
 
     async def _matching_uids(self, query: Query) -> AsyncIterator[str]:
         async for uid, _ in self._matches(query, indexes.plan(query)):

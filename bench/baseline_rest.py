@@ -1,7 +1,10 @@
 """Scenario 1's baseline: the least an HTTP create can cost here — an aiohttp handler that reads
 and parses the same JSON body and does one Redis SET, on its own redis-server.
 
-    python -m bench.baseline_rest --port PORT --redis unix:///path/redis.sock
+    python -m bench.baseline_rest --port PORT --redis unix:///path/redis.sock [--loop uvloop]
+
+The target compares with it on the standard library's event loop; the same handler on uvloop (the
+gateway's default loop) is measured too, for information.
 """
 
 from __future__ import annotations
@@ -45,9 +48,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--redis", required=True)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args()
+    loop = None
+    if args.loop == "uvloop":
+        import uvloop
+        loop = uvloop.new_event_loop()
     web.run_app(make_app(args.redis), host="127.0.0.1", port=args.port, access_log=None,
-                print=None)
+                print=None, loop=loop)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Gateway: POST {base}/workitems with distinct realistic workitems (``bench.workload``). Baseline, in
 the same run: ``bench.baseline_rest`` (parse the same JSON, one SET) on its own redis-server with
-the embedded Redis's AOF settings. The load generator is a separate process; gateway and baseline
-runs alternate so that drift on the shared machine hits both alike.
+the embedded Redis's AOF settings, on the standard event loop (the target's baseline) and, for
+information, on uvloop like the gateway. The load generator is a separate process; the runs
+alternate so that drift on the shared machine hits all alike.
 """
 
 from __future__ import annotations
@@ -20,22 +21,29 @@ CONCURRENCY = 16
 def run(ctx: Context) -> ScenarioResult:
     r = ScenarioResult(1, "REST create throughput, 16 connections")
     s = ctx.sizes
-    base_port = free_port()
+    base_port, uv_port = free_port(), free_port()
     with RedisServer(ctx.workdir, "s1-baseline-redis") as redis_server, \
             Gateway(ctx.workdir, name="s1-gateway") as gw, ClientProcess("s1-client") as client:
         baseline = Module("bench.baseline_rest", ["--port", str(base_port), "--redis",
                                                   redis_server.url], ctx.workdir).start()
+        baseline_uv = Module("bench.baseline_rest", ["--port", str(uv_port), "--redis",
+                                                     redis_server.url, "--loop", "uvloop"],
+                             ctx.workdir).start()
         try:
             wait_http(f"http://127.0.0.1:{base_port}/health", baseline.proc, 30)
+            wait_http(f"http://127.0.0.1:{uv_port}/health", baseline_uv.proc, 30)
             client.call("prepare", count=3000)
             targets = {
                 "gateway": (f"{gw.base}/workitems", [gw.pid, gw.redis_pid()]),
                 "baseline": (f"http://127.0.0.1:{base_port}/dicom-web/workitems",
                              [baseline.pid, redis_server.proc.pid]),
+                "baseline-uvloop": (f"http://127.0.0.1:{uv_port}/dicom-web/workitems",
+                                    [baseline_uv.pid, redis_server.proc.pid]),
             }
-            runs: dict[str, list[dict]] = {"gateway": [], "baseline": []}
+            runs: dict[str, list[dict]] = {name: [] for name in targets}
             for rep in range(ctx.repeat):
-                order = ["baseline", "gateway"] if rep % 2 == 0 else ["gateway", "baseline"]
+                order = ["baseline", "gateway", "baseline-uvloop"]
+                order = order if rep % 2 == 0 else order[::-1]
                 for name in order:
                     url, pids = targets[name]
                     with CpuMeter(*pids) as cpu:
@@ -56,6 +64,7 @@ def run(ctx: Context) -> ScenarioResult:
                                 concurrency=CONCURRENCY)
         finally:
             baseline.stop()
+            baseline_uv.stop()
 
     g, b = runs["gateway"], runs["baseline"]
     rate = r.metric("creates/s", median(x["rate"] for x in g), "/s",
@@ -68,6 +77,10 @@ def run(ctx: Context) -> ScenarioResult:
     r.metric("server CPU per create (app + its Redis)",
              median(x["server_cpu_ms_per_op"] for x in g), "ms",
              median(x["server_cpu_ms_per_op"] for x in b))
+    uv = runs["baseline-uvloop"]
+    r.metric("creates/s vs the baseline on uvloop (information)", rate.value, "/s",
+             median(x["rate"] for x in uv), "minimal aiohttp+SET on uvloop",
+             [x["rate"] for x in g], [x["rate"] for x in uv])
     r.target("creates/s vs baseline", "≥ 0.5 × baseline", rate.ratio,
              None if rate.ratio is None else rate.ratio >= 0.5)
     errors = {k: v for x in g for k, v in x["statuses"].items() if str(k) != "201"}

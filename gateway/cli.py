@@ -13,6 +13,15 @@ from gateway import __version__, logs
 from gateway.config import ConfigError, load
 
 
+def _event_loop_runner(config):
+    """uvloop (libuv's event loop) by default: it runs the gateway's HTTP, WebSocket and Redis
+    traffic with markedly less CPU per request than the standard loop (docs/performance.md)."""
+    if config.event_loop == "uvloop":
+        import uvloop
+        return uvloop.run
+    return asyncio.run
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ups-gateway", description=__doc__)
     parser.add_argument("--config", "-c", metavar="PATH", default=None,
@@ -27,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(config.log.level, config.log.format)
     held = _hold_logs()
     try:
-        return asyncio.run(_run(config, held))
+        return _event_loop_runner(config)(_run(config, held))
     except ConfigError as exc:
         # A start refused for a configuration reason (port in use, Redis unreachable…) says so
         # in one line; the start-up logs leading to it would only bury that line.

@@ -92,6 +92,7 @@ class Log:
 class Config:
     ae_title: str = "UPS_GATEWAY"
     data_dir: str = "./data"
+    event_loop: str = "uvloop"  # uvloop | asyncio (the standard library's loop)
     dimse: Dimse = field(default_factory=Dimse)
     rest: Rest = field(default_factory=Rest)
     redis: Redis = field(default_factory=Redis)
@@ -225,6 +226,8 @@ def _check(config: Config) -> None:
         raise ConfigError(f"redis.url: {url!r} must start with redis://, rediss:// or unix://")
     if config.log.format not in ("json", "text"):
         raise ConfigError(f"log.format: {config.log.format!r} must be json or text")
+    if config.event_loop not in ("uvloop", "asyncio"):
+        raise ConfigError(f"event_loop: {config.event_loop!r} must be uvloop or asyncio")
     if config.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log.level: {config.log.level!r} must be DEBUG, INFO, WARNING or ERROR")
     from gateway.ups.dicomtime import parse_offset

@@ -61,6 +61,7 @@ def assert_one_line_naming(stderr: str, key: str) -> None:
     ({"ae_title": "THIS_AE_TITLE_IS_WAY_TOO_LONG"}, "ae_title"),
     ({"redis": {"url": "http://localhost:6379"}}, "redis.url"),
     ({"ups": {"timezone_offset": "CET"}}, "ups.timezone_offset"),
+    ({"event_loop": "trio"}, "event_loop"),
     ({"peers": {"MODALITY": {"host": "x"}}}, "peers.MODALITY"),
     ({"rest": "not a mapping"}, "rest"),
 ])

@@ -56,3 +56,13 @@ def test_invalid_value_still_gets_its_precise_message():
         dataset.normalize({"00741000": {"vr": "CS", "Value": ["scheduled"]}})
     with pytest.raises(InvalidDataset, match="VR SH is wrong"):
         dataset.normalize({"00100020": {"vr": "SH", "Value": ["X"]}})
+
+
+def test_keys_come_out_upper_case_and_in_tag_order():
+    ds = dataset.normalize({"00100020": {"vr": "LO", "Value": ["X"]},
+                            "0008103e": {"vr": "LO", "Value": ["d"]},
+                            "00404025": {"vr": "SQ", "Value": [{"00080104": {"vr": "LO", "Value": ["m"]},
+                                                                "00080100": {"vr": "SH", "Value": ["c"]}}]},
+                            "00080005": {"vr": "CS", "Value": ["ISO_IR 192"]}})
+    assert list(ds) == ["00080005", "0008103E", "00100020", "00404025"]
+    assert list(ds["00404025"]["Value"][0]) == ["00080100", "00080104"]

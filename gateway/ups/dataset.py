@@ -152,7 +152,7 @@ def normalize(obj: Any, path: Any = "", _depth: int = 0) -> Dataset:
     if _depth > MAX_DEPTH:
         raise InvalidDataset(f"{_w(path)}: sequences are nested more than {MAX_DEPTH} levels deep")
     out: Dataset = {}
-    for raw_key in sorted(obj, key=str.upper):
+    for raw_key, elem in obj.items():
         tag_key = _tag_key(raw_key) if type(raw_key) is str else None
         if tag_key is None:
             raise InvalidDataset(f"{_w(path)}{raw_key!r}: attribute keys must be 8 hexadecimal digits")
@@ -161,18 +161,27 @@ def normalize(obj: Any, path: Any = "", _depth: int = 0) -> Dataset:
         if tag_key.startswith("0000"):
             raise InvalidDataset(f"{_w((path, tag_key))}: command elements are not allowed in a "
                                  "dataset")
-        elem = obj[raw_key]
-        # Fast path, most of any real payload: {"vr": <plain string VR>, "Value": [valid strings]}.
+        # Fast paths for what most of any real payload is: {"vr": <plain string VR>, "Value":
+        # [valid strings]} and {"vr": "SQ", "Value": [items]}. Anything else, or anything they do
+        # not accept, takes the precise path, which says what is wrong.
         if type(elem) is dict and len(elem) == 2 and type(vr := elem.get("vr")) is str:
-            check = _FAST_STRING.get(vr)
             vals = elem.get("Value")
-            if (check is not None and type(vals) is list and vals and _vr_allowed(tag_key, vr)
-                    and all(type(v) is str and check(v) for v in vals)):
-                out[tag_key] = {"vr": vr, "Value": vals}
-                continue
+            if type(vals) is list and vals and _vr_allowed(tag_key, vr):
+                check = _FAST_STRING.get(vr)
+                if check is not None:
+                    if (check(vals[0]) if len(vals) == 1 and type(vals[0]) is str
+                            else all(type(v) is str and check(v) for v in vals)):
+                        out[tag_key] = {"vr": vr, "Value": vals}
+                        continue
+                elif vr == "SQ":
+                    where = (path, tag_key)
+                    out[tag_key] = {"vr": vr, "Value": [normalize(item or {}, (where, i), _depth + 1)
+                                                        for i, item in enumerate(vals)]}
+                    continue
         # (path, tag key): the location is named in full only when something is wrong.
         out[tag_key] = _normalize_element(tag_key, elem, (path, tag_key), _depth)
-    return out
+    keys = list(out)
+    return out if keys == sorted(keys) else dict(sorted(out.items()))
 
 
 @functools.lru_cache(maxsize=8192)
@@ -349,6 +358,7 @@ def _check_number(vr: str, v: int | float, where: str) -> int | float:
     return v
 
 
+@functools.lru_cache(maxsize=4096)  # the same dates and times recur across workitems
 def _is_date_time(v: str) -> bool:
     """Whether a DA/DT value that has the right shape is also a real date (and time)."""
     try:

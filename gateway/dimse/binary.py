@@ -31,6 +31,14 @@ _ENCODINGS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1", "ISO_IR
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 _HEADER = struct.Struct("<HH")
+_EXPLICIT_SHORT = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length
+_UINT32 = struct.Struct("<I")
+# VR bytes → VR text, and the element keys already formatted: both looked up per element.
+_VR_TEXT = {vr.encode("ascii"): vr for vr in
+            "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI "
+            "UL UN UR US UT UV".split()}
+_KEYS: dict[int, str] = {}
+_ASCII_VRS = frozenset(("UI", "DA", "DT", "TM", "CS", "AE", "IS", "DS", "AS"))
 
 
 class Unsupported(Exception):
@@ -64,13 +72,25 @@ class _Reader:
                 delimited: bool = False) -> tuple[dict, int]:
         """Elements from ``pos`` up to ``end`` or an item delimiter; returns (dataset, next pos).
         A ``delimited`` (undefined-length) item must end with its delimiter."""
-        data, out = self.data, {}
+        data, out, explicit = self.data, {}, self.explicit
         while pos < end:
-            group, elem = _HEADER.unpack_from(data, pos)
-            tag = group << 16 | elem
-            if tag == _ITEM_END:
-                return out, pos + 8
-            vr, length, pos = self._header(tag, pos)
+            if explicit:
+                group, elem, vr_bytes, length = _EXPLICIT_SHORT.unpack_from(data, pos)
+                tag = group << 16 | elem
+                if tag == _ITEM_END:
+                    return out, pos + 8
+                vr = _VR_TEXT.get(vr_bytes) or vr_bytes.decode("ascii")
+                if vr in _LONG_VRS:
+                    length = _UINT32.unpack_from(data, pos + 8)[0]
+                    pos += 12
+                else:
+                    pos += 8
+            else:
+                group, elem = _HEADER.unpack_from(data, pos)
+                tag = group << 16 | elem
+                if tag == _ITEM_END:
+                    return out, pos + 8
+                vr, length, pos = self._header(tag, pos)
             if vr == "SQ" or (length == _UNDEFINED and vr == "UN"):
                 value, pos = self.sequence(pos, length, encoding)
                 element = {"vr": "SQ", "Value": value} if value else {"vr": "SQ"}
@@ -81,7 +101,11 @@ class _Reader:
                 pos += length
             if group == 0 or elem == 0:
                 continue  # command and group-length elements are never part of a dataset
-            key = f"{tag:08X}"
+            key = _KEYS.get(tag)
+            if key is None:
+                key = f"{tag:08X}"
+                if len(_KEYS) < 65536:  # bounded: private tags could be anything
+                    _KEYS[tag] = key
             if tag == 0x00080005:
                 encoding = _encoding(element)
             out[key] = element
@@ -134,11 +158,12 @@ def _value(vr: str, raw: bytes, encoding: str) -> dict[str, Any]:
     if not raw:
         return {"vr": vr}
     if vr in _TEXT_VRS:
-        text = raw.decode("ascii" if vr in ("UI", "DA", "DT", "TM", "CS", "AE", "IS", "DS", "AS")
-                          else encoding)
-        text = text.rstrip("\x00 ") if vr == "UI" else text.rstrip(" \x00")
-        if vr not in ("LT", "ST", "UT", "UR"):
-            text = text.lstrip(" ") if vr != "PN" else text
+        text = raw.decode("ascii" if vr in _ASCII_VRS else encoding)
+        text = text.rstrip(" \x00")
+        if vr not in _SINGLE_VALUED and vr != "PN":
+            text = text.lstrip(" ")
+            if text and "\\" not in text:
+                return {"vr": vr, "Value": [text]}  # one value, already trimmed: most elements
         if not text:
             return {"vr": vr}
         parts = [text] if vr in _SINGLE_VALUED else text.split("\\")

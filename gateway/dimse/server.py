@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import sys
 
 from pynetdicom import AE, evt
 from pynetdicom._handlers import (standard_dimse_recv_handler, standard_dimse_sent_handler,
@@ -22,7 +23,7 @@ from pynetdicom.sop_class import (UnifiedProcedureStepEvent, UnifiedProcedureSte
                                   UnifiedProcedureStepWatch, Verification)
 
 from gateway.config import ConfigError
-from gateway.dimse import handlers
+from gateway.dimse import handlers, responses
 from gateway.dimse.bridge import LoopBridge
 from gateway.dimse.net import NODELAY_HANDLER
 
@@ -76,12 +77,25 @@ ASSOCIATION_LOG = [(evt.EVT_CONN_OPEN, _drop_standard_logging),
                    (evt.EVT_ABORTED, _log_aborted)]
 
 
+# Per accepted association: response command sets written without pydicom
+# (gateway.dimse.responses), falling back to pynetdicom's own code where that does not apply.
+FAST_ASSOCIATION = [(evt.EVT_CONN_OPEN, responses.install)]
+
+
+# Each N-CREATE hops between three threads (DUL, association, asyncio loop). A thread woken while
+# another one is busy waits for the GIL up to the switch interval (5 ms by default); the loop,
+# woken by every Redis reply, pays it most. 1 ms cut those waits (N-CREATE/s on one association
+# 0.75 → 0.80 × the stock SCP in an A/B run; 0.25 ms did better still but switches more).
+GIL_SWITCH_INTERVAL = 0.001
+
+
 class DimseServer:
     def __init__(self, gateway):
         self.gateway = gateway
         self.config = gateway.config
         self.server = None
         self.bridge: LoopBridge | None = None
+        self._switch_interval: float | None = None
 
     def _make_ae(self) -> AE:
         cfg = self.config.dimse
@@ -106,10 +120,13 @@ class DimseServer:
         bound = handlers.bind(self.gateway, self.bridge)
         try:
             self.server = ae.start_server((cfg.host, cfg.port), block=False,
-                                          evt_handlers=[NODELAY_HANDLER, *ASSOCIATION_LOG, *bound])
+                                          evt_handlers=[NODELAY_HANDLER, *FAST_ASSOCIATION,
+                                                        *ASSOCIATION_LOG, *bound])
         except OSError as exc:
             reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
             raise ConfigError(f"dimse.port: {cfg.host}:{cfg.port} {reason}") from None
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_interval, GIL_SWITCH_INTERVAL))
         log.info("DIMSE listener started", extra={"ae": self.config.ae_title,
                                                   "address": f"{cfg.host}:{cfg.port}"})
 
@@ -122,3 +139,6 @@ class DimseServer:
             server, self.server = self.server, None
             await asyncio.to_thread(server.shutdown)
             log.info("DIMSE listener stopped")
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
+            self._switch_interval = None

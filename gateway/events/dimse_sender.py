@@ -29,6 +29,8 @@ log = logging.getLogger("gateway.events.dimse")
 
 _TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
 _LEASE_MS = 6000  # a crashed sender's peers are taken over within this
+_BATCH = 100
+_RENEW_SECONDS = 1.5  # the lease is renewed this often, not per event: the queue read checks it
 
 
 class DimseEventSender:
@@ -76,6 +78,7 @@ class PeerWorker:
         self.last_used = 0.0
         self.backoff = self.cfg.retry_initial_seconds
         self.busy = False
+        self._held_at = 0.0  # when the lease was last taken or renewed (monotonic)
 
     async def run(self) -> None:
         hub = self.gateway.hub
@@ -83,7 +86,7 @@ class PeerWorker:
         try:
             while True:
                 try:
-                    if not await self.lease.hold():
+                    if not await self._hold_lease():
                         self.reader.forget()
                         await self.close()
                         await wait_for(hub, wake, _LEASE_MS / 4000)
@@ -93,6 +96,7 @@ class PeerWorker:
                             await self.close()
                         await wait_for(hub, wake, _LEASE_MS / 4000)
                 except LeaseLost:
+                    self._held_at = 0.0
                     continue  # another process took over: the next turn notices
                 except RedisError as exc:
                     log.warning("event delivery paused: redis unavailable",
@@ -102,8 +106,16 @@ class PeerWorker:
             hub.drop(self.ae, wake)
             await self.lease.release()
 
+    async def _hold_lease(self) -> bool:
+        if time.monotonic() - self._held_at < _RENEW_SECONDS:
+            return True
+        held = await self.lease.hold()
+        self._held_at = time.monotonic() if held else 0.0
+        return held
+
     async def _deliver_some(self) -> bool:
-        entries, lost = await self.reader.pending(100)
+        """Deliver up to a batch of queued events; True when more may be queued."""
+        entries, lost = await self.reader.pending(_BATCH)
         self.busy = bool(entries)
         if lost:
             log.error("events dropped by the backlog bound before delivery",
@@ -127,7 +139,8 @@ class PeerWorker:
             if not await self.reader.ack(entry):
                 return True  # lease lost meanwhile
         self.busy = False
-        return bool(entries)
+        # A short batch emptied the queue: what is queued meanwhile comes with a notification.
+        return len(entries) == _BATCH
 
     def _send(self, entry: QueuedEntry) -> str | None:
         """Send one N-EVENT-REPORT (in a worker thread); the error text, or None when delivered."""

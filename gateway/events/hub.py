@@ -1,8 +1,10 @@
 """The process-wide notification hub: one Redis pub/sub subscription wakes local deliverers.
 
 Every Lua step that queues events PUBLISHes the subscriber AEs it queued for (newline-separated)
-in the same atomic step. Deliverers — WebSocket channels and DIMSE senders — wait on the hub instead of polling, and
-still re-check their queue every few seconds in case a notification was missed.
+in the same atomic step. DIMSE senders wait on the hub per AE; the WebSocket fan-out listens to
+whole notifications (``listen``), so that one message with a hundred AEs becomes one delivery
+round, not a hundred wake-ups. Both still re-check their queues every few seconds in case a
+notification was missed.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from typing import Callable
 
 from redis.exceptions import RedisError
 
@@ -21,6 +24,7 @@ class EventHub:
         self.redis = redis
         self.channel = f"{prefix}notify"
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._listeners: list[Callable[[list[str] | None], None]] = []
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -47,6 +51,17 @@ class EventHub:
         for event in self._waiters.get(ae, ()):
             event.set()
 
+    def listen(self, callback: Callable[[list[str] | None], None]) -> None:
+        """Call ``callback(aes)`` with the AEs of every notification (None: any AE may have
+        events, e.g. after the hub lost Redis for a while)."""
+        self._listeners.append(callback)
+
+    def _notify(self, aes: list[str] | None) -> None:
+        for ae in (aes if aes is not None else list(self._waiters)):
+            self.wake(ae)
+        for callback in self._listeners:
+            callback(aes)
+
     async def _listen(self, ready: asyncio.Event) -> None:
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
@@ -55,15 +70,13 @@ class EventHub:
                 ready.set()
                 async for message in pubsub.listen():
                     if message and message.get("type") == "message":
-                        for ae in message["data"].decode().split("\n"):
-                            self.wake(ae)
+                        self._notify(message["data"].decode().split("\n"))
             except asyncio.CancelledError:
                 await pubsub.aclose()
                 raise
             except (RedisError, OSError) as exc:
                 log.warning("event hub lost Redis; reconnecting", extra={"error": str(exc)})
-                for ae in list(self._waiters):
-                    self.wake(ae)  # let deliverers poll meanwhile
+                self._notify(None)  # let deliverers poll meanwhile
                 await asyncio.sleep(1)
             finally:
                 try:

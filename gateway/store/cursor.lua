@@ -1,6 +1,22 @@
--- Advance a delivery cursor, but only for the current owner of that AE's delivery.
--- ARGV 1 prefix, 2 transport (ws|dimse), 3 AE, 4 owner id, 5 cursor value
-local p = ARGV[1]
-if redis.call('GET', p .. 'own:' .. ARGV[2] .. ':' .. ARGV[3]) ~= ARGV[4] then return 0 end
-redis.call('SET', p .. 'cur:' .. ARGV[2] .. ':' .. ARGV[3], ARGV[5])
-return 1
+-- Advance delivery cursors of one or more AEs on one transport, each only for the current owner
+-- of that AE's delivery. One MGET and one MSET whatever the number of AEs: a script's cost is
+-- mostly its redis.call()s.
+-- ARGV 1 prefix, 2 transport (ws|dimse), 3 msgpack array of {AE, owner id, cursor value ("id n")}
+-- Returns per AE 1 (advanced) or 0 (the lease belongs to someone else).
+local p, transport = ARGV[1], ARGV[2]
+local advances = cmsgpack.unpack(ARGV[3])
+local leases = {}
+for i, advance in ipairs(advances) do leases[i] = p .. 'own:' .. transport .. ':' .. advance[1] end
+local owners = redis.call('MGET', unpack(leases))
+local set, out = {}, {}
+for i, advance in ipairs(advances) do
+  if owners[i] == advance[2] then
+    set[#set + 1] = p .. 'cur:' .. transport .. ':' .. advance[1]
+    set[#set + 1] = advance[3]
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+if #set > 0 then redis.call('MSET', unpack(set)) end
+return out

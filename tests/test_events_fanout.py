@@ -1,0 +1,153 @@
+"""WebSocket fan-out in rounds (gateway/events/fanout.py): the batched queue scripts on a real
+Redis, frames encoded once per event, and many WebSocket subscribers of one gateway process
+served together — each AE still gets every event once, in order, with its own Message IDs, and a
+client with a long backlog is served on the side without holding up the others."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from gateway.events.frames import FrameEncoder
+from gateway.events.queue import (Lease, LeaseLost, QueuedEntry, QueueReader, advance_cursors,
+                                  read_queues)
+from gateway.store.redis_store import lua, now_ms, pack
+from gateway.ups import events as ev
+from tests.event_receiver import (GLOBAL, MESSAGE_ID, PROGRESS_REPORT, STATE_REPORT, Ups,
+                                  WsListener, frame_type, frame_uid, frame_value)
+from tests.helpers import GatewayProcess, workitem
+
+
+def unassigned(**kw) -> dict:
+    ds = workitem(**kw)
+    ds.pop("00404025")  # no Scheduled Station Name: creation raises one State Report only
+    return ds
+
+
+# ---- frames -------------------------------------------------------------------------------
+
+def test_encoded_frames_are_the_frames_byte_for_byte():
+    info = pack(ev.state_report({"00741000": {"vr": "CS", "Value": ["SCHEDULED"]}},
+                                "IN PROGRESS"))
+    encoder = FrameEncoder()
+    # the same event queued for three AEs (their own sequence numbers), then other events;
+    # 0xFFFF + 1 wraps to Message ID 1
+    entries = [QueuedEntry("1-0", n, ev.STATE_REPORT, "1.2.3", info, 0) for n in (1, 7, 0x10000)]
+    entries += [QueuedEntry("2-0", 8, ev.PROGRESS_REPORT, "1.2.3", pack(ev.progress_report({})), 0),
+                QueuedEntry("3-0", 9, ev.CANCEL_REQUESTED, "1.2.4", b"", 0)]
+    for entry in entries:
+        assert encoder.encode(entry) == orjson.dumps(entry.frame())
+    assert orjson.loads(encoder.encode(entries[2]))[MESSAGE_ID]["Value"] == [1]
+
+
+# ---- batched reads and acknowledgements (real Redis) -------------------------------------------
+
+async def test_one_read_serves_several_aes_each_checked_against_its_own_lease(store):
+    broadcast = store.redis.register_script(lua("broadcast.lua"))
+    aes = ["A1", "A2", "A3"]
+    await broadcast(args=[store.p, store.backlog, now_ms(), ev.STATE_REPORT, "1.2.3",
+                          pack({"00741000": {"vr": "CS", "Value": ["SCHEDULED"]}}), *aes])
+    await broadcast(args=[store.p, store.backlog, now_ms(), ev.STATE_REPORT, "1.2.4", b"", "A1"])
+    readers = {}
+    for ae in aes:
+        lease = Lease(store, "ws", ae)
+        await lease.hold(take=True)
+        readers[ae] = QueueReader(store, "ws", ae, lease)
+    newer = QueueReader(store, "ws", "A3", Lease(store, "ws", "A3"))
+    await newer.lease.hold(take=True)  # another connection took A3 over
+
+    batch = [*readers.values(), newer]  # two readers of A3's queue in one call
+    replies = await read_queues(store, batch, 100)
+    first, lost = readers["A1"].take(replies[0])
+    assert ([(e.uid, e.n) for e in first], lost) == ([("1.2.3", 1), ("1.2.4", 2)], 0)
+    second, _ = readers["A2"].take(replies[1])
+    assert [(e.uid, e.n, e.info) for e in second] == [
+        ("1.2.3", 1, {"00741000": {"vr": "CS", "Value": ["SCHEDULED"]}})]
+    with pytest.raises(LeaseLost):
+        readers["A3"].take(replies[2])
+    assert [e.uid for e in newer.take(replies[3])[0]] == ["1.2.3"]
+
+    # acknowledging A1 up to its first event only: the next read (a fresh reader, i.e. the
+    # stored cursor) starts after it; A3's cursor is refused
+    assert await advance_cursors(store, "ws", [readers["A1"].advance(first[0]),
+                                               readers["A2"].advance(second[0]),
+                                               ["A3", readers["A3"].lease.owner, "9-0 9"]]) \
+        == [True, True, False]
+    again = QueueReader(store, "ws", "A1", readers["A1"].lease)
+    [reply] = await read_queues(store, [again], 100)
+    assert [e.uid for e in again.take(reply)[0]] == ["1.2.4"]
+    assert (await QueueReader(store, "ws", "A2", readers["A2"].lease).pending())[0] == []
+
+
+# ---- a gateway with many WebSocket subscribers --------------------------------------------------
+
+async def test_every_websocket_of_many_gets_every_event_in_order(tmp_path, http):
+    proc = GatewayProcess(tmp_path).start()
+    listeners: list[WsListener] = []
+    try:
+        ups = Ups(http, proc.base)
+        aes = [f"FAN{k:02d}" for k in range(40)]
+        for ae in aes:
+            await ups.subscribe(GLOBAL, ae)
+        listeners = [await WsListener.open(http, ups.ws_url(ae)) for ae in aes]
+        expected = []
+        for _ in range(3):
+            uid = await ups.create(unassigned())
+            tx = await ups.claim(uid)
+            await ups.progress(uid, tx, 50)
+            expected += [(uid, STATE_REPORT), (uid, STATE_REPORT), (uid, PROGRESS_REPORT)]
+        for listener in listeners:
+            frames = await listener.wait(len(expected))
+            assert [(frame_uid(f), frame_type(f)) for f in frames] == expected
+            ids = [frame_value(f, MESSAGE_ID) for f in frames]
+            assert ids == list(range(ids[0], ids[0] + len(expected)))
+        later = await asyncio.gather(*(listener.quiet(0.3) for listener in listeners))
+        assert all(frames == [] for frames in later)  # nothing twice
+    finally:
+        for listener in listeners:
+            await listener.close()
+        proc.stop()
+
+
+async def test_a_long_backlog_is_sent_aside_while_others_keep_receiving(tmp_path, http):
+    """A client that reconnects to 150 missed events of ≈1 KB each (more than a socket buffer's
+    high-water mark at once) is served by a task of its own; a live subscriber still gets new
+    events meanwhile, and the returning client gets the whole backlog, in order, once."""
+    proc = GatewayProcess(tmp_path, extra={"events": {"backlog": 2000}}).start()
+    live = back = None
+    try:
+        ups = Ups(http, proc.base)
+        await ups.subscribe(GLOBAL, "BACK")
+        await ups.subscribe(GLOBAL, "LIVE")
+        back = await WsListener.open(http, ups.ws_url("BACK"))
+        first = await ups.create(unassigned())
+        [seen] = await back.wait(1, uid=first)
+        await back.close()
+
+        uid = await ups.create(unassigned())
+        tx = await ups.claim(uid)
+        text = "x" * 1000
+        for step in range(148):
+            await ups.progress(uid, tx, step / 2, text=f"{step:04d}{text}")
+
+        live = await WsListener.open(http, ups.ws_url("LIVE"))
+        back = await WsListener.open(http, ups.ws_url("BACK"))
+        later = await ups.create(unassigned())
+        assert len(await live.wait(1, uid=later)) == 1
+        frames = await back.wait(151)
+        assert await back.quiet(0.3) == []
+        assert len(back.frames) == 151
+        assert [frame_uid(f) for f in frames] == [uid] * 150 + [later]
+        progress = [f["00741002"]["Value"][0]["00741006"]["Value"][0][:4] for f in frames[2:150]]
+        assert progress == [f"{step:04d}" for step in range(148)]
+        ids = [frame_value(f, MESSAGE_ID) for f in frames]
+        first_id = frame_value(seen, MESSAGE_ID)
+        assert ids == list(range(first_id + 1, first_id + 152))
+        assert "event channel sends outside the rounds" in proc.log()
+    finally:
+        for listener in (live, back):
+            if listener is not None:
+                await listener.close()
+        proc.stop()

@@ -43,6 +43,7 @@ class Gateway:
         self.components: dict[str, Callable[[], bool]] = {}
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
+        self._started = False
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -60,6 +61,9 @@ class Gateway:
         await self.hub.start()
         if cfg.dimse.enabled:  # /health says 503 until the listener is up
             self.components["dimse"] = lambda: self.dimse is not None and self.dimse.is_running()
+        # ... and until start-up is over: a client that subscribes as soon as /health says ok must
+        # not be sent this start's SCP Status Change (RESTARTED), which belongs to earlier ones.
+        self.components["startup"] = lambda: self._started
         await self._start_rest()
         if cfg.dimse.enabled:
             from gateway.dimse.server import DimseServer
@@ -75,6 +79,7 @@ class Gateway:
         # process: keep it out of the cyclic collector, whose full passes over it cost 80-90 ms.
         gc.collect()
         gc.freeze()
+        self._started = True
         log.info("gateway started", extra={
             "ae": cfg.ae_title, "rest": f"{cfg.rest.host}:{cfg.rest.port}{cfg.rest.base_path}",
             "dimse": f"{cfg.dimse.host}:{cfg.dimse.port}" if cfg.dimse.enabled else "disabled",

@@ -1,8 +1,9 @@
 """The canonical workitem form: a DICOM JSON object (PS3.18 Annex F) held as a Python dict.
 
 ``{"00741000": {"vr": "CS", "Value": ["SCHEDULED"]}, ...}`` is what REST speaks natively, what
-matching runs on and what msgpack stores. Adapters call ``normalize`` once at their edge; everything
-inside the core may then trust the structure (upper-case 8-hex keys, known VRs, typed values).
+matching runs on and what the store keeps (as JSON text). Adapters call ``normalize`` once at
+their edge; everything inside the core may then trust the structure (upper-case 8-hex keys, known
+VRs, typed values).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``python -m bench``: run the benchmark scenarios, print the table, write the JSON result.
 
-    python -m bench                      # everything (≈15 min on 2 cores)
+    python -m bench                      # everything (≈10 min on 2 cores)
     python -m bench --quick              # a short smoke run with small sizes (≈2 min)
     python -m bench --scenarios 1,3 --repeat 5 --out bench/results/mine.json
     python -m bench --profile bench/results/profiles   # + py-spy profiles of the gateway

@@ -17,15 +17,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import yaml
+from gateway.testing import PACKAGE_ROOT, GatewayProcess, free_port, merge
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+ROOT = PACKAGE_ROOT
 
 
 def _env() -> dict[str, str]:
@@ -75,82 +69,30 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 20.0) -> None:
         proc.wait()
 
 
-class Gateway:
-    """``python -m gateway --config PATH`` on loopback ports with its embedded Redis."""
+class Gateway(GatewayProcess):
+    """``python -m gateway --config PATH`` on loopback ports with its embedded Redis, in
+    ``workdir/name``."""
 
     def __init__(self, workdir: Path, *, peers: dict[str, dict] | None = None,
                  extra: dict[str, Any] | None = None, name: str = "gateway"):
-        self.workdir = Path(workdir) / name
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.rest_port = free_port()
-        self.dimse_port = free_port()
-        self.data_dir = self.workdir / "data"
-        self.config: dict[str, Any] = {
+        rest_port, dimse_port = free_port(), free_port()
+        data_dir = Path(workdir) / name / "data"
+        config = {
             "ae_title": "UPS_GATEWAY",
-            "data_dir": str(self.data_dir),
-            "rest": {"host": "127.0.0.1", "port": self.rest_port},
-            "dimse": {"host": "127.0.0.1", "port": self.dimse_port},
+            "data_dir": str(data_dir),
+            "rest": {"host": "127.0.0.1", "port": rest_port},
+            "dimse": {"host": "127.0.0.1", "port": dimse_port},
             "redis": {"url": None},
             "peers": peers or {},
         }
-        for section, values in (extra or {}).items():
-            self.config.setdefault(section, {}).update(values)
-        self.config_path = self.workdir / "config.yaml"
-        self.log_path = self.workdir / "gateway.log"
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.rest_port}"
-
-    @property
-    def base(self) -> str:
-        return f"{self.url}/dicom-web"
-
-    @property
-    def ws_base(self) -> str:
-        return f"ws://127.0.0.1:{self.rest_port}/dicom-web"
-
-    @property
-    def redis_url(self) -> str:
-        return f"unix://{self.data_dir.resolve()}/redis/redis.sock"
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def redis_pid(self) -> int | None:
-        try:
-            return int((self.data_dir / "redis" / "redis.pid").read_text().strip())
-        except (OSError, ValueError):
-            return None
+        super().__init__(Path(workdir) / name, merge(config, extra), rest_port=rest_port,
+                         dimse_port=dimse_port, data_dir=data_dir)
 
     def start(self, timeout: float = 60.0) -> "Gateway":
-        self.config_path.write_text(yaml.safe_dump(self.config))
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "--config",
-                                      str(self.config_path)], stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=_env(), cwd=ROOT)
-        wait_http(f"{self.url}/health", self.proc, timeout, self.log_path)
-        return self
+        return super().start(timeout)
 
-    def check_alive(self) -> None:
-        """Raise if the gateway process has exited (e.g. killed from outside the benchmark)."""
-        if self.proc is not None and self.proc.poll() is not None:
-            tail = self.log_path.read_text()[-1500:] if self.log_path.exists() else ""
-            raise RuntimeError(f"the gateway process exited (code {self.proc.returncode}) during "
-                               f"the measurement; end of its log:\n{tail}")
-
-    def stop(self) -> None:
-        stop_process(self.proc, 60.0)
-        if getattr(self, "_log", None):
-            self._log.close()
-
-    def __enter__(self) -> "Gateway":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def stop(self, timeout: float = 60.0) -> int:
+        return super().stop(timeout)
 
 
 class RedisServer:

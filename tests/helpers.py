@@ -3,114 +3,39 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
-import yaml
+from gateway import testing
+from gateway.testing import free_port, merge
 
 PUSH = "1.2.840.10008.5.1.4.34.6.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def new_uid() -> str:
     return "2.25." + str(uuid.uuid4().int)
 
 
-class GatewayProcess:
-    """A gateway started exactly as the README starts it: ``python -m gateway --config PATH``."""
+class GatewayProcess(testing.GatewayProcess):
+    """A gateway started exactly as the README starts it, on loopback ports; several may share
+    one ``workdir`` (their files are named by their REST port)."""
 
     def __init__(self, workdir: Path, *, redis_url: str | None = None,
                  data_dir: Path | None = None, ae_title: str = "UPS_GATEWAY",
                  extra: dict[str, Any] | None = None, dimse: bool = True):
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.rest_port = free_port()
-        self.dimse_port = free_port()
-        self.data_dir = Path(data_dir or self.workdir / "data")
-        config: dict[str, Any] = {
+        rest_port, dimse_port = free_port(), free_port()
+        data_dir = Path(data_dir or Path(workdir) / "data")
+        config = merge({
             "ae_title": ae_title,
-            "data_dir": str(self.data_dir),
-            "rest": {"host": "127.0.0.1", "port": self.rest_port},
-            "dimse": {"host": "127.0.0.1", "port": self.dimse_port, "enabled": dimse},
+            "data_dir": str(data_dir),
+            "rest": {"host": "127.0.0.1", "port": rest_port},
+            "dimse": {"host": "127.0.0.1", "port": dimse_port, "enabled": dimse},
             "redis": {"url": redis_url},
             "log": {"level": "INFO", "format": "json"},
-        }
-        for section, values in (extra or {}).items():
-            if isinstance(values, dict) and isinstance(config.get(section), dict):
-                config[section].update(values)
-            else:
-                config[section] = values
-        self.config = config
-        self.config_path = self.workdir / f"config-{self.rest_port}.yaml"
-        self.log_path = self.workdir / f"gateway-{self.rest_port}.log"
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.rest_port}"
-
-    @property
-    def base(self) -> str:
-        return f"{self.url}/dicom-web"
-
-    @property
-    def redis_socket(self) -> str:
-        return f"unix://{self.data_dir.resolve()}/redis/redis.sock"
-
-    def start(self, timeout: float = 30.0) -> "GatewayProcess":
-        self.config_path.write_text(yaml.safe_dump(self.config))
-        self._log = open(self.log_path, "ab")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("UPSGW_")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "--config",
-                                      str(self.config_path)], stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.kill()
-        raise RuntimeError(f"gateway did not become healthy:\n{self.log()}")
-
-    def stop(self, timeout: float = 20.0) -> int:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode if self.proc else 0
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text()[-5000:]
-        except OSError:
-            return ""
+        }, extra)
+        super().__init__(workdir, config, rest_port=rest_port, dimse_port=dimse_port,
+                         data_dir=data_dir, file_stem=f"gateway-{rest_port}")
 
 
 def element(vr: str, *values: Any) -> dict:

@@ -681,7 +681,7 @@ def test_subscribe_unsubscribe_suspend_over_dimse(strict_gateway):
 def test_slow_store_times_out_with_0110_and_association_lives(strict_gateway):
     with d.association(strict_gateway) as a:
         uid = create(a)
-        client = redis.Redis.from_url(strict_gateway.redis_socket)
+        client = redis.Redis.from_url(strict_gateway.redis_url)
         try:
             paused = time.monotonic()
             client.execute_command("CLIENT", "PAUSE", 4000, "ALL")
@@ -699,7 +699,7 @@ def test_redis_down_is_0110_and_the_process_stays_up(strict_gateway):
     """Last test on this gateway: it shuts its Redis down."""
     with d.association(strict_gateway) as a:
         uid = create(a)
-        client = redis.Redis.from_url(strict_gateway.redis_socket)
+        client = redis.Redis.from_url(strict_gateway.redis_url)
         try:
             client.shutdown(nosave=True)
         except redis.ConnectionError:

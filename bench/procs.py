@@ -17,15 +17,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from gateway.testing import PACKAGE_ROOT, GatewayProcess, free_port, merge
+from gateway.testing import PACKAGE_ROOT, GatewayProcess, child_env, free_port, merge
 
 ROOT = PACKAGE_ROOT
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UPSGW_")}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float, log: Path | None = None) -> None:
@@ -156,7 +150,7 @@ class Module:
     def start(self) -> "Module":
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.args],
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=_env(),
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=child_env(),
                                      cwd=ROOT)
         return self
 

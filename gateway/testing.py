@@ -31,6 +31,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def child_env() -> dict[str, str]:
+    """The environment for a child Python process: the caller's, without its ``UPSGW_*``
+    overrides, with the ``gateway`` package importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UPSGW_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
 def merge(config: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
     """``config`` with ``extra``'s sections merged in (mapping sections key by key)."""
     for section, values in (extra or {}).items():
@@ -89,12 +97,9 @@ class GatewayProcess:
     def start(self, timeout: float = 30.0):
         self.config_path.write_text(yaml.safe_dump(self.config))
         self._log = open(self.log_path, "ab")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("UPSGW_")}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
-                                                          env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "--config",
                                       str(self.config_path)], stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=env, cwd=PACKAGE_ROOT)
+                                     stderr=subprocess.STDOUT, env=child_env(), cwd=PACKAGE_ROOT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

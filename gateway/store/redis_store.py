@@ -92,10 +92,14 @@ def unpack_raw(blob: bytes) -> RawDataset:
 
 def parse(raw: RawDataset, tags: Iterable[str] | None = None) -> Dataset:
     """Decode a stored dataset (or only ``tags`` of it) into canonical form."""
-    if tags is not None:
-        wanted = {tag.encode() for tag in tags}
-        raw = [m for m in raw if m[1:9] in wanted]
-    return orjson.loads(b"{" + b",".join(raw) + b"}")
+    return orjson.loads(b"{" + b",".join(raw) + b"}") if tags is None else decoder(tags)(raw)
+
+
+def decoder(tags: Iterable[str]) -> Callable[[RawDataset], Dataset]:
+    """What decodes only ``tags`` of a stored dataset: built once per search, run on every
+    candidate (matching looks at a few attributes of each)."""
+    wanted = frozenset(tag.encode() for tag in tags)
+    return lambda raw: orjson.loads(b"{" + b",".join([m for m in raw if m[1:9] in wanted]) + b"}")
 
 
 def unpack_dataset(blob: bytes) -> Dataset:

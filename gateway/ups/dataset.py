@@ -175,9 +175,7 @@ def normalize(obj: Any, path: Any = "", _depth: int = 0) -> Dataset:
                         out[tag_key] = {"vr": vr, "Value": vals}
                         continue
                 elif vr == "SQ":
-                    where = (path, tag_key)
-                    out[tag_key] = {"vr": vr, "Value": [normalize(item or {}, (where, i), _depth + 1)
-                                                        for i, item in enumerate(vals)]}
+                    out[tag_key] = _sequence(vals, (path, tag_key), _depth)
                     continue
         # (path, tag key): the location is named in full only when something is wrong.
         out[tag_key] = _normalize_element(tag_key, elem, (path, tag_key), _depth)
@@ -254,9 +252,13 @@ def _normalize_element(tag_key: str, elem: Any, where, depth: int = 0) -> dict[s
     if not vals and vr != "SQ":
         return {"vr": vr}
     if vr == "SQ":
-        return {"vr": vr, "Value": [normalize(item or {}, (where, i), depth + 1)
-                                    for i, item in enumerate(vals)]}
+        return _sequence(vals, where, depth)
     return {"vr": vr, "Value": [_normalize_value(vr, v, where) for v in vals]}
+
+
+def _sequence(items: list, where, depth: int) -> dict[str, Any]:
+    return {"vr": "SQ", "Value": [normalize(item or {}, (where, i), depth + 1)
+                                  for i, item in enumerate(items)]}
 
 
 def _normalize_value(vr: str, v: Any, where: str) -> Any:

@@ -16,7 +16,8 @@ from typing import AsyncIterator
 
 from gateway.store import indexes
 from gateway.store.redis_store import (Change, Conflict, NoRecipient, QueuedEvent, RawDataset,
-                                       Record, RedisStore, parse, projector, to_json)
+                                       Record, RedisStore, decoder, parse, projector,
+                                       to_json)
 from gateway.ups import events as ev
 from gateway.ups import rules, statemachine
 from gateway.ups import status as st
@@ -324,6 +325,7 @@ class UPSService:
 
     async def _matches(self, query: Query, plan: indexes.Plan
                        ) -> AsyncIterator[tuple[str, RawDataset]]:
+        matched_part = decoder(query.keys)  # matching decodes only the attributes it compares
         uid_key = query.keys.get(t.SOPInstanceUID)
         if uid_key is not None and uid_key.kind == "uids":
             # An explicit UID list is short: sort its matches into search order here.
@@ -331,12 +333,12 @@ class UPSService:
             keyed = [(indexes.score(parse(raw, (t.ScheduledProcedureStepStartDateTime,)),
                                     self.settings.timezone), uid, raw) for uid, raw in found]
             for _, uid, raw in sorted(keyed, key=lambda k: (k[0], k[1])):
-                if query.matches(parse(raw, query.keys)):
+                if query.matches(matched_part(raw)):
                     yield uid, raw
             return
         async for chunk in self.store.candidates(plan):
             for uid, raw in await self.store.raw_datasets(chunk):
-                if query.matches(parse(raw, query.keys)):
+                if query.matches(matched_part(raw)):
                     yield uid, raw
 
     # ---- helpers -----------------------------------------------------------------------

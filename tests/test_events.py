@@ -640,7 +640,7 @@ async def test_two_processes_share_events_and_send_each_report_once(tmp_path, ht
         a = GatewayProcess(tmp_path / "a", extra=extra).start()
         b = None
         try:
-            b = GatewayProcess(tmp_path / "b", redis_url=a.redis_socket, extra=extra).start()
+            b = GatewayProcess(tmp_path / "b", redis_url=a.redis_url, extra=extra).start()
             via_a, via_b = Ups(http, a.base), Ups(http, b.base)
             ws_ae = ae_name()
             await via_a.subscribe(GLOBAL, "SHARED")

@@ -262,8 +262,8 @@ async def test_surviving_process_delivers_what_a_killed_one_left(tmp_path, http)
         b = c = None
         try:
             # c starts first, so its sender takes the peer's delivery lease
-            c = GatewayProcess(tmp_path / "c", redis_url=store.redis_socket, extra=extra).start()
-            b = GatewayProcess(tmp_path / "b", redis_url=store.redis_socket, extra=extra).start()
+            c = GatewayProcess(tmp_path / "c", redis_url=store.redis_url, extra=extra).start()
+            b = GatewayProcess(tmp_path / "b", redis_url=store.redis_url, extra=extra).start()
             ups = Ups(http, store.base)
             await ups.subscribe(GLOBAL, "RECEIVER")
             first = await ups.create(unassigned())

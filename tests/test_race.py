@@ -20,7 +20,7 @@ def pair(tmp_path_factory):
     first = GatewayProcess(tmp_path_factory.mktemp("race-a")).start()
     try:
         second = GatewayProcess(tmp_path_factory.mktemp("race-b"),
-                                redis_url=first.redis_socket).start()
+                                redis_url=first.redis_url).start()
     except Exception:
         first.stop()
         raise

@@ -153,7 +153,33 @@ def normalize(obj: Any, path: Any = "", _depth: int = 0) -> Dataset:
     if _depth > MAX_DEPTH:
         raise InvalidDataset(f"{_w(path)}: sequences are nested more than {MAX_DEPTH} levels deep")
     out: Dataset = {}
+    fast_keys = _FAST_KEYS
     for raw_key, elem in obj.items():
+        # Fast path for what most of any real payload is: a known attribute key whose element is
+        # {"vr": <a VR the dictionary allows>, "Value": [valid values]}, plain strings, dates,
+        # person names or sequence items. Anything else, or anything the whole-value checks do not
+        # accept, takes the precise path, which says what is wrong.
+        entry = fast_keys.get(raw_key)
+        if entry is not None and type(elem) is dict:
+            tag_key, allowed = entry
+            vr = elem.get("vr")
+            if type(vr) is str and vr in allowed:
+                size = len(elem)
+                if size == 1:  # {"vr": ...}: an empty (type 2) attribute
+                    out[tag_key] = elem
+                    continue
+                vals = elem.get("Value")
+                if size == 2 and type(vals) is list and vals:
+                    if vr == "SQ":
+                        where = (path, tag_key)
+                        depth = _depth + 1
+                        out[tag_key] = {"vr": "SQ", "Value": [
+                            normalize(item or {}, (where, i), depth) for i, item in enumerate(vals)]}
+                        continue
+                    check = _FAST_VALUE[vr]
+                    if (check(vals[0]) if len(vals) == 1 else all(map(check, vals))):
+                        out[tag_key] = elem  # exactly {"vr", "Value"}, both valid: kept as sent
+                        continue
         tag_key = _tag_key(raw_key) if type(raw_key) is str else None
         if tag_key is None:
             raise InvalidDataset(f"{_w(path)}{raw_key!r}: attribute keys must be 8 hexadecimal digits")
@@ -162,25 +188,22 @@ def normalize(obj: Any, path: Any = "", _depth: int = 0) -> Dataset:
         if tag_key.startswith("0000"):
             raise InvalidDataset(f"{_w((path, tag_key))}: command elements are not allowed in a "
                                  "dataset")
-        # Fast paths for what most of any real payload is: {"vr": <plain string VR>, "Value":
-        # [valid strings]} and {"vr": "SQ", "Value": [items]}. Anything else, or anything they do
-        # not accept, takes the precise path, which says what is wrong.
-        if type(elem) is dict and len(elem) == 2 and type(vr := elem.get("vr")) is str:
-            vals = elem.get("Value")
-            if type(vals) is list and vals and _vr_allowed(tag_key, vr):
-                check = _FAST_STRING.get(vr)
-                if check is not None:
-                    if (check(vals[0]) if len(vals) == 1 and type(vals[0]) is str
-                            else all(type(v) is str and check(v) for v in vals)):
-                        out[tag_key] = {"vr": vr, "Value": vals}
-                        continue
-                elif vr == "SQ":
-                    out[tag_key] = _sequence(vals, (path, tag_key), _depth)
-                    continue
+        if entry is None and len(fast_keys) < _FAST_KEYS_MAX:
+            _learn_key(raw_key, tag_key)
         # (path, tag key): the location is named in full only when something is wrong.
         out[tag_key] = _normalize_element(tag_key, elem, (path, tag_key), _depth)
     keys = list(out)
     return out if keys == sorted(keys) else dict(sorted(out.items()))
+
+
+# Payload key → (canonical tag key, the VRs the fast path takes for it): learnt on first sight of
+# a key (through the precise path), bounded so that a stream of odd keys cannot grow it for ever.
+_FAST_KEYS: dict[str, tuple[str, frozenset[str]]] = {}
+_FAST_KEYS_MAX = 20000
+
+
+def _learn_key(raw_key: str, tag_key: str) -> None:
+    _FAST_KEYS[raw_key] = (tag_key, frozenset(vr for vr in _FAST_VRS if _vr_allowed(tag_key, vr)))
 
 
 @functools.lru_cache(maxsize=8192)
@@ -226,6 +249,44 @@ _FAST_STRING = {
     "TM": re.compile(r"(?:[01]\d|2[0-3])(?:[0-5]\d(?:[0-5]\d|60)?(?:\.\d{1,6})?)?|").fullmatch,
     "UI": lambda v: len(v) <= 64 and _uid_syntax(v) is not None,
 }
+
+
+def _fast_date(pattern: re.Pattern):
+    # DA/DT: only digits, "+", "-" and "." fit the shape (whole value: no trailing line feed), so
+    # no control character or backslash can pass.
+    shape = re.compile(pattern.pattern.removeprefix("^").removesuffix("$")).fullmatch
+    return lambda v: type(v) is str and (not v or (shape(v) is not None and _is_date_time(v)))
+
+
+def _fast_person_name(v: Any) -> bool:
+    """A PN value already in canonical form: one non-empty Alphabetic group."""
+    return (type(v) is dict and len(v) == 1 and type(a := v.get("Alphabetic")) is str
+            and a != "" and _PN_GROUP(a) is not None)
+
+
+_PN_GROUP = _one_pattern(r"^\x00-\x1f\x7f\ud800-\udfff", 64)
+
+
+def _typed(check):
+    return lambda v: type(v) is str and bool(check(v))
+
+
+def _fast_integer(vr: str):
+    low, high = _INT_RANGE[vr]
+    return lambda v: type(v) is int and low <= v <= high  # not bool: type() is exact
+
+
+def _fast_real(v: Any) -> bool:
+    return (type(v) is float and math.isfinite(v)) or (type(v) is int and abs(v) <= 2**53)
+
+
+# Per VR: "this value is valid as it stands" (the element can be kept as sent). IS, DS given as
+# strings, and floats for integer VRs are converted by the precise path, so they are not here.
+_FAST_VALUE = {**{vr: _typed(check) for vr, check in _FAST_STRING.items()},
+               "DA": _fast_date(_DA_RE), "DT": _fast_date(_DT_RE), "PN": _fast_person_name,
+               **{vr: _fast_integer(vr) for vr in ("SS", "US", "SL", "UL", "SV", "UV", "IS")},
+               **{vr: _fast_real for vr in ("DS", "FL", "FD")}}
+_FAST_VRS = frozenset(_FAST_VALUE) | {"SQ"}
 
 
 def _normalize_element(tag_key: str, elem: Any, where, depth: int = 0) -> dict[str, Any]:

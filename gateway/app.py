@@ -19,6 +19,7 @@ from gateway.events.dimse_sender import DimseEventSender
 from gateway.events.hub import EventHub
 from gateway.events.status import ServiceStatus
 from gateway.rest.app import create_app
+from gateway.store import client
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.redis_store import RedisStore
 from gateway.ups.dicomtime import parse_offset
@@ -129,7 +130,7 @@ class Gateway:
             except (RuntimeError, OSError) as exc:
                 raise ConfigError(f"data_dir: cannot start the embedded Redis: {exc}") from None
             url = self.embedded.url
-        self.redis = aioredis.Redis.from_url(
+        self.redis = client.connect(
             url, socket_connect_timeout=cfg.redis.connect_timeout, health_check_interval=30,
             max_connections=512)
         try:

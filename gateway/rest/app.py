@@ -48,7 +48,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         log.exception("unhandled error", extra={"request": rid, "path": request.path})
         response = problem(request, 500, "internal error; see the gateway log for "
                            f"request {rid}")
-    if not isinstance(response, web.WebSocketResponse):
+    if log.isEnabledFor(logging.DEBUG) and not isinstance(response, web.WebSocketResponse):
         log.debug("request", extra={"request": rid, "method": request.method,
                                     "path": request.path, "status": response.status,
                                     "ms": round((time.perf_counter() - started) * 1000, 2)})

@@ -6,17 +6,19 @@ dcm4chee-style ``…/rs/workitems…``; segment names in any case, repeated or t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from urllib.parse import unquote
 
 
-@dataclass
+@dataclass(frozen=True)
 class Resource:
     kind: str  # workitems | workitem | state | cancelrequest | subscription | suspend | channel
     uid: str | None = None
     ae: str | None = None  # requester (state, cancelrequest) or subscriber AE
 
 
+@functools.lru_cache(maxsize=4096)  # the collection's path recurs on every create and search
 def parse(path: str, base_path: str) -> Resource | None:
     segments = [unquote(s) for s in path.split("/") if s]
     lowered = [s.lower() for s in segments]

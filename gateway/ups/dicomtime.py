@@ -8,7 +8,9 @@ offset (``ups.timezone_offset``); the identifier's Timezone Offset From UTC over
 from __future__ import annotations
 
 import calendar
+import functools
 import re
+import time
 from datetime import datetime, timedelta, timezone
 
 _DT = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?([+-]\d{4})?$")
@@ -27,6 +29,7 @@ def parse_offset(text: str | None, default: timezone = UTC) -> timezone:
     return timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
 
 
+@functools.lru_cache(maxsize=8192)  # the same values recur: stamps, query ranges, scores
 def dt_period(value: str, tz: timezone = UTC) -> tuple[float, float]:
     """Epoch seconds [start, end) of the period a DT (or DA) value denotes."""
     m = _DT.match(value.strip())
@@ -75,5 +78,19 @@ def period(vr: str, value: str, tz: timezone = UTC) -> tuple[float, float]:
 
 def format_dt(moment: datetime | None = None) -> str:
     """Now (or ``moment``) as a DT with microseconds and UTC offset."""
-    moment = moment or datetime.now(UTC)
+    if moment is None:
+        return _now_dt()
     return moment.strftime("%Y%m%d%H%M%S.%f%z")
+
+
+_second: list = [None, ""]  # the last second formatted by _now_dt, and its text
+
+
+def _now_dt() -> str:
+    """Now in UTC, as ``format_dt`` writes it; every change stamps one, so the text of the
+    current second is kept (strftime costs more than the rest of the stamp)."""
+    now = time.time()
+    second = int(now)
+    if _second[0] != second:
+        _second[:] = [second, time.strftime("%Y%m%d%H%M%S", time.gmtime(second))]
+    return f"{_second[1]}.{min(int((now - second) * 1e6), 999999):06d}+0000"

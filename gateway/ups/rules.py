@@ -120,13 +120,15 @@ def check_values(ds: Dataset) -> None:
 
 def _check_codes(ds: Dataset, path: tuple = ()) -> None:
     for tag_key, elem in ds.items():
-        if elem.get("vr") != "SQ":
+        if elem.get("vr") != "SQ" or not (seq_items := elem.get("Value")):
             continue
-        for i, item in enumerate(elem.get("Value") or []):
-            where = (*path, (tag_key, i))  # rendered only when something is wrong
-            if tag_key in CODE_SEQUENCES and item:
-                _check_code_item(item, where)
-            _check_codes(item, where)
+        is_code = tag_key in CODE_SEQUENCES
+        for i, item in enumerate(seq_items):
+            if item:
+                where = (*path, (tag_key, i))  # rendered only when something is wrong
+                if is_code:
+                    _check_code_item(item, where)
+                _check_codes(item, where)
 
 
 def _check_code_item(item: Dataset, where: tuple) -> None:

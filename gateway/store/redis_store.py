@@ -92,7 +92,7 @@ def unpack_raw(blob: bytes) -> RawDataset:
 
 def parse(raw: RawDataset, tags: Iterable[str] | None = None) -> Dataset:
     """Decode a stored dataset (or only ``tags`` of it) into canonical form."""
-    return orjson.loads(b"{" + b",".join(raw) + b"}") if tags is None else decoder(tags)(raw)
+    return orjson.loads(render(raw)) if tags is None else decoder(tags)(raw)
 
 
 def decoder(tags: Iterable[str]) -> Callable[[RawDataset], Dataset]:
@@ -119,7 +119,12 @@ def projector(returned: frozenset[str] | None, never: frozenset[str]
 
 def to_json(items: list[RawDataset]) -> bytes:
     """A JSON array of stored (projected) datasets, spliced from their members' stored text."""
-    return b"[" + b",".join([b"{" + b",".join(item) + b"}" for item in items]) + b"]"
+    return b"[" + b",".join([render(item) for item in items]) + b"]"
+
+
+def render(members: RawDataset) -> bytes:
+    """A stored (projected) dataset as the text of one JSON object."""
+    return b"{" + b",".join(members) + b"}"
 
 
 @functools.lru_cache(maxsize=8192)
@@ -139,7 +144,6 @@ class Record:
     state: str
     tx: str | None
     performer: str | None
-    subscribers: dict[str, bool]
 
     @functools.cached_property
     def dataset(self) -> Dataset:
@@ -205,18 +209,14 @@ class RedisStore:
 
     async def load(self, uid: str) -> Record | None:
         """The workitem, None if unknown; raises WorkitemGone for a purged one."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(self.key(uid), "d", "v", "s", "tx", "pa")
-            pipe.hgetall(f"{self.p}subs:{uid}")
-            pipe.exists(f"{self.p}gone:{uid}")
-            (blob, version, state, tx, performer), subs, gone = await pipe.execute()
+        blob, version, state, tx, performer = await self.redis.hmget(
+            self.key(uid), "d", "v", "s", "tx", "pa")
         if blob is None:
-            if gone:
+            if await self.redis.exists(f"{self.p}gone:{uid}"):
                 raise WorkitemGone(uid)
             return None
         return Record(uid, blob, int(version), state.decode(),
-                      tx.decode() if tx else None, performer.decode() if performer else None,
-                      {ae.decode(): lock == b"1" for ae, lock in subs.items()})
+                      tx.decode() if tx else None, performer.decode() if performer else None)
 
     async def exists(self, uid: str) -> bool:
         return bool(await self.redis.exists(self.key(uid)))
@@ -245,15 +245,13 @@ class RedisStore:
 
     # ---- search ------------------------------------------------------------------------
 
-    async def page(self, plan: Plan, offset: int, limit: int
-                   ) -> tuple[int, list[tuple[str, RawDataset]]]:
-        """An exact single-index plan's number of matches and the stored datasets of one page,
-        in search order."""
+    async def page(self, plan: Plan, offset: int, limit: int) -> tuple[int, list[bytes]]:
+        """An exact single-index plan's number of matches and the stored datasets (as stored:
+        ``unpack_raw`` reads one) of one page, in search order."""
         low, high = _bounds(plan)
         reply = await self._page(keys=[self._index(plan.indexes[0])],
                                  args=[f"{self.p}wi:", low, high, offset, limit])
-        return int(reply[0]), [(reply[i].decode(), unpack_raw(reply[i + 1]))
-                               for i in range(1, len(reply), 2)]
+        return int(reply[0]), reply[2::2]
 
     async def candidates(self, plan: Plan) -> AsyncIterator[list[str]]:
         """All UIDs of a plan in search order, in chunks."""

@@ -57,6 +57,7 @@ class Gateway:
             timezone=parse_offset(cfg.ups.timezone_offset),
             search_default_limit=cfg.ups.search_default_limit,
             search_max_limit=cfg.ups.search_max_limit,
+            search_cache_bytes=int(cfg.ups.search_cache_mb * 2**20),
             direct_event_aes=frozenset(cfg.peers)))
         self.hub = EventHub(self.redis, cfg.redis.key_prefix)
         await self.hub.start()

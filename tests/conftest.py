@@ -10,6 +10,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
+from gateway.store.client import connect
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.redis_store import RedisStore
 from gateway.ups.service import Settings, UPSService
@@ -29,7 +30,7 @@ async def redis_url(tmp_path_factory):
 
 @pytest_asyncio.fixture
 async def redis_client(redis_url):
-    client = aioredis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     yield client
     await client.aclose()
 

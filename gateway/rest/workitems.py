@@ -127,7 +127,7 @@ async def search(request: web.Request) -> web.Response:
     for name, text in _UNSUPPORTED_MATCHING.items():
         if request.query.get(name, "").lower() == "true":
             headers.add("Warning", warning(request, text))
-    if not result.raw:  # not ``items``: that would decode every stored dataset of the page
+    if not result.rendered:  # not ``items``: that would decode every result of the page
         return web.Response(status=204, headers=headers)
     if result.remaining:
         headers.add("Warning", warning(

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from datetime import timezone
 from typing import AsyncIterator
 
+import orjson
+
 from gateway.store import indexes
 from gateway.store.redis_store import (Change, Conflict, NoRecipient, QueuedEvent, RawDataset,
-                                       Record, RedisStore, decoder, parse, projector,
-                                       to_json)
+                                       Record, RedisStore, decoder, parse, projector, render)
+from gateway.store.results import RenderedResults
 from gateway.ups import events as ev
 from gateway.ups import rules, statemachine
 from gateway.ups import status as st
@@ -39,6 +41,7 @@ class Settings:
     timezone: timezone = UTC
     search_default_limit: int = 100
     search_max_limit: int = 1000
+    search_cache_bytes: int = 32 * 2**20  # rendered search results kept (gateway.store.results)
     max_attempts: int = 64
     # AEs that can be told of events even without a subscription (DIMSE peers with an address).
     direct_event_aes: frozenset[str] = frozenset()
@@ -59,29 +62,30 @@ class Outcome:
 
 @dataclass
 class SearchResult:
-    """One page of matches, projected, still in stored form (see ``redis_store.pack_dataset``):
-    ``to_json`` splices them into a response, ``items`` decodes them."""
+    """One page of matches, projected, each the text of a DICOM JSON object: ``to_json``
+    splices them into a response, ``items`` decodes them."""
 
-    raw: list[RawDataset]
+    rendered: list[bytes]
     total: int
     offset: int
 
     @property
     def items(self) -> list[Dataset]:
-        return [parse(item) for item in self.raw]
+        return [orjson.loads(item) for item in self.rendered]
 
     def to_json(self) -> bytes:
-        return to_json(self.raw)
+        return b"[" + b",".join(self.rendered) + b"]"
 
     @property
     def remaining(self) -> int:
-        return max(0, self.total - self.offset - len(self.raw))
+        return max(0, self.total - self.offset - len(self.rendered))
 
 
 class UPSService:
     def __init__(self, store: RedisStore, settings: Settings | None = None):
         self.store = store
         self.settings = settings or Settings()
+        self.results = RenderedResults(self.settings.search_cache_bytes)
         self.watch = Watch(store, self.settings, self._matching_uids, self.settings.max_attempts)
 
     # ---- create ------------------------------------------------------------------------
@@ -301,15 +305,18 @@ class UPSService:
         """One page of matches in the stable search order, with the total number of matches."""
         plan = indexes.plan(query)
         limit = query.limit if query.limit is not None else self.settings.search_default_limit
-        project = projector(*query.projection())
+        projection = query.projection()
+        project = projector(*projection)
         if plan.exact and len(plan.indexes) == 1:
-            total, found = await self.store.page(plan, query.offset, limit)
-            return SearchResult([project(raw) for _, raw in found], total, query.offset)
-        page: list[RawDataset] = []
+            total, blobs = await self.store.page(plan, query.offset, limit)
+            cached = self.results.render
+            return SearchResult([cached(blob, projection, project) for blob in blobs], total,
+                                query.offset)
+        page: list[bytes] = []
         total = 0
         async for _, raw in self._matches(query, plan):
             if query.offset <= total < query.offset + limit:
-                page.append(project(raw))
+                page.append(render(project(raw)))
             total += 1
         return SearchResult(page, total, query.offset)
 

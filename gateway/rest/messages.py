@@ -57,7 +57,8 @@ def problem(request: web.Request, http: int, text: str, dimse: int | None = None
     if dimse is not None:
         body["status"] = f"0x{dimse:04X}"
     all_headers = {"Warning": warning(request, text), **(headers or {})}
-    return web.json_response(body, status=http, headers=all_headers)
+    return web.Response(body=orjson.dumps(body), status=http, content_type="application/json",
+                        headers=all_headers)
 
 
 async def read_dataset(request: web.Request, *, optional: bool = False) -> Dataset:

@@ -8,7 +8,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
-import redis.asyncio as aioredis
 
 from gateway.store.client import connect
 from gateway.store.embedded import EmbeddedRedis

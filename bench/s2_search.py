@@ -7,7 +7,9 @@ loader processes on the gateway's Redis socket). At each size, from a separate c
 one query at a time over HTTP:
 
 * performer query: SCHEDULED + one Worklist Label + a one-day SPS Start DateTime range, limit 50;
-* patient query: PatientID of a stored patient.
+* patient query: PatientID of a stored patient;
+* full page (information): SCHEDULED in a three-day window of any worklist, limit 50 — a full page
+  at every size, unlike the performer query (0.4 results at 1k, 40 at 100k).
 
 The baseline of a size is the same query at 1k (target: p99 at the largest size ≤ 1.5 × p99 at 1k).
 
@@ -93,11 +95,19 @@ def run(ctx: Context, wanted: list[int]) -> list[ScenarioResult]:
         search.target(f"{kind} p99@{last // 1000}k vs p99@{first // 1000}k",
                       "≤ 1.5 ×", ratio, None if ratio is None else ratio <= 1.5)
         search.target(f"{kind} p50@{last // 1000}k", "< 10 ms", top["p50"], top["p50"] < 10)
+    page_base = per_size[first]["page"]
+    for size in s.search_sizes:
+        m = per_size[size]["page"]
+        search.metric(f"full page (information) p50 @ {size // 1000}k", m["p50"], "ms",
+                      page_base["p50"], "same @1k", m["p50_reps"], page_base["p50_reps"])
+        search.metric(f"full page (information) p99 @ {size // 1000}k", m["p99"], "ms",
+                      page_base["p99"], "same @1k", m["p99_reps"], page_base["p99_reps"])
     for size in s.search_sizes:
         search.notes.append(f"{size // 1000}k: performer queries returned "
                             f"{per_size[size]['performer']['mean_results']:.1f} workitems on "
                             f"average, patient queries "
-                            f"{per_size[size]['patient']['mean_results']:.1f}")
+                            f"{per_size[size]['patient']['mean_results']:.1f}, full-page queries "
+                            f"{per_size[size]['page']['mean_results']:.1f}")
     if last < 100000:
         search.notes.append(f"--quick: largest size {last}, not 100k; targets are checked at it")
     search.details = {"per_size": per_size}
@@ -130,16 +140,28 @@ def _load(loaders: list[ClientProcess], gw: Gateway, start: int, end: int) -> No
             future.result()
 
 
+# The two queries of the targets, and a full page of SCHEDULED workitems of any worklist (the same
+# answer size, 50, at every store size: information on how the search scales apart from that).
+KINDS = ("performer", "patient", "page")
+
+
+def _query(workload: Workload, kind: str, rng: random.Random, size: int) -> str:
+    if kind == "performer":
+        return workload.performer_query(rng)
+    if kind == "patient":
+        return workload.patient_query(rng, size)
+    return workload.page_query(rng)
+
+
 def _measure(ctx: Context, client: ClientProcess, gw: Gateway, workload: Workload,
              size: int) -> dict:
     s = ctx.sizes
     out: dict = {}
-    for kind in ("performer", "patient"):
+    for kind in KINDS:
         reps = []
         for rep in range(ctx.repeat):
-            rng = random.Random(size * 1000 + rep * 10 + (kind == "patient"))
-            queries = [workload.performer_query(rng) if kind == "performer"
-                       else workload.patient_query(rng, size) for _ in range(s.search_queries)]
+            rng = random.Random(size * 1000 + rep * 10 + KINDS.index(kind))
+            queries = [_query(workload, kind, rng, size) for _ in range(s.search_queries)]
             res = client.call("query_latency", base=gw.base, queries=queries)
             bad = {k: v for k, v in res["statuses"].items() if k not in ("200", "204")}
             if bad:

@@ -188,6 +188,14 @@ class Workload:
         return (f"ProcedureStepState=SCHEDULED&WorklistLabel={rng.choice(self.labels)}"
                 f"&ScheduledProcedureStepStartDateTime={day:%Y%m%d}-{day:%Y%m%d}&limit={limit}")
 
+    def page_query(self, rng: random.Random, limit: int = 50) -> str:
+        """SCHEDULED workitems of any worklist in a three-day window, one page: a full page of
+        ``limit`` at every store size from 1k on, so answers of equal size can be compared."""
+        start = rng.randrange(len(self.days) - 2)
+        first, last = self.days[start], self.days[start + 2]
+        return (f"ProcedureStepState=SCHEDULED"
+                f"&ScheduledProcedureStepStartDateTime={first:%Y%m%d}-{last:%Y%m%d}&limit={limit}")
+
     @staticmethod
     def patient_query(rng: random.Random, stored: int) -> str:
         patient = rng.randrange(max(1, stored // 2))

@@ -11,7 +11,7 @@ from pynetdicom import dimse_primitives as dp
 from pynetdicom.dimse import _RSP_TO_MESSAGE
 
 from gateway.dimse import messages, responses
-from tests.dimse_util import PULL, PUSH
+from tests.dimse_util import PULL, PUSH, wire
 
 ECHO = "1.2.840.10008.1.1"
 LONG_UID = "2.25." + "1" * 59  # 64 characters: the longest a UID may be
@@ -27,15 +27,7 @@ FIELDS = {dp.N_CREATE: (0x0140, "AttributeList"), dp.N_SET: (0x0120, "AttributeL
 def stock(primitive, context_id: int, max_pdu: int) -> bytes:
     message = _RSP_TO_MESSAGE[type(primitive)]()
     message.primitive_to_message(primitive)
-    return b"".join(_pdu(p) for p in message.encode_msg(context_id, max_pdu))
-
-
-def _pdu(primitive) -> bytes:
-    from pynetdicom.pdu import P_DATA_TF
-
-    pdu = P_DATA_TF()
-    pdu.from_primitive(primitive)
-    return pdu.encode()
+    return wire(message, context_id, max_pdu)
 
 
 def ours(primitive, context_id: int, max_pdu: int) -> bytes:

@@ -44,6 +44,16 @@ def gw(tmp_path_factory):
     proc.stop()
 
 
+def assert_found(assoc, label: str, uids: list[str]) -> None:
+    """C-FIND by Worklist Label finds exactly ``uids``."""
+    identifier = Dataset()
+    identifier.WorklistLabel = label
+    identifier.SOPInstanceUID = ""
+    code, results, _ = d.c_find(assoc, identifier)
+    assert code == 0x0000
+    assert sorted(r.SOPInstanceUID for r in results) == sorted(uids)
+
+
 def still_serving(gw) -> None:
     with d.association(gw) as assoc:
         assert assoc.send_c_echo().Status == 0x0000
@@ -91,6 +101,11 @@ class Raw:
         self.send(associate_rq(contexts, calling, application_context))
         return self.pdu()
 
+    def aborted(self) -> bool:
+        """The gateway answered with A-ABORT, then the connection ended."""
+        pdu_type, _ = self.pdu()
+        return pdu_type == 0x07 and self.closed_by_peer()
+
     def close(self) -> None:
         self.sock.close()
 
@@ -124,15 +139,7 @@ def n_create_pdus(context_id: int, max_pdu: int = MAX_PDU) -> bytes:
         {k: v for k, v in workitem().items() if k != "00080018"}))
     message = N_CREATE_RQ()
     message.primitive_to_message(primitive)
-    return b"".join(_encode_pdu(p) for p in message.encode_msg(context_id, max_pdu))
-
-
-def _encode_pdu(primitive) -> bytes:
-    from pynetdicom.pdu import P_DATA_TF
-
-    pdu = P_DATA_TF()
-    pdu.from_primitive(primitive)
-    return pdu.encode()
+    return d.wire(message, context_id, max_pdu)
 
 
 def p_data(context_id: int, pdv: bytes) -> bytes:
@@ -238,12 +245,7 @@ def test_a_tiny_peer_maximum_fragments_replies_and_our_maximum_reassembles_reque
         status, ds = d.n_get(assoc, uids[0])
         assert d.status_of(status) == 0x0000
         assert ds.CommentsOnTheScheduledProcedureStep == long_text
-        identifier = Dataset()
-        identifier.WorklistLabel = label
-        identifier.SOPInstanceUID = ""
-        code, results, _ = d.c_find(assoc, identifier)
-        assert code == 0x0000
-        assert sorted(r.SOPInstanceUID for r in results) == sorted(uids)
+        assert_found(assoc, label, uids)
     finally:
         assoc.release()
     assert sizes and max(sizes) <= 512, "every P-DATA-TF within the peer's maximum"
@@ -263,39 +265,33 @@ def test_a_pdu_above_our_maximum_is_aborted(gw):
 
 # ---- broken peers ------------------------------------------------------------------------------
 
+# What a broken peer sends, and whether it associated first.
 BROKEN = {
-    "unknown PDU type": b"\x09\x00\x00\x00\x00\x02\x00\x00",
-    "P-DATA on a context that was not accepted": p_data(3, b"\x03" + b"\x00" * 8),
-    "PDV item longer than its PDU": b"\x04\x00\x00\x00\x00\x06\x00\x00\x01\x00\x01\x03",
-    "command set that is not one": p_data(1, b"\x03" + b"\xff" * 9),
-    "dataset fragment before any command": p_data(1, b"\x02" + b"\x00" * 8),
-    "A-ASSOCIATE-RQ once established": associate_rq(((1, d.PUSH),), "RAW_SCU",
-                                                    negotiation.APPLICATION_CONTEXT),
+    "unknown PDU type": (True, b"\x09\x00\x00\x00\x00\x02\x00\x00"),
+    "P-DATA on a context that was not accepted": (True, p_data(3, b"\x03" + b"\x00" * 8)),
+    "PDV item longer than its PDU": (True, b"\x04\x00\x00\x00\x00\x06"
+                                            b"\x00\x00\x01\x00\x01\x03"),
+    "command set that is not one": (True, p_data(1, b"\x03" + b"\xff" * 9)),
+    "dataset fragment before any command": (True, p_data(1, b"\x02" + b"\x00" * 8)),
+    "A-ASSOCIATE-RQ once established": (True, associate_rq(((1, d.PUSH),), "RAW_SCU",
+                                                          negotiation.APPLICATION_CONTEXT)),
+    "HTTP instead of an A-ASSOCIATE-RQ": (False, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+    "an A-ASSOCIATE-RQ that does not decode": (False,
+                                               b"\x01\x00\x00\x00\x00\x10" + b"\xff" * 16),
 }
 
 
 @pytest.mark.parametrize("name", list(BROKEN))
 def test_a_broken_pdu_is_answered_with_a_abort_and_others_are_served(gw, name):
+    associate_first, data = BROKEN[name]
     with d.association(gw) as bystander:
         raw = Raw(gw)
-        assert raw.associate()[0] == 0x02
-        raw.send(BROKEN[name])
-        pdu_type, _ = raw.pdu()
-        assert pdu_type == 0x07
-        assert raw.closed_by_peer()
+        if associate_first:
+            assert raw.associate()[0] == 0x02
+        raw.send(data)
+        assert raw.aborted()
         raw.close()
         assert bystander.send_c_echo().Status == 0x0000
-
-
-@pytest.mark.parametrize("garbage", [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-                                     b"\x01\x00\x00\x00\x00\x10" + b"\xff" * 16])
-def test_garbage_instead_of_an_association_request_is_aborted(gw, garbage):
-    raw = Raw(gw)
-    raw.send(garbage)
-    pdu_type, _ = raw.pdu()
-    assert pdu_type == 0x07
-    assert raw.closed_by_peer()
-    raw.close()
     still_serving(gw)
 
 
@@ -404,12 +400,7 @@ def test_eight_associations_interleave_their_requests_correctly(gw):
                     status, ds = d.n_get(assoc, uid, [0x00100020, 0x00741202])
                     assert d.status_of(status) == 0x0000
                     assert (ds.PatientID, ds.WorklistLabel) == (f"P{k}-{n}", label)
-                    identifier = Dataset()
-                    identifier.WorklistLabel = label
-                    identifier.SOPInstanceUID = ""
-                    code, results, _ = d.c_find(assoc, identifier)
-                    assert code == 0x0000
-                    assert sorted(r.SOPInstanceUID for r in results) == sorted(uids)
+                    assert_found(assoc, label, uids)
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(f"client {k}: {exc!r}")
 

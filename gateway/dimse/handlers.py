@@ -74,7 +74,7 @@ _ACTION_ARGUMENT_STATUSES = frozenset((st.INVALID_ATTRIBUTE_VALUE, st.MISSING_AT
 
 # DIMSE request Command Fields (PS3.7 E.1): those served, and those this SCP does not serve,
 # which are answered 0x0211 with the association kept.
-C_ECHO, C_FIND, C_CANCEL = 0x0030, 0x0020, 0x0FFF
+C_ECHO, C_FIND = 0x0030, 0x0020
 N_CREATE, N_SET, N_GET, N_ACTION, N_EVENT_REPORT = 0x0140, 0x0120, 0x0110, 0x0130, 0x0100
 COMMANDS = {C_ECHO: "C-ECHO", C_FIND: "C-FIND", N_CREATE: "N-CREATE", N_SET: "N-SET",
             N_GET: "N-GET", N_ACTION: "N-ACTION", N_EVENT_REPORT: "N-EVENT-REPORT",
@@ -269,7 +269,7 @@ class DimseHandlers:
         stream = self.service.search_stream(query)
         count = 0
         try:
-            while True:
+            while assoc.is_established:  # else: aborted meanwhile, nobody to answer
                 if req.msg_id in assoc.cancelled:
                     self._done(req, st.CANCEL, "", results=count)
                     await self._respond(assoc, req, st.CANCEL, "")

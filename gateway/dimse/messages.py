@@ -19,6 +19,8 @@ from pynetdicom.pdu_primitives import P_DATA
 _COMMAND = 0x01
 _LAST = 0x02
 
+C_CANCEL = 0x0FFF  # the one request Command Field the upper layer itself acts on
+
 # Command set elements a request may carry, by element number (group 0000).
 COMMAND_FIELD = 0x0100
 MESSAGE_ID = 0x0110

@@ -33,8 +33,8 @@ from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RP, P_DATA_TF
 from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT
 
 from gateway.dimse import negotiation
-from gateway.dimse.messages import (INVALID_PDU_PARAMETER as INVALID_PARAMETER, Assembler,
-                                    Message, ProtocolError, p_data)
+from gateway.dimse.messages import (C_CANCEL, INVALID_PDU_PARAMETER as INVALID_PARAMETER,
+                                    RESPONDED_TO, Assembler, Message, ProtocolError, p_data)
 
 if TYPE_CHECKING:
     from gateway.dimse.server import Listener
@@ -173,8 +173,7 @@ class Association(asyncio.Protocol):
             log.info("association closed by the peer without release", extra=self.log_extra())
         self.state = State.CLOSED
         self._cancel_timer()
-        if self._worker is not None and not self._worker.done():
-            self._worker.cancel()
+        self._retire_worker()
         self.resume_writing()
         self.listener.connections.discard(self)
         if not self.closed.done():
@@ -237,8 +236,8 @@ class Association(asyncio.Protocol):
                 self._on_message(message)
 
     def _on_message(self, message: Message) -> None:
-        if message.command_field == 0x0FFF:  # C-CANCEL: for the request being served
-            responded_to = message.us(0x0120)
+        if message.command_field == C_CANCEL:  # for the request being served: no response
+            responded_to = message.us(RESPONDED_TO)
             if responded_to is not None:
                 self.cancelled.add(responded_to)
             return
@@ -268,6 +267,8 @@ class Association(asyncio.Protocol):
                 self._busy = False
                 self.cancelled.clear()
                 self._last_activity = self.loop.time()
+            if self.state is not State.ESTABLISHED:
+                return  # aborted or closed while the request was served
             if self._stop_when_idle and self._queue.empty():
                 self.abort(None, "the gateway is stopping")
                 return
@@ -292,10 +293,16 @@ class Association(asyncio.Protocol):
     def _closing(self) -> None:
         """Sta13: the last PDU is written; the peer closes, or ARTIM does."""
         self.state = State.CLOSING
-        if self._worker is not None and not self._worker.done() \
-                and self._worker is not asyncio.current_task():
-            self._worker.cancel()
+        self._retire_worker()
         self._arm(self.config.acse_timeout or 1.0, self.close)
+
+    def _retire_worker(self) -> None:
+        """No more requests: an idle worker goes now; a request in hand is finished (its answer
+        goes nowhere) rather than cancelled halfway through a store call."""
+        worker = self._worker
+        if worker is not None and not worker.done() and not self._busy \
+                and worker is not asyncio.current_task():
+            worker.cancel()
 
     def close(self) -> None:
         """Close the connection now, whatever the state."""

@@ -6,10 +6,12 @@ client; raw sockets are the badly behaved ones."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import struct
 import threading
 import time
+import types
 
 import pytest
 from pydicom.dataset import Dataset
@@ -23,7 +25,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 
 from gateway.dimse import negotiation
 from tests import dimse_util as d
-from tests.helpers import GatewayProcess, new_uid, workitem
+from tests.helpers import GatewayProcess, free_port, new_uid, workitem
 
 MAX_PDU = 4096
 ACSE_TIMEOUT = 1.0
@@ -410,3 +412,53 @@ def test_eight_associations_interleave_their_requests_correctly(gw):
     for t in threads:
         t.join(120)
     assert not errors, errors
+
+
+# ---- stopping the gateway ------------------------------------------------------------------------
+
+class SlowCore:
+    """The real UPS service, with a retrieve that takes a while: a request in flight to stop on."""
+
+    def __init__(self, service, delay: float):
+        self.service, self.delay = service, delay
+        self.settings = service.settings
+
+    async def create(self, *args, **kw):
+        return await self.service.create(*args, **kw)
+
+    async def retrieve(self, *args, **kw):
+        await asyncio.sleep(self.delay)
+        return await self.service.retrieve(*args, **kw)
+
+
+async def test_stopping_answers_the_request_in_flight_then_aborts(service):
+    """The listener in this process, on the real UPS core and Redis, stopped mid-request."""
+    from gateway.config import Config
+    from gateway.dimse.server import DimseServer
+
+    config = Config()
+    config.dimse.host, config.dimse.port = "127.0.0.1", free_port()
+    gateway = types.SimpleNamespace(config=config, service=SlowCore(service, delay=0.5))
+    server = DimseServer(gateway)
+    await server.start()
+    aborted = {name: threading.Event() for name in ("idle", "busy")}
+    assocs = {name: await asyncio.to_thread(  # pynetdicom blocks: never on this loop
+        d.make_ae().associate, "127.0.0.1", config.dimse.port, ae_title="UPS_GATEWAY",
+        evt_handlers=[(evt.EVT_ABORTED, lambda e, flag=flag: flag.set())])
+        for name, flag in aborted.items()}
+    busy = assocs["busy"]
+    d.guard_responses(busy)
+    uid = new_uid()
+    status, _ = await asyncio.to_thread(d.n_create, busy, workitem(), uid)
+    assert d.status_of(status) == 0x0000
+    getter = asyncio.create_task(asyncio.to_thread(d.n_get, busy, uid))
+    await asyncio.sleep(0.2)  # the N-GET is in the core now
+    assert not getter.done()
+    await server.stop()
+    assert not server.is_running()
+    status, ds = await getter
+    assert d.status_of(status) == 0x0000 and ds.SOPInstanceUID == uid, "answered, not dropped"
+    assert await asyncio.to_thread(aborted["idle"].wait, 5)
+    assert await asyncio.to_thread(aborted["busy"].wait, 5)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", config.dimse.port), timeout=2).close()

@@ -116,7 +116,11 @@ class Association(asyncio.Protocol):
             return  # aborted meanwhile: nobody to answer
         self._write(p_data(context_id, command, dataset, self.agreement.peer_max_pdu))
         if self._can_write is not None:
-            await asyncio.shield(self._can_write)
+            try:  # a peer that stops reading is as idle as one that stops writing
+                async with asyncio.timeout(self.config.network_timeout or None):
+                    await asyncio.shield(self._can_write)
+            except TimeoutError:
+                self.abort(NOT_SPECIFIED, "the peer stopped reading our responses")
 
     def log_extra(self) -> dict:
         return {"ae": self.calling_ae or None, "address": self.address}

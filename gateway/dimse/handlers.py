@@ -80,9 +80,6 @@ COMMANDS = {C_ECHO: "C-ECHO", C_FIND: "C-FIND", N_CREATE: "N-CREATE", N_SET: "N-
             N_GET: "N-GET", N_ACTION: "N-ACTION", N_EVENT_REPORT: "N-EVENT-REPORT",
             0x0001: "C-STORE", 0x0010: "C-GET", 0x0021: "C-MOVE", 0x0150: "N-DELETE"}
 
-IMPLICIT_LE = "1.2.840.10008.1.2"
-DEFLATED_LE = "1.2.840.10008.1.2.1.99"
-
 COMMENT_MAX = 64         # Error Comment is LO
 
 
@@ -325,8 +322,8 @@ class DimseHandlers:
         offered = frozenset(cls for cls in agreement.contexts.values()
                             if cls in UPS_CLASSES) | {context_class}
         op = COMMANDS.get(message.command_field, f"DIMSE 0x{message.command_field:04X}")
-        req = Request(op, ae, msg_id, context_class, message,
-                      agreement.transfer_syntaxes.get(message.context_id, IMPLICIT_LE), offered,
+        syntax = agreement.transfer_syntaxes.get(message.context_id, binary.IMPLICIT_LE)
+        req = Request(op, ae, msg_id, context_class, message, syntax, offered,
                       instance=message.sop_instance)
         sop_class = message.sop_class
         if sop_class not in UPS_CLASSES:
@@ -424,7 +421,8 @@ def _decoded(req: Request, what: str) -> PydicomDataset | None:
     if not raw:
         return None
     try:
-        return decode(BytesIO(raw), req.syntax == IMPLICIT_LE, True, req.syntax == DEFLATED_LE)
+        return decode(BytesIO(raw), req.syntax == binary.IMPLICIT_LE, True,
+                      req.syntax == binary.DEFLATED_LE)
     except Exception as exc:  # noqa: BLE001
         raise InvalidDataset(f"cannot decode the {what}: "
                              f"{str(exc)[:100] or type(exc).__name__}") from None
@@ -432,7 +430,7 @@ def _decoded(req: Request, what: str) -> PydicomDataset | None:
 
 def _encode(ds: PydicomDataset, syntax: str) -> bytes | None:
     """A response dataset in the context's transfer syntax; None if pydicom cannot write it."""
-    return encode(ds, syntax == IMPLICIT_LE, True, syntax == DEFLATED_LE)
+    return encode(ds, syntax == binary.IMPLICIT_LE, True, syntax == binary.DEFLATED_LE)
 
 
 def _requested_uid(req: Request) -> str:

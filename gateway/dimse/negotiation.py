@@ -19,11 +19,12 @@ from pynetdicom.pdu_primitives import (A_ASSOCIATE, AsynchronousOperationsWindow
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from gateway import __version__
+from gateway.dimse.binary import DEFLATED_LE, EXPLICIT_LE, IMPLICIT_LE
 from gateway.ups.uids import UPS_EVENT, UPS_PULL, UPS_PUSH, UPS_QUERY, UPS_WATCH
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"  # the DICOM application context (PS3.7 A.2.1)
 VERIFICATION = "1.2.840.10008.1.1"
-TRANSFER_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99")
+TRANSFER_SYNTAXES = (EXPLICIT_LE, IMPLICIT_LE, DEFLATED_LE)
 UPS_SOP_CLASSES = (UPS_PUSH, UPS_PULL, UPS_WATCH, UPS_EVENT, UPS_QUERY)
 
 # Who this acceptor says it is (PS3.7 D.3.3.2): a UUID-derived UID (PS3.5 B.2) fixed for the

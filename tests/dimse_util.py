@@ -138,3 +138,16 @@ def encoded(ds: Dataset, implicit: bool = False) -> BytesIO:
     from pynetdicom.dsutils import encode
 
     return BytesIO(encode(ds, implicit, True))
+
+
+def wire(message, context_id: int, max_pdu: int) -> bytes:
+    """A pynetdicom DIMSE message (``dimse_messages`` class, primitive already converted) as the
+    P-DATA-TF PDUs pynetdicom itself would send: the reference for what goes on the wire."""
+    from pynetdicom.pdu import P_DATA_TF
+
+    out = []
+    for primitive in message.encode_msg(context_id, max_pdu):
+        pdu = P_DATA_TF()
+        pdu.from_primitive(primitive)
+        out.append(pdu.encode())
+    return b"".join(out)

@@ -1,13 +1,13 @@
 """DIMSE request handlers: translate each UPS DIMSE message into one UPS service call.
 
-Every handler decodes the request (``gateway.dimse.convert``), calls one ``UPSService`` method
-through the ``LoopBridge`` and encodes the answer. All UPS rules live in the core; the adapter only
-knows the wire: which operations a negotiated SOP class offers (digest §1.2), how action
-information is laid out, and how a ``UPSError`` becomes a Status with an Error Comment.
+The upper layer (``gateway.dimse.upper_layer``) hands over each complete request message; a
+handler decodes its dataset (``binary``, else ``convert``), awaits one ``UPSService`` method and
+writes the response (``responses``). All UPS rules live in the core; the adapter only knows the
+wire: which operations a negotiated SOP class offers (digest §1.2), how action information is
+laid out, and how a ``UPSError`` becomes a Status with an Error Comment.
 
-Handlers never raise: pynetdicom would answer a handler exception with its own codes (0x0110 for
-DIMSE-N, 0xC311 for C-FIND — which means something else in UPS), so every failure is caught here
-and answered with an explicit status.
+Handlers never raise: every failure is caught here and answered with an explicit status, and the
+association goes on.
 """
 
 from __future__ import annotations
@@ -17,15 +17,16 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Iterator
+from io import BytesIO
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from pydicom.dataset import Dataset as PydicomDataset
-from pynetdicom import evt
-from pynetdicom.dsutils import encode
+from pynetdicom.dsutils import decode, encode
 from redis.exceptions import RedisError
 
 from gateway import logs
-from gateway.dimse import binary, convert
+from gateway.dimse import binary, convert, responses
+from gateway.dimse import messages as m
 from gateway.ups import matching
 from gateway.ups import status as st
 from gateway.ups import tags as t
@@ -33,6 +34,9 @@ from gateway.ups.dataset import Dataset, describe, first, is_uid, normalize
 from gateway.ups.errors import InvalidDataset, UPSError
 from gateway.ups.uids import (FILTERED_GLOBAL_SUBSCRIPTION, UPS_EVENT, UPS_PULL, UPS_PUSH,
                               UPS_QUERY, UPS_WATCH)
+
+if TYPE_CHECKING:
+    from gateway.dimse.upper_layer import Association
 
 log = logging.getLogger("gateway.dimse")
 
@@ -60,7 +64,7 @@ INVALID_OBJECT_INSTANCE = 0x0117
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 OUT_OF_RESOURCES = 0xA700
 # Failures a C-FIND may answer (PS3.4 C.4.1.1.4, CC.2.8.4); anything else becomes 0xC000. Never
-# 0xC311/0xC312: pynetdicom uses them for its own C-FIND errors and UPS for N-ACTION refusals.
+# 0xC311/0xC312: UPS uses them for N-ACTION refusals (and pynetdicom for its own C-FIND errors).
 _FIND_FAILURES = frozenset((SOP_CLASS_NOT_SUPPORTED, UNRECOGNIZED_OPERATION, OUT_OF_RESOURCES,
                             IDENTIFIER_DOES_NOT_MATCH, st.UNABLE_TO_PROCESS))
 
@@ -68,14 +72,14 @@ _FIND_FAILURES = frozenset((SOP_CLASS_NOT_SUPPORTED, UNRECOGNIZED_OPERATION, OUT
 _ACTION_ARGUMENT_STATUSES = frozenset((st.INVALID_ATTRIBUTE_VALUE, st.MISSING_ATTRIBUTE,
                                        st.MISSING_ATTRIBUTE_VALUE, st.NO_SUCH_ATTRIBUTE))
 
-# DIMSE request command fields and the element naming their SOP class.
-_SOP_CLASS_FIELD = {0x0020: "AffectedSOPClassUID", 0x0140: "AffectedSOPClassUID",
-                    0x0100: "AffectedSOPClassUID",
-                    0x0110: "RequestedSOPClassUID", 0x0120: "RequestedSOPClassUID",
-                    0x0130: "RequestedSOPClassUID"}
+# DIMSE request Command Fields (PS3.7 E.1): those served, and those this SCP does not serve,
+# which are answered 0x0211 with the association kept.
+C_ECHO, C_FIND = 0x0030, 0x0020
+N_CREATE, N_SET, N_GET, N_ACTION, N_EVENT_REPORT = 0x0140, 0x0120, 0x0110, 0x0130, 0x0100
+COMMANDS = {C_ECHO: "C-ECHO", C_FIND: "C-FIND", N_CREATE: "N-CREATE", N_SET: "N-SET",
+            N_GET: "N-GET", N_ACTION: "N-ACTION", N_EVENT_REPORT: "N-EVENT-REPORT",
+            0x0001: "C-STORE", 0x0010: "C-GET", 0x0021: "C-MOVE", 0x0150: "N-DELETE"}
 
-FIND_BATCH = 50          # matches fetched per hop to the event loop
-FIND_BATCH_SECONDS = 0.05  # …or fewer, once this long has passed: results stream as found
 COMMENT_MAX = 64         # Error Comment is LO
 
 
@@ -96,12 +100,15 @@ class Request:
     ae: str
     msg_id: int | None
     context_class: str
+    message: m.Message
+    syntax: str  # the context's transfer syntax
     # Every UPS SOP class accepted on the association. A message carries the Push UID whatever
     # the service (PS3.4 CC.3.1), so a requestor that negotiated Push and Pull may well send a
     # Change State on the Push context: what the association offers decides, liberally.
     offered: frozenset[str] = frozenset()
     uid: str | None = None
-    sop_class: str | None = None  # a foreign SOP class UID the guard replaced
+    sop_class: str | None = None  # the message's SOP class when it is not a UPS one
+    instance: str | None = None  # the Affected SOP Instance UID of the response
     started: float = field(default_factory=time.perf_counter)
 
     def log_extra(self, **more: Any) -> dict[str, Any]:
@@ -109,117 +116,109 @@ class Request:
                 "ms": round((time.perf_counter() - self.started) * 1000, 2), **more}
 
 
-def bind(gateway, bridge) -> list:
-    """The (event, handler) pairs of the DIMSE listener."""
-    return DimseHandlers(gateway, bridge).bindings()
+# What a DIMSE-N body returns: status, Error Comment text, response dataset (encoded) or None.
+Outcome = tuple[int, str, bytes | None]
 
 
 class DimseHandlers:
-    def __init__(self, gateway, bridge):
+    def __init__(self, gateway):
         self.gateway = gateway
-        self.bridge = bridge
+        self.timeout = gateway.config.dimse.request_timeout
+        self._bodies: dict[int, Callable[[Request], Awaitable[Outcome]]] = {
+            N_CREATE: self.n_create, N_SET: self.n_set, N_GET: self.n_get,
+            N_ACTION: self.n_action, N_EVENT_REPORT: self.n_event_report}
 
     @property
     def service(self):
         return self.gateway.service
 
-    def bindings(self) -> list:
-        return [
-            (evt.EVT_DIMSE_RECV, self.guard_sop_class),
-            (evt.EVT_C_ECHO, self.on_c_echo),
-            (evt.EVT_N_CREATE, self.on_n_create),
-            (evt.EVT_N_SET, self.on_n_set),
-            (evt.EVT_N_GET, self.on_n_get),
-            (evt.EVT_N_ACTION, self.on_n_action),
-            (evt.EVT_C_FIND, self.on_c_find),
-            (evt.EVT_N_EVENT_REPORT, self.on_n_event_report),
-        ]
-
-    # ---- C-ECHO ------------------------------------------------------------------------------
-
-    def on_c_echo(self, event) -> int:
-        return st.SUCCESS
+    async def serve(self, assoc: Association, message: m.Message) -> None:
+        """Answer one request message (never raises for what the request holds)."""
+        field_ = message.command_field
+        if field_ & responses.RESPONSE_BIT:
+            # This SCP never sends requests on an association it accepted: nothing to match.
+            log.info(f"unexpected DIMSE response 0x{field_:04X} ignored", extra=assoc.log_extra())
+            return
+        req = self._request(assoc, message)
+        if field_ == C_ECHO:
+            self._done(req, st.SUCCESS, "")
+            await self._respond(assoc, req, st.SUCCESS, "")
+        elif field_ == C_FIND:
+            await self.c_find(assoc, req)
+        elif field_ in self._bodies:
+            code, comment, reply = await self._run(req, self._bodies[field_])
+            await self._respond(assoc, req, code, comment, reply)
+        else:
+            comment = f"{req.op} is not a service of this UPS SCP"
+            self._done(req, UNRECOGNIZED_OPERATION, comment)
+            await self._respond(assoc, req, UNRECOGNIZED_OPERATION, comment)
 
     # ---- N-CREATE ----------------------------------------------------------------------------
 
-    def on_n_create(self, event):
-        def body(req: Request):
-            uid = _uid_param(event.request.AffectedSOPInstanceUID, "Affected SOP Instance UID")
-            req.uid = uid
-            ds = _canonical(event, "attribute_list")
-            outcome = self.bridge.run(self.service.create(ds, uid, requester=req.ae))
-            req.uid = outcome.uid
-            if outcome.uid_assigned:
-                # pynetdicom puts an assigned UID into the response only with 0x0000
-                # (decisions.md: the gateway assigns one and answers Success).
-                reply = PydicomDataset()
-                reply.AffectedSOPInstanceUID = outcome.uid
-                return st.SUCCESS, outcome.message, reply
-            return outcome.status, outcome.message, None
-
-        return self._serve(event, "N-CREATE", body)
+    async def n_create(self, req: Request) -> Outcome:
+        uid = req.uid = _uid_param(req.message.text(m.AFFECTED_SOP_INSTANCE),
+                                   "Affected SOP Instance UID")
+        ds = _canonical(req, "Attribute List")
+        outcome = await self._core(self.service.create(ds, uid, requester=req.ae))
+        req.uid = outcome.uid
+        if outcome.uid_assigned:
+            # The assigned UID goes into the response, with 0x0000 (decisions.md: the gateway
+            # assigns one and answers Success).
+            req.instance = outcome.uid
+            return st.SUCCESS, outcome.message, None
+        return outcome.status, outcome.message, None
 
     # ---- N-SET -------------------------------------------------------------------------------
 
-    def on_n_set(self, event):
-        def body(req: Request):
-            uid = req.uid = _uid_param(event.request.RequestedSOPInstanceUID,
-                                       "Requested SOP Instance UID", required=True)
-            mods = _canonical(event, "modification_list")
-            # DIMSE carries the Transaction UID inside the Modification List (PS3.4 CC.2.6).
-            tx = first(mods, t.TransactionUID)
-            outcome = self.bridge.run(self.service.update(uid, mods, tx, requester=req.ae))
-            return outcome.status, outcome.message, None
-
-        return self._serve(event, "N-SET", body)
+    async def n_set(self, req: Request) -> Outcome:
+        uid = req.uid = _requested_uid(req)
+        mods = _canonical(req, "Modification List")
+        # DIMSE carries the Transaction UID inside the Modification List (PS3.4 CC.2.6).
+        tx = first(mods, t.TransactionUID)
+        outcome = await self._core(self.service.update(uid, mods, tx, requester=req.ae))
+        return outcome.status, outcome.message, None
 
     # ---- N-GET -------------------------------------------------------------------------------
 
-    def on_n_get(self, event):
-        def body(req: Request):
-            uid = req.uid = _uid_param(event.request.RequestedSOPInstanceUID,
-                                       "Requested SOP Instance UID", required=True)
-            try:
-                identifiers = event.attribute_identifiers or []
-                keys = [f"{int(tag):08X}" for tag in identifiers]
-            except Exception as exc:
-                raise Refused(st.INVALID_ARGUMENT_VALUE,
-                              f"Attribute Identifier List cannot be read: {exc}") from None
-            ds = self.bridge.run(self.service.retrieve(uid, keys or None))
-            return st.SUCCESS, "", convert.from_canonical(ds)
-
-        return self._serve(event, "N-GET", body)
+    async def n_get(self, req: Request) -> Outcome:
+        uid = req.uid = _requested_uid(req)
+        raw = req.message.command.get(m.ATTRIBUTE_IDENTIFIERS) or b""
+        if len(raw) % 4:
+            raise Refused(st.INVALID_ARGUMENT_VALUE,
+                          "Attribute Identifier List cannot be read: not a list of tags")
+        keys = [f"{tag:08X}" for tag in req.message.tags(m.ATTRIBUTE_IDENTIFIERS)]
+        ds = await self._core(self.service.retrieve(uid, keys or None))
+        reply = _encode(convert.from_canonical(ds), req.syntax)
+        if reply is None:
+            raise Refused(st.PROCESSING_FAILURE, f"Workitem {uid} cannot be encoded")
+        return st.SUCCESS, "", reply
 
     # ---- N-ACTION ----------------------------------------------------------------------------
 
-    def on_n_action(self, event):
-        def body(req: Request):
-            action = event.action_type
-            allowed = {a for cls in req.offered for a in ACTION_TYPES.get(cls, ())}
-            if action not in allowed:
-                name = ACTION_NAMES.get(action, "unknown")
-                where = CLASS_NAMES.get(req.context_class, req.context_class)
-                raise Refused(st.NO_SUCH_ACTION,
-                              f"Action Type {action} ({name}) is not offered on a {where} context")
-            uid = req.uid = _uid_param(event.request.RequestedSOPInstanceUID,
-                                       "Requested SOP Instance UID", required=True)
-            if action == 1:
-                info = _canonical(event, "action_information")
-                outcome = self.bridge.run(self.service.change_state(
-                    uid, first(info, t.ProcedureStepState), first(info, t.TransactionUID),
-                    requester=req.ae))
-            elif action == 2:
-                info = _canonical(event, "action_information")
-                outcome = self.bridge.run(self.service.request_cancel(uid, info or None,
-                                                                      requester=req.ae))
-            else:
-                outcome = self._subscription_action(event, action, uid)
-            return outcome.status, outcome.message, None
+    async def n_action(self, req: Request) -> Outcome:
+        action = req.message.us(m.ACTION_TYPE)
+        allowed = {a for cls in req.offered for a in ACTION_TYPES.get(cls, ())}
+        if action not in allowed:
+            name = ACTION_NAMES.get(action, "unknown")
+            where = CLASS_NAMES.get(req.context_class, req.context_class)
+            raise Refused(st.NO_SUCH_ACTION,
+                          f"Action Type {action} ({name}) is not offered on a {where} context")
+        uid = req.uid = _requested_uid(req)
+        if action == 1:
+            info = _canonical(req, "Action Information")
+            outcome = await self._core(self.service.change_state(
+                uid, first(info, t.ProcedureStepState), first(info, t.TransactionUID),
+                requester=req.ae))
+        elif action == 2:
+            info = _canonical(req, "Action Information")
+            outcome = await self._core(self.service.request_cancel(uid, info or None,
+                                                                   requester=req.ae))
+        else:
+            outcome = await self._subscription_action(req, action, uid)
+        return outcome.status, outcome.message, None
 
-        return self._serve(event, "N-ACTION", body)
-
-    def _subscription_action(self, event, action: int, uid: str):
-        info = convert.identifier_to_canonical(_decoded(event, "action_information"),
+    async def _subscription_action(self, req: Request, action: int, uid: str):
+        info = convert.identifier_to_canonical(_decoded(req, "Action Information"),
                                                "Action Information")
         receiving_ae = first(info, t.ReceivingAE)
         if not isinstance(receiving_ae, str) or not receiving_ae.strip():
@@ -229,9 +228,9 @@ class DimseHandlers:
             raise Refused(st.INVALID_ARGUMENT_VALUE,
                           f"Receiving AE (0074,1234) {receiving_ae!r} is not an AE title")
         if action == 4:
-            return self.bridge.run(self.service.unsubscribe(uid, receiving_ae))
+            return await self._core(self.service.unsubscribe(uid, receiving_ae))
         if action == 5:
-            return self.bridge.run(self.service.suspend(uid, receiving_ae))
+            return await self._core(self.service.suspend(uid, receiving_ae))
         lock_value = first(info, t.DeletionLock, "FALSE")  # absent or empty: FALSE
         lock_text = lock_value.strip().upper() if isinstance(lock_value, str) else None
         if lock_text not in ("TRUE", "FALSE"):
@@ -244,57 +243,51 @@ class DimseHandlers:
             matching.from_identifier(keys, default_tz=self.service.settings.timezone)  # valid?
             filter_spec = matching.filter_spec(identifier=keys)
         # A DIMSE subscriber must be reachable: a configured peer or an open WebSocket (C308).
-        return self.bridge.run(self.service.subscribe(uid, receiving_ae, lock_text == "TRUE",
-                                                      filter_spec, check_reachable=True))
+        return await self._core(self.service.subscribe(uid, receiving_ae, lock_text == "TRUE",
+                                                       filter_spec, check_reachable=True))
 
     # ---- N-EVENT-REPORT ----------------------------------------------------------------------
 
-    def on_n_event_report(self, event):
-        def body(req: Request):
-            raise Refused(UNRECOGNIZED_OPERATION,
-                          "This gateway sends UPS event reports; it does not receive them")
-
-        return self._serve(event, "N-EVENT-REPORT", body)
+    async def n_event_report(self, req: Request) -> Outcome:
+        raise Refused(UNRECOGNIZED_OPERATION,
+                      "This gateway sends UPS event reports; it does not receive them")
 
     # ---- C-FIND ------------------------------------------------------------------------------
 
-    def on_c_find(self, event) -> Iterator[tuple[Any, PydicomDataset | None]]:
+    async def c_find(self, assoc: Association, req: Request) -> None:
         """Stream matches as Pending responses; stop on C-CANCEL with 0xFE00."""
-        req = self._request(event, "C-FIND")
         try:
             self._check_context(req)
-            identifier = convert.identifier_to_canonical(_decoded(event, "identifier"))
+            identifier = convert.identifier_to_canonical(_decoded(req, "Identifier"))
             query = self._find_query(identifier)
         except Exception as exc:  # noqa: BLE001 - every failure gets an explicit status
-            yield self._find_failure(req, exc), None
+            await self._find_failure(assoc, req, exc)
             return
         stream = self.service.search_stream(query)
-        syntax = event.context.transfer_syntax
         count = 0
         try:
-            while True:
-                if event.is_cancelled:
+            while assoc.is_established:  # else: aborted meanwhile, nobody to answer
+                if req.msg_id in assoc.cancelled:
                     self._done(req, st.CANCEL, "", results=count)
-                    yield st.CANCEL, None
+                    await self._respond(assoc, req, st.CANCEL, "")
                     return
-                batch = self.bridge.run(_take(stream, FIND_BATCH, FIND_BATCH_SECONDS))
-                if not batch:
+                async with asyncio.timeout(self.timeout):
+                    ds = await anext(stream, None)
+                if ds is None:
                     break
-                for ds in batch:
-                    if event.is_cancelled:
-                        self._done(req, st.CANCEL, "", results=count)
-                        yield st.CANCEL, None
-                        return
-                    result = self._find_result(ds, syntax)
-                    count += 1
-                    yield st.PENDING, result
+                result = self._find_result(ds, req.syntax)
+                count += 1
+                await self._respond(assoc, req, st.PENDING, "", result)
+                # Let the upper layer read what the peer sent meanwhile (a C-CANCEL) even when
+                # the matches come without waiting for Redis.
+                await asyncio.sleep(0)
         except Exception as exc:  # noqa: BLE001
-            yield self._find_failure(req, exc), None
+            await self._find_failure(assoc, req, exc)
             return
         finally:
-            self._close_stream(stream)
+            await _close_stream(stream)
         self._done(req, st.SUCCESS, "", results=count)
-        yield st.SUCCESS, None
+        await self._respond(assoc, req, st.SUCCESS, "")
 
     def _find_query(self, identifier: Dataset) -> matching.Query:
         unsupported = [k for k in identifier
@@ -305,75 +298,38 @@ class DimseHandlers:
                           f"{describe(unsupported[0])} is not a UPS matching or return key")
         return matching.from_identifier(identifier, default_tz=self.service.settings.timezone)
 
-    def _find_result(self, ds: Dataset, syntax) -> PydicomDataset:
-        result = convert.from_canonical(ds)
-        # pynetdicom would answer an encoding failure with 0xC312, a UPS N-ACTION code: check here.
-        if encode(result, syntax.is_implicit_VR, syntax.is_little_endian,
-                  syntax.is_deflated) is None:
+    def _find_result(self, ds: Dataset, syntax: str) -> bytes:
+        result = _encode(convert.from_canonical(ds), syntax)
+        if result is None:
             raise Refused(st.UNABLE_TO_PROCESS,
                           f"Workitem {first(ds, t.SOPInstanceUID)} cannot be encoded")
         return result
 
-    def _find_failure(self, req: Request, exc: BaseException) -> PydicomDataset | int:
+    async def _find_failure(self, assoc: Association, req: Request, exc: BaseException) -> None:
         status, message = self._classify(req, exc)
         if status not in _FIND_FAILURES:
             status = st.UNABLE_TO_PROCESS  # C-FIND has no 0x01xx or UPS C3xx codes
         self._done(req, status, message)
-        return _status(status, message, req)
-
-    def _close_stream(self, stream: AsyncIterator) -> None:
-        async def close():
-            try:
-                await stream.aclose()
-            except Exception:  # noqa: BLE001 - already finished or still running: nothing to do
-                pass
-
-        try:
-            asyncio.run_coroutine_threadsafe(close(), self.bridge.loop)
-        except RuntimeError:  # the loop is closed: the generator goes with it
-            pass
-
-    # ---- the foreign SOP class guard -----------------------------------------------------------
-
-    def guard_sop_class(self, event) -> None:
-        """EVT_DIMSE_RECV: a request on a UPS context naming a non-UPS SOP class would make
-        pynetdicom abort the association (it picks the service class from the message). Route it
-        to the UPS handlers instead, which refuse it with 0x0122 and keep the association."""
-        try:
-            message = event.message
-            command = message.command_set
-            element = _SOP_CLASS_FIELD.get(command.get("CommandField"))
-            if element is None:
-                return
-            sop_class = command.get(element)
-            if sop_class in UPS_CLASSES:
-                return
-            context = _accepted_context(event.assoc, message.context_id)
-            if context is None or context.abstract_syntax not in UPS_CLASSES:
-                return
-            foreign = event.assoc.__dict__.setdefault("_ups_foreign_sop_classes", {})
-            foreign[int(command.MessageID)] = str(sop_class or "")
-            setattr(command, element, context.abstract_syntax)
-        except Exception:  # noqa: BLE001 - never break message reception
-            log.debug("SOP class guard skipped a message", exc_info=True)
+        await self._respond(assoc, req, status, message)
 
     # ---- shared plumbing -----------------------------------------------------------------------
 
-    def _request(self, event, op: str) -> Request:
-        try:
-            ae = str(event.assoc.requestor.ae_title).strip()
-        except Exception:  # noqa: BLE001
-            ae = ""
-        msg_id = getattr(event.request, "MessageID", None)
-        context_class = str(getattr(event.context, "abstract_syntax", ""))
-        offered = frozenset(str(cx.abstract_syntax) for cx in event.assoc.accepted_contexts
-                            if str(cx.abstract_syntax) in UPS_CLASSES) | {context_class}
-        req = Request(op, ae, msg_id, context_class, offered)
-        # The core's own log records (written on the loop) carry this request's identity too.
+    def _request(self, assoc: Association, message: m.Message) -> Request:
+        agreement = assoc.agreement
+        ae = agreement.calling_ae
+        msg_id = message.msg_id
+        context_class = agreement.contexts.get(message.context_id, "")
+        offered = frozenset(cls for cls in agreement.contexts.values()
+                            if cls in UPS_CLASSES) | {context_class}
+        op = COMMANDS.get(message.command_field, f"DIMSE 0x{message.command_field:04X}")
+        syntax = agreement.transfer_syntaxes.get(message.context_id, binary.IMPLICIT_LE)
+        req = Request(op, ae, msg_id, context_class, message, syntax, offered,
+                      instance=message.sop_instance)
+        sop_class = message.sop_class
+        if sop_class not in UPS_CLASSES:
+            req.sop_class = sop_class or ""
+        # The core's own log records carry this request's identity too.
         logs.bind(request=f"{ae}#{msg_id}", ae=ae)
-        foreign = getattr(event.assoc, "_ups_foreign_sop_classes", None)
-        if foreign and msg_id in foreign:
-            req.sop_class = foreign.pop(msg_id)
         return req
 
     def _check_context(self, req: Request) -> None:
@@ -384,18 +340,33 @@ class DimseHandlers:
             where = CLASS_NAMES.get(req.context_class, req.context_class)
             raise Refused(UNRECOGNIZED_OPERATION, f"{req.op} is not offered on a {where} context")
 
-    def _serve(self, event, op: str, body: Callable[[Request], tuple]) -> tuple:
-        """Run one DIMSE-N request: (status, dataset) for pynetdicom, never an exception."""
-        req = self._request(event, op)
+    async def _run(self, req: Request, body: Callable[[Request], Awaitable[Outcome]]) -> Outcome:
+        """Run one DIMSE-N request body: (status, comment, dataset), never an exception."""
         try:
-            if op != "N-EVENT-REPORT":
+            if req.op != "N-EVENT-REPORT":
                 self._check_context(req)
-            code, message, reply = body(req)
+            code, message, reply = await body(req)
         except Exception as exc:  # noqa: BLE001 - every failure gets an explicit status
             code, message = self._classify(req, exc)
             reply = None
         self._done(req, code, message)
-        return _status(code, message, req), reply
+        return code, message, reply
+
+    async def _core(self, coro):
+        """Await the UPS core, at most ``dimse.request_timeout`` seconds."""
+        async with asyncio.timeout(self.timeout):
+            return await coro
+
+    async def _respond(self, assoc: Association, req: Request, code: int, message: str,
+                       dataset: bytes | None = None) -> None:
+        message_ = req.message
+        comment = error_comment(message) if message and code not in (st.SUCCESS, st.PENDING) \
+            else None
+        command = responses.response(
+            message_.command_field, req.msg_id or 0, code, message_.sop_class,
+            sop_instance=req.instance, comment=comment, has_dataset=bool(dataset),
+            action_type=message_.us(m.ACTION_TYPE), event_type=message_.us(m.EVENT_TYPE))
+        await assoc.send(message_.context_id, command, dataset or None)
 
     def _classify(self, req: Request, exc: BaseException) -> tuple[int, str]:
         """The status and Error Comment for a failed request."""
@@ -407,7 +378,7 @@ class DimseHandlers:
         if isinstance(exc, TimeoutError):
             log.warning("UPS core timed out", extra=req.log_extra())
             return st.PROCESSING_FAILURE, (f"The worklist did not answer within "
-                                           f"{self.bridge.timeout:g} s; try again")
+                                           f"{self.timeout:g} s; try again")
         if isinstance(exc, (RedisError, OSError)):
             log.warning("worklist store unavailable", extra=req.log_extra(error=str(exc)))
             return st.PROCESSING_FAILURE, "The worklist store is unavailable; try again"
@@ -424,51 +395,47 @@ class DimseHandlers:
 
 # ---- helpers -----------------------------------------------------------------------------------
 
-async def _take(stream: AsyncIterator[Dataset], limit: int, seconds: float) -> list[Dataset]:
-    """Up to ``limit`` items from ``stream``; fewer once ``seconds`` passed (at least one)."""
-    batch: list[Dataset] = []
-    deadline = time.monotonic() + seconds
-    async for item in stream:
-        batch.append(item)
-        if len(batch) >= limit or time.monotonic() >= deadline:
-            break
-    return batch
+async def _close_stream(stream) -> None:
+    try:
+        await stream.aclose()
+    except Exception:  # noqa: BLE001 - already finished or still running: nothing to do
+        pass
 
 
-_DATASET_NAMES = {"attribute_list": "Attribute List", "modification_list": "Modification List",
-                  "action_information": "Action Information", "identifier": "Identifier"}
-
-
-# Where each request dataset travels in the DIMSE message (pynetdicom primitive attributes).
-_RAW_FIELDS = {"attribute_list": "AttributeList", "modification_list": "ModificationList",
-               "action_information": "ActionInformation"}
-
-
-def _canonical(event, name: str) -> Dataset:
+def _canonical(req: Request, what: str) -> Dataset:
     """A request dataset in canonical form: read straight from its bytes when it is plain
-    little-endian (``binary``), else decoded by pynetdicom/pydicom."""
-    what = _DATASET_NAMES[name]
-    stream = getattr(event.request, _RAW_FIELDS[name], None)
-    if stream is None:
-        return {}
-    raw = stream.getvalue()
+    little-endian (``binary``), else decoded by pydicom."""
+    raw = req.message.dataset
     if not raw:
         return {}
-    syntax = event.context.transfer_syntax  # a UID on the acceptor side, a list when proposed
-    fast = binary.read(raw, str(syntax if isinstance(syntax, str) else syntax[0]))
+    fast = binary.read(raw, req.syntax)
     if fast is not None:
         return normalize(fast)
-    return convert.to_canonical(_decoded(event, name), what)
+    return convert.to_canonical(_decoded(req, what), what)
 
 
-def _decoded(event, name: str) -> PydicomDataset | None:
-    """The request's dataset, decoded by pynetdicom; a byte stream that does not parse is the
+def _decoded(req: Request, what: str) -> PydicomDataset | None:
+    """The request's dataset, decoded by pydicom; a byte stream that does not parse is the
     requester's error, not ours."""
+    raw = req.message.dataset
+    if not raw:
+        return None
     try:
-        return getattr(event, name)
+        return decode(BytesIO(raw), req.syntax == binary.IMPLICIT_LE, True,
+                      req.syntax == binary.DEFLATED_LE)
     except Exception as exc:  # noqa: BLE001
-        raise InvalidDataset(f"cannot decode the {_DATASET_NAMES[name]}: "
+        raise InvalidDataset(f"cannot decode the {what}: "
                              f"{str(exc)[:100] or type(exc).__name__}") from None
+
+
+def _encode(ds: PydicomDataset, syntax: str) -> bytes | None:
+    """A response dataset in the context's transfer syntax; None if pydicom cannot write it."""
+    return encode(ds, syntax == binary.IMPLICIT_LE, True, syntax == binary.DEFLATED_LE)
+
+
+def _requested_uid(req: Request) -> str:
+    return _uid_param(req.message.text(m.REQUESTED_SOP_INSTANCE), "Requested SOP Instance UID",
+                      required=True)
 
 
 def _uid_param(value: Any, name: str, required: bool = False) -> str | None:
@@ -481,26 +448,6 @@ def _uid_param(value: Any, name: str, required: bool = False) -> str | None:
     if not is_uid(uid):
         raise Refused(INVALID_OBJECT_INSTANCE, f"{name} {uid[:40]!r} is not a valid UID")
     return uid
-
-
-def _accepted_context(assoc, context_id):
-    for context in assoc.accepted_contexts:
-        if context.context_id == context_id:
-            return context
-    return None
-
-
-def _status(code: int, message: str, req: Request | None = None) -> PydicomDataset | int:
-    """A status for pynetdicom: a bare int, or a status dataset with the Error Comment."""
-    if code in (st.SUCCESS, st.PENDING) or (not message and (req is None or not req.sop_class)):
-        return code
-    status = PydicomDataset()
-    status.Status = code
-    if message:
-        status.ErrorComment = error_comment(message)
-    if req is not None and req.sop_class and is_uid(req.sop_class):
-        status.AffectedSOPClassUID = req.sop_class  # answer with the SOP class that was asked
-    return status
 
 
 _TAG_RE = re.compile(r" ?\([0-9A-Fa-f]{4},[0-9A-Fa-f]{4}\)")

@@ -1,4 +1,6 @@
-"""Socket settings for every association, accepted or requested."""
+"""pynetdicom requestor associations (the event sender, tests, benchmarks): socket settings and
+a fix for a pynetdicom race. The listener's own associations set TCP_NODELAY themselves
+(``upper_layer``)."""
 
 from __future__ import annotations
 

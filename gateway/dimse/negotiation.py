@@ -1,0 +1,157 @@
+"""Association negotiation as the acceptor (PS3.8 §7.1, Annex D): A-ASSOCIATE-RQ in,
+A-ASSOCIATE-AC or -RJ out.
+
+The PDU codecs and the presentation-context matching are pynetdicom's public pieces
+(``pynetdicom.pdu``, ``pynetdicom.presentation.negotiate_as_acceptor``); this module only holds
+the gateway's policy: which SOP classes and transfer syntaxes it takes, who may associate, and
+what it tells the requestor about itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (A_ASSOCIATE, AsynchronousOperationsWindowNegotiation,
+                                       ImplementationClassUIDNotification,
+                                       ImplementationVersionNameNotification,
+                                       MaximumLengthNotification, SCP_SCU_RoleSelectionNegotiation)
+from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
+
+from gateway import __version__
+from gateway.dimse.binary import DEFLATED_LE, EXPLICIT_LE, IMPLICIT_LE
+from gateway.ups.uids import UPS_EVENT, UPS_PULL, UPS_PUSH, UPS_QUERY, UPS_WATCH
+
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"  # the DICOM application context (PS3.7 A.2.1)
+VERIFICATION = "1.2.840.10008.1.1"
+TRANSFER_SYNTAXES = (EXPLICIT_LE, IMPLICIT_LE, DEFLATED_LE)
+UPS_SOP_CLASSES = (UPS_PUSH, UPS_PULL, UPS_WATCH, UPS_EVENT, UPS_QUERY)
+
+# Who this acceptor says it is (PS3.7 D.3.3.2): a UUID-derived UID (PS3.5 B.2) fixed for the
+# gateway's upper layer, and its version (at most 16 characters).
+IMPLEMENTATION_CLASS_UID = "2.25.48937909397859884075901396105969556661"
+IMPLEMENTATION_VERSION_NAME = f"UPS_GATEWAY_{__version__.replace('.', '')}"[:16]
+
+# A-ASSOCIATE-RJ (PS3.8 Table 9-21): result, source, reason/diagnostic.
+REJECTED_PERMANENT, REJECTED_TRANSIENT = 1, 2
+SERVICE_USER, SERVICE_PROVIDER_PRESENTATION = 1, 3
+APPLICATION_CONTEXT_NOT_SUPPORTED, CALLING_AE_NOT_RECOGNIZED = 2, 3  # service-user
+LOCAL_LIMIT_EXCEEDED = 2  # service-provider (presentation)
+
+
+@dataclass
+class Rejection:
+    result: int
+    source: int
+    diagnostic: int
+    reason: str
+
+    def pdu(self) -> bytes:
+        primitive = A_ASSOCIATE()
+        primitive.result, primitive.result_source = self.result, self.source
+        primitive.diagnostic = self.diagnostic
+        pdu = A_ASSOCIATE_RJ()
+        pdu.from_primitive(primitive)
+        return pdu.encode()
+
+
+TOO_MANY = Rejection(REJECTED_TRANSIENT, SERVICE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED,
+                     "local limit exceeded")
+
+
+@dataclass
+class Agreement:
+    """An accepted association: what both sides agreed, and the A-ASSOCIATE-AC that says so."""
+
+    calling_ae: str
+    called_ae: str
+    contexts: dict[int, str]  # accepted context ID -> abstract syntax
+    transfer_syntaxes: dict[int, str]  # accepted context ID -> transfer syntax
+    peer_max_pdu: int  # the requestor's Maximum Length Received (0: no limit)
+    ac: bytes = field(repr=False, default=b"")
+
+
+@dataclass(frozen=True)
+class Policy:
+    max_pdu: int  # ours: the largest P-DATA-TF variable field we receive (0: no limit)
+    allowed_calling_aes: frozenset[str] = frozenset()  # empty: anyone
+
+    def supported(self) -> list[PresentationContext]:
+        contexts = []
+        for abstract in (*UPS_SOP_CLASSES, VERIFICATION):
+            cx = PresentationContext()
+            cx.abstract_syntax = abstract
+            for syntax in TRANSFER_SYNTAXES:
+                cx.add_transfer_syntax(syntax)
+            if abstract == UPS_EVENT:
+                # Both roles: a subscriber may propose either (PS3.4 CC.3.3) and then hold the
+                # association open.
+                cx.scu_role = cx.scp_role = True
+            contexts.append(cx)
+        return contexts
+
+
+def decode_request(raw: bytes) -> A_ASSOCIATE:
+    """An A-ASSOCIATE-RQ PDU (header included) as pynetdicom's primitive; raises on garbage."""
+    pdu = A_ASSOCIATE_RQ()
+    pdu.decode(raw)
+    return pdu.to_primitive()
+
+
+def negotiate(rq: A_ASSOCIATE, policy: Policy, supported: list[PresentationContext]
+              ) -> Agreement | Rejection:
+    calling = str(rq.calling_ae_title or "").strip()
+    if str(rq.application_context_name or "") != APPLICATION_CONTEXT:
+        return Rejection(REJECTED_PERMANENT, SERVICE_USER, APPLICATION_CONTEXT_NOT_SUPPORTED,
+                         "application context name not supported")
+    if policy.allowed_calling_aes and calling not in policy.allowed_calling_aes:
+        return Rejection(REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNIZED,
+                         "calling AE title not recognised")
+    peer_max_pdu = 0
+    roles: dict[str, tuple[bool | None, bool | None]] = {}
+    window_proposed = False
+    for item in rq.user_information:
+        if isinstance(item, MaximumLengthNotification):
+            peer_max_pdu = item.maximum_length_received or 0
+        elif isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid:
+            roles[str(item.sop_class_uid)] = (item.scu_role, item.scp_role)
+        elif isinstance(item, AsynchronousOperationsWindowNegotiation):
+            window_proposed = True
+    results, role_replies = negotiate_as_acceptor(rq.presentation_context_definition_list,
+                                                  supported, roles or None)
+    accepted = [cx for cx in results if cx.result == 0x00]
+    agreement = Agreement(
+        calling_ae=calling, called_ae=str(rq.called_ae_title or "").strip(),
+        contexts={cx.context_id: str(cx.abstract_syntax) for cx in accepted},
+        transfer_syntaxes={cx.context_id: str(cx.transfer_syntax[0]) for cx in accepted},
+        peer_max_pdu=peer_max_pdu)
+    agreement.ac = _accept_pdu(rq, results, role_replies, policy, window_proposed)
+    return agreement
+
+
+def _accept_pdu(rq: A_ASSOCIATE, results: list[PresentationContext], role_replies: list,
+                policy: Policy, window_proposed: bool) -> bytes:
+    ac = A_ASSOCIATE()
+    # The AC echoes both AE titles (PS3.8 Table 9-17: "should be" the RQ's values).
+    ac.called_ae_title = rq.called_ae_title
+    ac.calling_ae_title = rq.calling_ae_title
+    ac.application_context_name = APPLICATION_CONTEXT
+    ac.result = 0x00
+    ac.presentation_context_definition_results_list = results
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = policy.max_pdu
+    class_uid = ImplementationClassUIDNotification()
+    class_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    info: list = [max_length, class_uid, version, *role_replies]
+    if window_proposed:
+        # One request at a time each way (PS3.7 D.3.3.3): requests are served in order.
+        window = AsynchronousOperationsWindowNegotiation()
+        window.maximum_number_operations_invoked = 1
+        window.maximum_number_operations_performed = 1
+        info.append(window)
+    ac.user_information = info
+    pdu = A_ASSOCIATE_AC()
+    pdu.from_primitive(ac)
+    return pdu.encode()

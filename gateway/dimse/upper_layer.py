@@ -1,0 +1,369 @@
+"""The DICOM upper layer as the acceptor (PS3.8 §9): one asyncio Protocol per TCP connection.
+
+It runs in the gateway's event loop — no threads: PDUs are framed as bytes arrive, the
+association is negotiated (``negotiation``), P-DATA fragments are reassembled into DIMSE messages
+(``messages``), and each complete request is handed to the handlers, which ``await`` the UPS core
+and write their responses back through ``send``.
+
+A simplified form of the PS3.8 state machine, enough for an acceptor that never requests:
+
+* ``AWAITING_RQ`` (Sta2): the ARTIM timer (``acse_timeout``) runs until the A-ASSOCIATE-RQ
+  arrives; on expiry the connection is closed.
+* ``ESTABLISHED`` (Sta6): requests are served one at a time, in order (asynchronous operations
+  window 1/1), each as soon as its last fragment arrives. C-CANCEL reaches the request being
+  served at once. An A-RELEASE-RQ is answered once the requests before it are.
+* ``CLOSING`` (Sta13): after an A-ASSOCIATE-RJ, A-RELEASE-RP or A-ABORT the peer is expected to
+  close the connection; ARTIM closes it if it does not, so the TIME_WAIT stays on its side.
+
+Whatever the peer sends that breaks the protocol — an unknown or unexpected PDU, one that does
+not decode, one larger than our maximum, P-DATA on a context that was not accepted — is answered
+with A-ABORT, never with a hang or a traceback. An association silent for ``network_timeout`` is
+aborted, and so is a DIMSE message whose fragments stop coming for ``dimse_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RP, P_DATA_TF
+from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT
+
+from gateway.dimse import negotiation
+from gateway.dimse.messages import (C_CANCEL, INVALID_PDU_PARAMETER as INVALID_PARAMETER,
+                                    RESPONDED_TO, Assembler, Message, ProtocolError, p_data)
+
+if TYPE_CHECKING:
+    from gateway.dimse.server import Listener
+
+log = logging.getLogger("gateway.dimse")
+
+# PDU types (PS3.8 Table 9-1).
+ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, DATA = 0x01, 0x02, 0x03, 0x04
+RELEASE_RQ, RELEASE_RP, ABORT = 0x05, 0x06, 0x07
+_PDU_TYPES = frozenset((ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, DATA, RELEASE_RQ, RELEASE_RP,
+                        ABORT))
+_HEADER_SIZE = 6
+# Any PDU but P-DATA is small; an A-ASSOCIATE-RQ with every context a peer could want is tens of
+# kilobytes. Larger is garbage (or an attack), whatever our maximum for P-DATA is.
+CONTROL_PDU_LIMIT = 1 << 20
+
+# A-ABORT from the service provider (PS3.8 Table 9-26): the reason.
+NOT_SPECIFIED, UNRECOGNIZED_PDU, UNEXPECTED_PDU = 0x00, 0x01, 0x02
+
+_RELEASE = object()  # queued after the requests an A-RELEASE-RQ must wait for
+_RELEASE_RP = A_RELEASE_RP().encode()
+
+
+def _abort_pdu(reason: int | None) -> bytes:
+    """A-ABORT: from the service provider with a reason, or (None) from the service user."""
+    if reason is None:
+        primitive = A_ABORT()
+        primitive.abort_source = 0x00
+    else:
+        primitive = A_P_ABORT()
+        primitive.provider_reason = reason
+    pdu = A_ABORT_RQ()
+    pdu.from_primitive(primitive)
+    return pdu.encode()
+
+
+class State(enum.Enum):
+    AWAITING_RQ = "awaiting A-ASSOCIATE-RQ"
+    ESTABLISHED = "established"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Association(asyncio.Protocol):
+    def __init__(self, listener: Listener):
+        self.listener = listener
+        self.config = listener.config
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.state = State.AWAITING_RQ
+        self.address = "?"
+        self.agreement: negotiation.Agreement | None = None
+        self.cancelled: set[int] = set()  # message IDs of requests the peer sent C-CANCEL for
+        self._buffer = bytearray()
+        self._assembler = Assembler()
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._worker: asyncio.Task | None = None
+        self._busy = False
+        self._stop_when_idle = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_activity = self.loop.time()
+        self._can_write: asyncio.Future | None = None
+        self.closed = self.loop.create_future()
+
+    # ---- what the handlers see -----------------------------------------------------------------
+
+    @property
+    def calling_ae(self) -> str:
+        return self.agreement.calling_ae if self.agreement else ""
+
+    @property
+    def is_established(self) -> bool:
+        return self.state is State.ESTABLISHED
+
+    async def send(self, context_id: int, command: bytes, dataset: bytes | None = None) -> None:
+        """Write one DIMSE message, fragmented to the peer's maximum PDU; wait while the peer
+        reads slower than we write (a long C-FIND)."""
+        if self.state is not State.ESTABLISHED:
+            return  # aborted meanwhile: nobody to answer
+        self._write(p_data(context_id, command, dataset, self.agreement.peer_max_pdu))
+        if self._can_write is not None:
+            try:  # a peer that stops reading is as idle as one that stops writing
+                async with asyncio.timeout(self.config.network_timeout or None):
+                    await asyncio.shield(self._can_write)
+            except TimeoutError:
+                self.abort(NOT_SPECIFIED, "the peer stopped reading our responses")
+
+    def log_extra(self) -> dict:
+        return {"ae": self.calling_ae or None, "address": self.address}
+
+    # ---- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:  # a response is one write; never let Nagle hold it for the peer's delayed ACK
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.address = f"{peer[0]}:{peer[1]}"
+        self.listener.connections.add(self)
+        self._arm(self.config.acse_timeout, self._artim_expired)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_activity = self.loop.time()
+        if self.state in (State.CLOSING, State.CLOSED):
+            return  # waiting for the peer to close: whatever it still sends is moot
+        buffer = self._buffer
+        buffer += data
+        try:
+            while len(buffer) >= _HEADER_SIZE and self.state not in (State.CLOSING, State.CLOSED):
+                pdu_type = buffer[0]
+                length = int.from_bytes(buffer[2:6], "big")
+                self._check_length(pdu_type, length)
+                end = _HEADER_SIZE + length
+                if len(buffer) < end:
+                    return
+                pdu = bytes(buffer[:end])
+                del buffer[:end]
+                self._on_pdu(pdu_type, pdu)
+        except ProtocolError as exc:
+            self.abort(exc.reason, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a PDU our codecs choke on is the peer's error
+            self.abort(INVALID_PARAMETER, f"undecodable PDU: {exc!r}"[:200])
+
+    def pause_writing(self) -> None:
+        if self._can_write is None:
+            self._can_write = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._can_write is not None:
+            self._can_write.set_result(None)
+            self._can_write = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state is State.ESTABLISHED:
+            log.info("association closed by the peer without release", extra=self.log_extra())
+        self.state = State.CLOSED
+        self._cancel_timer()
+        self._retire_worker()
+        self.resume_writing()
+        self.listener.connections.discard(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # ---- PDUs ------------------------------------------------------------------------------------
+
+    def _check_length(self, pdu_type: int, length: int) -> None:
+        if pdu_type not in _PDU_TYPES:
+            raise ProtocolError(f"unknown PDU type 0x{pdu_type:02X}", UNRECOGNIZED_PDU)
+        limit = self.config.max_pdu if pdu_type == DATA else CONTROL_PDU_LIMIT
+        if limit and length > limit:
+            raise ProtocolError(f"PDU of {length} bytes exceeds the maximum of {limit}",
+                                INVALID_PARAMETER)
+
+    def _on_pdu(self, pdu_type: int, pdu: bytes) -> None:
+        if pdu_type == ABORT:
+            log.info("association aborted by the peer", extra=self.log_extra())
+            self.close()
+        elif self.state is State.AWAITING_RQ:
+            if pdu_type != ASSOCIATE_RQ:
+                raise ProtocolError(f"PDU type 0x{pdu_type:02X} before A-ASSOCIATE-RQ",
+                                    UNEXPECTED_PDU)
+            self._on_associate_rq(pdu)
+        elif pdu_type == DATA:
+            self._on_p_data(pdu)
+        elif pdu_type == RELEASE_RQ:
+            self._queue.put_nowait(_RELEASE)
+        else:
+            raise ProtocolError(f"unexpected PDU type 0x{pdu_type:02X}", UNEXPECTED_PDU)
+
+    def _on_associate_rq(self, pdu: bytes) -> None:
+        self._cancel_timer()
+        rq = negotiation.decode_request(pdu)
+        peer = {"ae": str(rq.calling_ae_title or "").strip() or None, "address": self.address}
+        outcome = self.listener.negotiate(rq)
+        if isinstance(outcome, negotiation.Rejection):
+            log.info(f"association rejected: {outcome.reason}", extra=peer)
+            self._write(outcome.pdu())
+            self._closing()
+            return
+        self.agreement = outcome
+        self.state = State.ESTABLISHED
+        self._write(outcome.ac)
+        self._worker = self.loop.create_task(self._serve_requests())
+        self._arm(self._check_interval(), self._check_idle)
+        log.debug("association established", extra=peer)
+
+    def _on_p_data(self, pdu: bytes) -> None:
+        decoded = P_DATA_TF()
+        decoded.decode(pdu)
+        contexts = self.agreement.contexts
+        for item in decoded.presentation_data_value_items:
+            context_id = item.presentation_context_id
+            if context_id not in contexts:
+                raise ProtocolError(f"P-DATA on presentation context {context_id}, which was "
+                                    "not accepted", INVALID_PARAMETER)
+            message = self._assembler.feed(context_id, item.presentation_data_value or b"")
+            if message is not None:
+                self._on_message(message)
+
+    def _on_message(self, message: Message) -> None:
+        if message.command_field == C_CANCEL:  # for the request being served: no response
+            responded_to = message.us(RESPONDED_TO)
+            if responded_to is not None:
+                self.cancelled.add(responded_to)
+            return
+        self._queue.put_nowait(message)
+
+    # ---- serving requests, in order ----------------------------------------------------------
+
+    async def _serve_requests(self) -> None:
+        handlers = self.listener.handlers
+        while True:
+            item = await self._queue.get()
+            if item is _RELEASE:
+                self._write(_RELEASE_RP)
+                log.debug("association released", extra=self.log_extra())
+                self._closing()
+                return
+            self._busy = True
+            try:
+                await handlers.serve(self, item)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - handlers answer every failure; this is a bug
+                log.exception("DIMSE request failed", extra=self.log_extra())
+                self.abort(NOT_SPECIFIED, "internal error")
+                return
+            finally:
+                self._busy = False
+                self.cancelled.clear()
+                self._last_activity = self.loop.time()
+            if self.state is not State.ESTABLISHED:
+                return  # aborted or closed while the request was served
+            if self._stop_when_idle and self._queue.empty():
+                self.abort(None, "the gateway is stopping")
+                return
+
+    # ---- ending ----------------------------------------------------------------------------------
+
+    def abort(self, reason: int | None, why: str) -> None:
+        """Send A-ABORT (``reason`` None: as the service user) and wait for the peer to close."""
+        if self.state in (State.CLOSING, State.CLOSED):
+            return
+        log.info(f"association aborted: {why}", extra=self.log_extra())
+        self._write(_abort_pdu(reason))
+        self._closing()
+
+    def stop(self) -> None:
+        """The gateway is stopping: abort now if idle, else once the request in hand is done."""
+        if self._busy or not self._queue.empty():
+            self._stop_when_idle = True
+        else:
+            self.abort(None, "the gateway is stopping")
+
+    def _closing(self) -> None:
+        """Sta13: the last PDU is written; the peer closes, or ARTIM does."""
+        self.state = State.CLOSING
+        self._retire_worker()
+        self._arm(self.config.acse_timeout or 1.0, self.close)
+
+    def _retire_worker(self) -> None:
+        """No more requests: an idle worker goes now; a request in hand is finished (its answer
+        goes nowhere) rather than cancelled halfway through a store call."""
+        worker = self._worker
+        if worker is not None and not worker.done() and not self._busy \
+                and worker is not asyncio.current_task():
+            worker.cancel()
+
+    def close(self) -> None:
+        """Close the connection now, whatever the state."""
+        if self.state is not State.CLOSED:
+            self.state = State.CLOSING
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _write(self, data: bytes) -> None:
+        self._last_activity = self.loop.time()
+        self.transport.write(data)
+
+    # ---- timers ------------------------------------------------------------------------------
+
+    def _arm(self, delay: float | None, callback) -> None:
+        self._cancel_timer()
+        if delay:
+            self._timer = self.loop.call_later(delay, callback)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _artim_expired(self) -> None:
+        log.info("no A-ASSOCIATE-RQ within the ACSE timeout: connection closed",
+                 extra=self.log_extra())
+        self.close()
+
+    def _idle_limit(self) -> float | None:
+        """How long the peer may stay silent now: ``dimse_timeout`` inside a fragmented message,
+        else ``network_timeout`` (None: no limit)."""
+        if self._assembler.in_progress and self.config.dimse_timeout:
+            return self.config.dimse_timeout
+        return self.config.network_timeout or None
+
+    def _check_interval(self) -> float | None:
+        # Checked by the shorter of the two limits: a message may start fragmenting meanwhile.
+        limits = [x for x in (self.config.dimse_timeout, self.config.network_timeout) if x]
+        return min(limits) if limits else None
+
+    def _check_idle(self) -> None:
+        # One timer, re-armed from the last activity, rather than one reset per packet.
+        self._timer = None
+        if self.state is not State.ESTABLISHED:
+            return
+        limit = self._idle_limit()
+        if limit is None:
+            return
+        now = self.loop.time()
+        if self._busy:  # our own request in flight: not the peer's idling
+            self._arm(self._check_interval(), self._check_idle)
+            return
+        silent = now - self._last_activity
+        if silent >= limit:
+            what = "DIMSE message incomplete" if self._assembler.in_progress else "no activity"
+            self.abort(NOT_SPECIFIED, f"{what} for {limit:g} s")
+            return
+        self._arm(min(limit - silent, self._check_interval()), self._check_idle)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 
 import asyncio
-import inspect
 import itertools
 import time
 
@@ -21,7 +20,6 @@ from pynetdicom import AE
 from pynetdicom.sop_class import (UnifiedProcedureStepPull, UnifiedProcedureStepPush,
                                   UnifiedProcedureStepWatch)
 
-from gateway.dimse import handlers
 from gateway.dimse.net import NODELAY_HANDLER, guard_responses
 from tests.event_receiver import (AFFECTED_INSTANCE, AFFECTED_SOP_CLASS, ASSIGNED,
                                   CANCEL_REQUESTED, EVENT_TYPE, FILTERED, GLOBAL, MESSAGE_ID,
@@ -36,11 +34,6 @@ _names = itertools.count(1)
 def ae_name(prefix: str = "WS") -> str:
     """A subscriber AE title no other test uses."""
     return f"{prefix}{next(_names)}"
-
-
-def dimse_adapter_ready(*events: str) -> bool:
-    source = inspect.getsource(handlers)
-    return all(f"EVT_{name}" in source for name in events)
 
 
 def unassigned(**kw) -> dict:
@@ -319,8 +312,6 @@ def dimse_change_state(port: int, uid: str, state: str, tx: str, calling: str = 
         assoc.release()
 
 
-@pytest.mark.xfail(not dimse_adapter_ready("N_ACTION"), strict=False,
-                   reason="DIMSE adapter pending: gateway/dimse/handlers.py has no N-ACTION yet")
 async def test_dimse_claim_reaches_a_websocket_subscriber(ups, gw, http):
     uid = await ups.create(unassigned())
     ae = ae_name()
@@ -345,8 +336,6 @@ async def test_dimse_claim_reaches_a_websocket_subscriber(ups, gw, http):
         await listener.close()
 
 
-@pytest.mark.xfail(not dimse_adapter_ready("N_ACTION"), strict=False,
-                   reason="DIMSE adapter pending: gateway/dimse/handlers.py has no N-ACTION yet")
 async def test_dimse_subscription_hears_rest_changes(ups, gw, receiver):
     """Subscribe RECEIVER over DIMSE (N-ACTION 3 on Watch), change over UPS-RS, hear it by
     N-EVENT-REPORT; then unsubscribe (4), and subscribe/suspend the worklist (3, 5)."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
 from pydicom import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import UnifiedProcedureStepPull, UnifiedProcedureStepPush

@@ -33,6 +33,7 @@ import orjson
 import zstandard
 import redis.asyncio as aioredis
 
+from gateway.store.batch import ScriptBatch
 from gateway.store.indexes import Plan
 from gateway.ups.dataset import Dataset
 from gateway.ups.errors import WorkitemGone
@@ -194,9 +195,9 @@ class RedisStore:
         self.redis = client
         self.p = prefix
         self.backlog = backlog
-        self._commit = client.register_script(lua("commit.lua"))
+        self._commit = ScriptBatch(client.register_script(lua("commit.lua")))
         self._purge = client.register_script(lua("purge.lua"))
-        self._page = client.register_script(lua("page.lua"))
+        self._page = ScriptBatch(client.register_script(lua("page.lua")))
         self._datasets = client.register_script(lua("datasets.lua"))
 
     def key(self, uid: str) -> str:

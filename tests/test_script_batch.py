@@ -1,0 +1,67 @@
+"""Script calls made in the same turn of the event loop go to Redis as one pipeline
+(gateway.store.batch): every caller gets its own answer, errors stay with their caller, a lost
+script cache is reloaded, and concurrent commits still decide one at a time."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.exceptions import ResponseError
+
+from gateway.store.batch import ScriptBatch
+from gateway.ups.dataset import normalize
+from gateway.ups.matching import from_params
+from tests.helpers import new_uid, workitem
+
+ECHO = """
+if ARGV[1] == 'bad' then return redis.error_reply('refused ' .. KEYS[1]) end
+redis.call('INCR', 'batch-test-runs:' .. KEYS[1])
+return {KEYS[1], ARGV[1]}
+"""
+
+
+async def test_each_caller_gets_its_own_answer_and_each_call_runs_once(redis_client):
+    echo = ScriptBatch(redis_client.register_script(ECHO))  # not loaded yet: NOSCRIPT first
+    answers = await asyncio.gather(*(echo(keys=[f"k{i % 5}"], args=[str(i)]) for i in range(50)))
+    assert answers == [[f"k{i % 5}".encode(), str(i).encode()] for i in range(50)]
+    runs = [int(await redis_client.getdel(f"batch-test-runs:k{i}")) for i in range(5)]
+    assert runs == [10] * 5
+
+
+async def test_an_error_stays_with_its_caller(redis_client):
+    echo = ScriptBatch(redis_client.register_script(ECHO))
+    answers = await asyncio.gather(echo(keys=["a"], args=["1"]), echo(keys=["b"], args=["bad"]),
+                                   echo(keys=["c"], args=["3"]), return_exceptions=True)
+    assert answers[0] == [b"a", b"1"] and answers[2] == [b"c", b"3"]
+    assert isinstance(answers[1], ResponseError) and "refused b" in str(answers[1])
+
+
+@pytest.mark.parametrize("calls", [1, 8])
+async def test_a_lost_script_cache_is_reloaded(redis_client, calls):
+    echo = ScriptBatch(redis_client.register_script(ECHO))
+    await echo(keys=["x"], args=["0"])
+    await redis_client.script_flush()
+    answers = await asyncio.gather(*(echo(keys=["x"], args=[str(i)]) for i in range(calls)))
+    assert answers == [[b"x", str(i).encode()] for i in range(calls)]
+
+
+async def test_concurrent_claims_in_one_turn_have_one_winner(service):
+    uid = (await service.create(normalize(workitem(new_uid(), label="BATCH")))).uid
+    outcomes = await asyncio.gather(*(service.change_state(uid, "IN PROGRESS", new_uid())
+                                      for _ in range(20)), return_exceptions=True)
+    winners = [o for o in outcomes if not isinstance(o, Exception)]
+    assert len(winners) == 1
+    assert all(getattr(o, "status", None) == 0xC302 for o in outcomes if o not in winners)
+
+
+async def test_concurrent_creates_and_searches_in_one_turn(service):
+    uids = [new_uid() for _ in range(30)]
+    await asyncio.gather(*(service.create(normalize(workitem(uid, label="BATCH2")))
+                           for uid in uids))
+    pages = await asyncio.gather(*(service.search(from_params([("WorklistLabel", "BATCH2"),
+                                                               ("limit", "10"),
+                                                               ("offset", str(k * 10))]))
+                                   for k in range(3)))
+    found = [item["00080018"]["Value"][0] for page in pages for item in page.items]
+    assert sorted(found) == sorted(uids) and all(page.total == 30 for page in pages)

@@ -415,7 +415,8 @@ def dimse_ncreate(port: int, called: str, seconds: float, warmup: float, associa
     done = sum(counts)
     return {"ok": done, "rate": done / seconds,
             "statuses": {str(k): v for k, v in statuses.items()},
-            "latency": summary(latencies), "client_cpu_s": time.process_time() - cpu0}
+            "latency": summary(latencies), "client_cpu_s": time.process_time() - cpu0,
+            "raw_s": latencies}
 
 
 def dimse_associations(port: int, called: str, seconds: float, warmup: float, uid: str) -> dict:

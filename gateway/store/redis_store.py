@@ -198,6 +198,7 @@ class RedisStore:
         self._commit = ScriptBatch(client.register_script(lua("commit.lua")))
         self._purge = client.register_script(lua("purge.lua"))
         self._page = ScriptBatch(client.register_script(lua("page.lua")))
+        self._load = ScriptBatch(client.register_script(lua("load.lua")))
         self._datasets = client.register_script(lua("datasets.lua"))
 
     def key(self, uid: str) -> str:
@@ -210,12 +211,12 @@ class RedisStore:
 
     async def load(self, uid: str) -> Record | None:
         """The workitem, None if unknown; raises WorkitemGone for a purged one."""
-        blob, version, state, tx, performer = await self.redis.hmget(
-            self.key(uid), "d", "v", "s", "tx", "pa")
-        if blob is None:
-            if await self.redis.exists(f"{self.p}gone:{uid}"):
+        reply = await self._load(keys=[self.key(uid), f"{self.p}gone:{uid}"], args=[])
+        if reply[0] is None:
+            if reply[1]:
                 raise WorkitemGone(uid)
             return None
+        blob, version, state, tx, performer = reply
         return Record(uid, blob, int(version), state.decode(),
                       tx.decode() if tx else None, performer.decode() if performer else None)
 

@@ -103,6 +103,11 @@ def test_fast_path_result_equals_precise_result():
     assert fast == precise
 
 
+def test_elements_come_out_with_vr_first():
+    ds = dataset.normalize({"00100020": {"Value": ["X"], "vr": "LO"}, "00380050": {"vr": "LO"}})
+    assert [list(elem) for elem in ds.values()] == [["vr", "Value"], ["vr"]]
+
+
 def test_invalid_value_still_gets_its_precise_message():
     with pytest.raises(InvalidDataset, match=r"PatientID \(0010,0020\): backslash"):
         dataset.normalize({"00100020": {"vr": "LO", "Value": ["A\\B"]}})

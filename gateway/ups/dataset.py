@@ -178,7 +178,10 @@ def normalize(obj: Any, path: Any = "", _depth: int = 0) -> Dataset:
                         continue
                     check = _FAST_VALUE[vr]
                     if (check(vals[0]) if len(vals) == 1 else all(map(check, vals))):
-                        out[tag_key] = elem  # exactly {"vr", "Value"}, both valid: kept as sent
+                        # Exactly {"vr", "Value"}, both valid: kept as sent when already in
+                        # canonical member order (as every encoder writes it).
+                        out[tag_key] = (elem if next(iter(elem)) == "vr"
+                                        else {"vr": vr, "Value": vals})
                         continue
         tag_key = _tag_key(raw_key) if type(raw_key) is str else None
         if tag_key is None:

@@ -8,7 +8,7 @@ import zlib
 import orjson
 import pytest
 
-from gateway.store.redis_store import pack, pack_dataset, parse, projector, to_json, unpack_raw
+from gateway.store.redis_store import pack, pack_dataset, parse, projector, render, unpack_raw
 from gateway.ups.dataset import normalize
 from gateway.ups.matching import from_params
 from tests.helpers import workitem
@@ -22,7 +22,7 @@ def test_round_trip_and_splice():
     assert [m[:11] for m in raw] == [b'"%s":' % tag.encode() for tag in sorted(ds)]
     assert parse(raw) == ds
     assert parse(raw, ["00100020", "00741000"]) == {k: ds[k] for k in ("00100020", "00741000")}
-    assert orjson.loads(to_json([raw])) == [ds]
+    assert orjson.loads(render(raw)) == ds
 
 
 def test_datasets_stored_as_zlib_are_still_read():

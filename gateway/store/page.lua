@@ -2,7 +2,7 @@
 -- datasets of the page in search order (count, range and reads see the same moment).
 -- KEYS 1 the index (a sorted set scored by Scheduled Procedure Step Start DateTime)
 -- ARGV 1 workitem key prefix, 2 min score, 3 max score, 4 offset, 5 limit
--- Returns {total, uid1, dataset1, uid2, dataset2, ...}
+-- Returns {total, dataset1, dataset2, ...}
 local total = redis.call('ZCOUNT', KEYS[1], ARGV[2], ARGV[3])
 local out = {total}
 if tonumber(ARGV[4]) < total then
@@ -10,7 +10,6 @@ if tonumber(ARGV[4]) < total then
   for _, uid in ipairs(uids) do
     local blob = redis.call('HGET', ARGV[1] .. uid, 'd')
     if blob then  -- never false inside one script; kept for safety against a broken index
-      out[#out + 1] = uid
       out[#out + 1] = blob
     end
   end

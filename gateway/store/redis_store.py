@@ -118,11 +118,6 @@ def projector(returned: frozenset[str] | None, never: frozenset[str]
     return lambda raw: [m for m in raw if m[1:9] in keep]
 
 
-def to_json(items: list[RawDataset]) -> bytes:
-    """A JSON array of stored (projected) datasets, spliced from their members' stored text."""
-    return b"[" + b",".join([render(item) for item in items]) + b"]"
-
-
 def render(members: RawDataset) -> bytes:
     """A stored (projected) dataset as the text of one JSON object."""
     return b"{" + b",".join(members) + b"}"
@@ -253,7 +248,7 @@ class RedisStore:
         low, high = _bounds(plan)
         reply = await self._page(keys=[self._index(plan.indexes[0])],
                                  args=[f"{self.p}wi:", low, high, offset, limit])
-        return int(reply[0]), reply[2::2]
+        return int(reply[0]), reply[1:]
 
     async def candidates(self, plan: Plan) -> AsyncIterator[list[str]]:
         """All UIDs of a plan in search order, in chunks."""

@@ -22,6 +22,7 @@ class ScriptBatch:
         self.script = script
         self.client = script.registered_client
         self._pending: list[tuple[Sequence, Sequence, asyncio.Future]] = []
+        self._sending: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
 
     async def __call__(self, keys: Sequence, args: Sequence) -> Any:
         loop = asyncio.get_running_loop()
@@ -33,7 +34,9 @@ class ScriptBatch:
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
-        asyncio.ensure_future(self._send(batch))
+        task = asyncio.ensure_future(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[tuple[Sequence, Sequence, asyncio.Future]]) -> None:
         try:

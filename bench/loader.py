@@ -17,29 +17,16 @@ import time
 import redis.asyncio as aioredis
 
 from bench.workload import Workload, completion_payload, new_uid
+from gateway.app import make_core
 from gateway.config import load as load_config
-from gateway.store.redis_store import RedisStore
 from gateway.ups.dataset import normalize
-from gateway.ups.dicomtime import parse_offset
-from gateway.ups.service import Settings, UPSService
-
-
-def _service(client, config_path: str) -> UPSService:
-    cfg = load_config(config_path)
-    store = RedisStore(client, cfg.redis.key_prefix, cfg.events.backlog)
-    return UPSService(store, Settings(
-        default_worklist_label=cfg.ups.default_worklist_label,
-        timezone=parse_offset(cfg.ups.timezone_offset),
-        search_default_limit=cfg.ups.search_default_limit,
-        search_max_limit=cfg.ups.search_max_limit,
-        direct_event_aes=frozenset(cfg.peers)))
 
 
 async def load_range(redis_url: str, config_path: str, seed: int, start: int, end: int,
                      concurrency: int = 32, timeout: float = 900.0) -> dict:
     """Store workitems ``start``..``end``-1 of ``Workload(seed)`` with their final states."""
     client = aioredis.Redis.from_url(redis_url, max_connections=concurrency + 4)
-    service = _service(client, config_path)
+    service = make_core(load_config(config_path), client).service
     workload = Workload(seed)
     next_i = start
     states: dict[str, int] = {}

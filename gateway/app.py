@@ -1,5 +1,13 @@
-"""The gateway process: Redis (embedded or external), the UPS service, the REST front end and
-the background tasks, started and stopped in order."""
+"""The composition root: every component of a gateway process is made here, and each is given
+exactly what it uses — a configuration section, the UPS service, a store, the hub — so that none
+reaches through another. Start and stop happen here too, in order.
+
+    Redis ─┬─ RedisWorkitemStore ─┬─ UPSService ─┬─ REST app (UPS-RS, event channels, /health)
+           ├─ RedisSubscriptionStore┘             └─ DIMSE listener (handlers)
+           ├─ EventQueues ─┬─ WebSocketFanout (rounds, upkeep)
+           └─ EventHub ────┴─ DimseEventSender (one worker per peer)
+    ServiceStatus (RESTARTED / GOING DOWN, heartbeat) · retention purge · Supervisor (all tasks)
+"""
 
 from __future__ import annotations
 
@@ -7,21 +15,28 @@ import asyncio
 import errno
 import gc
 import logging
-import time
-from typing import Callable
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway.config import Config, ConfigError
-from gateway.events.dimse_sender import DimseEventSender
+from gateway.dimse.event_sender import DimseEventSender
+from gateway.dimse.handlers import DimseHandlers
+from gateway.dimse.server import DimseServer
+from gateway.events.fanout import WebSocketFanout
 from gateway.events.hub import EventHub
+from gateway.events.queue import EventQueues
 from gateway.events.status import ServiceStatus
+from gateway.rest import websocket
 from gateway.rest.app import create_app
 from gateway.store import client
 from gateway.store.embedded import EmbeddedRedis
-from gateway.store.redis_store import RedisStore
+from gateway.store.keys import Keys
+from gateway.store.subscriptions import RedisSubscriptionStore
+from gateway.store.workitems import RedisWorkitemStore
+from gateway.supervisor import Supervisor
 from gateway.ups.dicomtime import parse_offset
 from gateway.ups.service import Settings, UPSService
 
@@ -31,57 +46,81 @@ log = logging.getLogger("gateway")
 # DICOM JSON) that reference counting frees at once; at the default threshold of 700 a young
 # collection ran every other create, scanning objects that were about to go anyway.
 GC_THRESHOLDS = (20000, 20, 10)
+HUB_READY_SECONDS = 10.0
+SHUTDOWN_DELIVERY_SECONDS = 2.0
+
+
+@dataclass
+class Core:
+    keys: Keys
+    workitems: RedisWorkitemStore
+    subscriptions: RedisSubscriptionStore
+    service: UPSService
+
+
+def make_core(cfg: Config, redis: aioredis.Redis) -> Core:
+    """The UPS service on its Redis stores, as configured (also what bench/loader.py loads
+    through)."""
+    keys = Keys(cfg.redis.key_prefix)
+    tz = parse_offset(cfg.ups.timezone_offset)
+    workitems = RedisWorkitemStore(redis, keys, backlog=cfg.events.backlog, timezone_=tz,
+                                   search_cache_bytes=int(cfg.ups.search_cache_mb * 2**20))
+    subscriptions = RedisSubscriptionStore(redis, keys, backlog=cfg.events.backlog)
+    service = UPSService(workitems, subscriptions, Settings(
+        default_worklist_label=cfg.ups.default_worklist_label, timezone=tz,
+        search_default_limit=cfg.ups.search_default_limit,
+        search_max_limit=cfg.ups.search_max_limit, direct_event_aes=frozenset(cfg.peers)))
+    return Core(keys, workitems, subscriptions, service)
 
 
 class Gateway:
     def __init__(self, config: Config):
         self.config = config
+        self.supervisor = Supervisor()
         self.embedded: EmbeddedRedis | None = None
         self.redis: aioredis.Redis | None = None
-        self.store: RedisStore | None = None
         self.service: UPSService | None = None
-        self.runner: web.AppRunner | None = None
-        self.dimse = None
-        self.hub: EventHub | None = None
-        self.event_sender: DimseEventSender | None = None
+        self.fanout: WebSocketFanout | None = None
         self.status: ServiceStatus | None = None
-        self.channels: set = set()  # open WebSocket event channels of this process
-        self.components: dict[str, Callable[[], bool]] = {}
-        self._tasks: list[asyncio.Task] = []
-        self._stopping = asyncio.Event()
+        self.sender: DimseEventSender | None = None
+        self.dimse: DimseServer | None = None
+        self.runner: web.AppRunner | None = None
         self._started = False
+        self._stopping = asyncio.Event()
 
-    # ---- lifecycle -----------------------------------------------------------------------
+    # ---- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         cfg = self.config
-        await self._start_redis()
-        self.store = RedisStore(self.redis, cfg.redis.key_prefix, cfg.events.backlog)
-        self.service = UPSService(self.store, Settings(
-            default_worklist_label=cfg.ups.default_worklist_label,
-            timezone=parse_offset(cfg.ups.timezone_offset),
-            search_default_limit=cfg.ups.search_default_limit,
-            search_max_limit=cfg.ups.search_max_limit,
-            search_cache_bytes=int(cfg.ups.search_cache_mb * 2**20),
-            direct_event_aes=frozenset(cfg.peers)))
-        self.hub = EventHub(self.redis, cfg.redis.key_prefix)
-        await self.hub.start()
-        if cfg.dimse.enabled:  # /health says 503 until the listener is up
-            self.components["dimse"] = lambda: self.dimse is not None and self.dimse.is_running()
-        # ... and until start-up is over: a client that subscribes as soon as /health says ok must
-        # not be sent this start's SCP Status Change (RESTARTED), which belongs to earlier ones.
-        self.components["startup"] = lambda: self._started
-        await self._start_rest()
-        if cfg.dimse.enabled:
-            from gateway.dimse.server import DimseServer
+        self.redis = await self._connect_redis()
+        core = make_core(cfg, self.redis)
+        keys, workitems, subscriptions = core.keys, core.workitems, core.subscriptions
+        self.service = service = core.service
 
-            self.dimse = DimseServer(self)
+        queues = EventQueues(self.redis, keys)
+        hub = EventHub(self.redis, keys)
+        self.supervisor.start("event-hub", hub.run)
+        try:  # what is published from here on must be heard
+            await asyncio.wait_for(hub.ready.wait(), HUB_READY_SECONDS)
+        except asyncio.TimeoutError:
+            raise ConfigError("redis: the event notification channel cannot be subscribed") from None
+        self.fanout = WebSocketFanout(self.redis, queues, hub)
+        self.supervisor.start("websocket-fanout", self.fanout.run)
+        self.supervisor.start("websocket-upkeep", self.fanout.keep)
+
+        await self._start_rest(create_app(cfg.rest, service, self.fanout, self.health))
+        if cfg.dimse.enabled:
+            self.dimse = DimseServer(cfg.dimse, cfg.ae_title,
+                                     DimseHandlers(service, cfg.dimse.request_timeout))
             await self.dimse.start()
-        self.event_sender = DimseEventSender(self)
-        self.event_sender.start()
-        self.status = ServiceStatus(self)
+        self.sender = DimseEventSender(cfg.ae_title, cfg.peers, cfg.events, queues, hub)
+        for name, worker in self.sender.workers.items():
+            self.supervisor.start(name, worker.run)
+
+        self.status = ServiceStatus(self.redis, keys, workitems, subscriptions)
         await self.status.started()
-        self._tasks.append(asyncio.create_task(self._purge_loop(), name="purge"))
+        self.supervisor.start("heartbeat", self.status.heartbeat)
+        self.supervisor.start("purge", self._purge)
         # Everything allocated so far (modules, dictionaries, configuration) lives as long as the
         # process: keep it out of the cyclic collector, whose full passes over it cost 80-90 ms.
         gc.collect()
@@ -97,22 +136,17 @@ class Gateway:
         log.info("gateway stopping")
         if self.status:
             await self.status.stopping()  # GOING DOWN to every subscriber
-        if self.event_sender:
-            await self.event_sender.flush(timeout=2.0)
+        if self.sender:
+            await self.sender.flush(timeout=SHUTDOWN_DELIVERY_SECONDS)
         if self.dimse:
             await self.dimse.stop()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.channels:  # deliver what is queued (GOING DOWN included), then say goodbye
-            await asyncio.wait([asyncio.create_task(ch.close_after_delivery())
-                                for ch in list(self.channels)], timeout=2.0)
+        if self.fanout:  # deliver what is queued (GOING DOWN included), then say goodbye
+            await websocket.close_all(self.fanout, SHUTDOWN_DELIVERY_SECONDS)
         if self.runner:
             await self.runner.cleanup()
-        if self.event_sender:
-            await self.event_sender.stop()
-        if self.hub:
-            await self.hub.stop()
+        await self.supervisor.stop()
+        if self.sender:
+            await self.sender.close()
         if self.redis:
             await self.redis.aclose()
         if self.embedded:
@@ -125,9 +159,30 @@ class Gateway:
     def request_stop(self) -> None:
         self._stopping.set()
 
-    # ---- parts ---------------------------------------------------------------------------
+    async def health(self) -> dict:
+        """Up or down per component (REST, DIMSE, Redis, start-up, every supervised task):
+        ``/health`` answers 503 while any is down, naming it."""
+        components = {"rest": self.runner is not None, "startup": self._started}
+        if self.config.dimse.enabled:
+            components["dimse"] = self.dimse is not None and self.dimse.is_running()
+        try:
+            components["redis"] = bool(await asyncio.wait_for(self.redis.ping(), 2.0))
+        except (RedisError, OSError, asyncio.TimeoutError):
+            components["redis"] = False
+        tasks = self.supervisor.health()
+        report = {name: "up" if ok else "down" for name, ok in components.items()}
+        report.update((name, task["status"]) for name, task in tasks.items())
+        ok = all(state == "up" for state in report.values())
+        body = {"status": "ok" if ok else "unavailable", "ae_title": self.config.ae_title,
+                "components": report}
+        errors = {name: task["error"] for name, task in tasks.items() if task["status"] == "down"}
+        if errors:
+            body["errors"] = errors
+        return body
 
-    async def _start_redis(self) -> None:
+    # ---- parts -------------------------------------------------------------------------------
+
+    async def _connect_redis(self) -> aioredis.Redis:
         cfg = self.config
         url = cfg.redis.url
         if url is None:
@@ -137,65 +192,53 @@ class Gateway:
             except (RuntimeError, OSError) as exc:
                 raise ConfigError(f"data_dir: cannot start the embedded Redis: {exc}") from None
             url = self.embedded.url
-        self.redis = client.connect(
-            url, socket_connect_timeout=cfg.redis.connect_timeout, health_check_interval=30,
-            max_connections=512)
+        redis = client.connect(url, socket_connect_timeout=cfg.redis.connect_timeout,
+                               health_check_interval=30, max_connections=512)
         try:
-            await asyncio.wait_for(self.redis.ping(), cfg.redis.connect_timeout + 1)
+            await asyncio.wait_for(redis.ping(), cfg.redis.connect_timeout + 1)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            await redis.aclose()
             raise ConfigError(f"redis.url: cannot reach Redis at {_redact(url)}: "
                               f"{exc or type(exc).__name__}") from None
-        self.components["redis"] = lambda: True
-        await self._check_redis_settings()
+        await _check_redis_settings(redis)
+        return redis
 
-    async def _check_redis_settings(self) -> None:
-        """Workitem hashes hold one 1-2 KB field; Redis's default 64-byte compact-encoding limit
-        doubles their memory. Advise (managed Redis may forbid CONFIG GET: then stay quiet)."""
-        try:
-            reply = await self.redis.config_get("hash-max-ziplist-value")
-            value = int(next(iter(reply.values())))
-        except (RedisError, StopIteration, ValueError):
-            return
-        if value < 4096:
-            log.warning("redis hash-max-ziplist-value is small: workitems take about twice the "
-                        "memory; set it to 16384", extra={"current": value})
-
-    async def _start_rest(self) -> None:
+    async def _start_rest(self, app: web.Application) -> None:
         cfg = self.config.rest
-        self.runner = web.AppRunner(create_app(self), access_log=None, handle_signals=False)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, cfg.host, cfg.port, reuse_address=True)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
         try:
             await site.start()
         except OSError as exc:
-            reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
+            await runner.cleanup()
+            reason = ("is in use" if exc.errno == errno.EADDRINUSE
+                      else f"cannot be bound ({exc.strerror})")
             raise ConfigError(f"rest.port: {cfg.host}:{cfg.port} {reason}") from None
-        self.components["rest"] = lambda: True
+        self.runner = runner
 
-    async def _purge_loop(self) -> None:
+    async def _purge(self) -> None:
         """Delete COMPLETED/CANCELED workitems after their retention (decisions.md, Retention)."""
         ups = self.config.ups
-        retention_ms = int(ups.retention_hours * 3600 * 1000)
         while True:
             try:
-                cutoff = int(time.time() * 1000) - retention_ms
-                while purged := await self.store.purge(cutoff, int(ups.retention_hours * 3600)):
-                    log.info("purged workitems", extra={"count": len(purged), "uids": purged[:20]})
-                    if len(purged) < 200:
-                        break
+                await self.service.purge_expired(ups.retention_hours * 3600)
             except RedisError as exc:
                 log.warning("purge skipped: redis unavailable", extra={"error": str(exc)})
             await asyncio.sleep(ups.purge_interval_seconds)
 
-    async def health(self) -> dict:
-        checks = {name: check() for name, check in self.components.items()}
-        try:
-            checks["redis"] = bool(await asyncio.wait_for(self.redis.ping(), 2.0))
-        except (RedisError, OSError, asyncio.TimeoutError):
-            checks["redis"] = False
-        ok = all(checks.values())
-        return {"status": "ok" if ok else "unavailable", "ae_title": self.config.ae_title,
-                "components": {k: "up" if v else "down" for k, v in checks.items()}}
+
+async def _check_redis_settings(redis: aioredis.Redis) -> None:
+    """Workitem hashes hold one 1-2 KB field; Redis's default 64-byte compact-encoding limit
+    doubles their memory. Advise (managed Redis may forbid CONFIG GET: then stay quiet)."""
+    try:
+        reply = await redis.config_get("hash-max-ziplist-value")
+        value = int(next(iter(reply.values())))
+    except (RedisError, StopIteration, ValueError):
+        return
+    if value < 4096:
+        log.warning("redis hash-max-ziplist-value is small: workitems take about twice the "
+                    "memory; set it to 16384", extra={"current": value})
 
 
 def _redact(url: str | None) -> str:

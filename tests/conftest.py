@@ -11,9 +11,12 @@ import pytest_asyncio
 
 from gateway.store.client import connect
 from gateway.store.embedded import EmbeddedRedis
-from gateway.store.redis_store import RedisStore
+from gateway.store.keys import Keys
+from gateway.store.subscriptions import RedisSubscriptionStore
+from gateway.store.workitems import RedisWorkitemStore
 from gateway.ups.service import Settings, UPSService
 from tests.helpers import GatewayProcess
+from tests.memory_store import MemoryStores
 
 _prefixes = itertools.count()
 
@@ -35,14 +38,38 @@ async def redis_client(redis_url):
 
 
 @pytest_asyncio.fixture
-async def store(redis_client):
-    """A store with its own key prefix, so tests never see each other's workitems."""
-    return RedisStore(redis_client, prefix=f"t{next(_prefixes)}:")
+async def keys():
+    """A key prefix of the test's own, so tests never see each other's workitems."""
+    return Keys(f"t{next(_prefixes)}:")
 
 
 @pytest_asyncio.fixture
-async def service(store):
-    return UPSService(store, Settings())
+async def store(redis_client, keys):
+    return RedisWorkitemStore(redis_client, keys)
+
+
+@pytest_asyncio.fixture
+async def subscriptions(redis_client, keys):
+    return RedisSubscriptionStore(redis_client, keys)
+
+
+@pytest_asyncio.fixture
+async def redis_service(store, subscriptions):
+    """The UPS service on the Redis stores only: for what only they do (rendered-results
+    cache, script batching, the stored byte form)."""
+    return UPSService(store, subscriptions, Settings())
+
+
+@pytest.fixture(params=["redis", "memory"])
+def service(request):
+    """The UPS service on the Redis stores (what production runs) and on the in-memory ports
+    (``tests/memory_store.py``, no Redis at all): every core test runs on both, so the two
+    implementations of the ports are held to the same behaviour. ``-k memory`` runs the unit
+    tier alone."""
+    if request.param == "memory":
+        db = MemoryStores()
+        return UPSService(db.workitems, db.subscriptions, Settings())
+    return request.getfixturevalue("redis_service")
 
 
 @pytest.fixture(scope="session")

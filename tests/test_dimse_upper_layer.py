@@ -11,7 +11,6 @@ import socket
 import struct
 import threading
 import time
-import types
 
 import pytest
 from pydicom.dataset import Dataset
@@ -434,12 +433,13 @@ class SlowCore:
 async def test_stopping_answers_the_request_in_flight_then_aborts(service):
     """The listener in this process, on the real UPS core and Redis, stopped mid-request."""
     from gateway.config import Config
+    from gateway.dimse.handlers import DimseHandlers
     from gateway.dimse.server import DimseServer
 
     config = Config()
     config.dimse.host, config.dimse.port = "127.0.0.1", free_port()
-    gateway = types.SimpleNamespace(config=config, service=SlowCore(service, delay=0.5))
-    server = DimseServer(gateway)
+    handlers = DimseHandlers(SlowCore(service, delay=0.5), config.dimse.request_timeout)
+    server = DimseServer(config.dimse, config.ae_title, handlers)
     await server.start()
     aborted = {name: threading.Event() for name in ("idle", "busy")}
     assocs = {name: await asyncio.to_thread(  # pynetdicom blocks: never on this loop

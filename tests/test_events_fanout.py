@@ -9,11 +9,15 @@ import asyncio
 
 import orjson
 import pytest
+import redis.asyncio as aioredis
 
+from gateway.events import hub as event_hub
 from gateway.events.frames import FrameEncoder
-from gateway.events.queue import (Lease, LeaseLost, QueuedEntry, QueueReader, advance_cursors,
-                                  read_queues)
-from gateway.store.redis_store import lua, now_ms, pack
+from gateway.events.queue import EventQueues, LeaseLost, QueuedEntry, QueueReader
+from gateway.store import scripts
+from gateway.store.codec import pack
+from gateway.store.keys import Keys
+from gateway.store.workitems import now_ms
 from gateway.ups import events as ev
 from tests.event_receiver import (GLOBAL, MESSAGE_ID, PROGRESS_REPORT, STATE_REPORT, Ups,
                                   WsListener, frame_type, frame_uid, frame_value)
@@ -28,38 +32,56 @@ def unassigned(**kw) -> dict:
 
 # ---- frames -------------------------------------------------------------------------------
 
-def test_encoded_frames_are_the_frames_byte_for_byte():
-    info = pack(ev.state_report({"00741000": {"vr": "CS", "Value": ["SCHEDULED"]}},
-                                "IN PROGRESS"))
+def expected_frame(entry: QueuedEntry, info: dict) -> dict:
+    """A frame as PS3.18 §8.10 and decisions.md lay it out: the N-EVENT-REPORT command fields
+    (Affected SOP Class = UPS Push, the AE's Message ID, the workitem, the event type), then the
+    event information."""
+    return {"00000002": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.34.6.1"]},
+            "00000110": {"vr": "US", "Value": [(entry.n - 1) % 0xFFFF + 1]},
+            "00001000": {"vr": "UI", "Value": [entry.uid]},
+            "00001002": {"vr": "US", "Value": [entry.type]}, **info}
+
+
+def test_frames_carry_the_command_fields_then_the_event_information():
+    state = ev.state_report({"00741000": {"vr": "CS", "Value": ["SCHEDULED"]}}, "IN PROGRESS")
+    progress = ev.progress_report({})
     encoder = FrameEncoder()
     # the same event queued for three AEs (their own sequence numbers), then other events;
     # 0xFFFF + 1 wraps to Message ID 1
-    entries = [QueuedEntry("1-0", n, ev.STATE_REPORT, "1.2.3", info, 0) for n in (1, 7, 0x10000)]
-    entries += [QueuedEntry("2-0", 8, ev.PROGRESS_REPORT, "1.2.3", pack(ev.progress_report({})), 0),
-                QueuedEntry("3-0", 9, ev.CANCEL_REQUESTED, "1.2.4", b"", 0)]
-    for entry in entries:
-        assert encoder.encode(entry) == orjson.dumps(entry.frame())
-    assert orjson.loads(encoder.encode(entries[2]))[MESSAGE_ID]["Value"] == [1]
+    entries = [(QueuedEntry("1-0", n, ev.STATE_REPORT, "1.2.3", pack(state), 0), state)
+               for n in (1, 7, 0x10000)]
+    entries += [(QueuedEntry("2-0", 8, ev.PROGRESS_REPORT, "1.2.3", pack(progress), 0), progress),
+                (QueuedEntry("3-0", 9, ev.CANCEL_REQUESTED, "1.2.4", b"", 0), {})]
+    for entry, info in entries:
+        frame = orjson.loads(encoder.encode(entry))
+        assert frame == expected_frame(entry, info)
+        assert list(frame) == list(expected_frame(entry, info))  # command fields first
+    assert orjson.loads(encoder.encode(entries[2][0]))[MESSAGE_ID]["Value"] == [1]
 
 
 # ---- batched reads and acknowledgements (real Redis) -------------------------------------------
 
-async def test_one_read_serves_several_aes_each_checked_against_its_own_lease(store):
-    broadcast = store.redis.register_script(lua("broadcast.lua"))
+async def _broadcast(redis_client, keys, uid: str, info: bytes, *aes: str) -> None:
+    broadcast = scripts.script(redis_client, "broadcast.lua")
+    await broadcast(args=[keys.prefix, 1000, now_ms(), ev.STATE_REPORT, uid, info, *aes])
+
+
+async def test_one_read_serves_several_aes_each_checked_against_its_own_lease(redis_client,
+                                                                             keys):
+    queues = EventQueues(redis_client, keys)
     aes = ["A1", "A2", "A3"]
-    await broadcast(args=[store.p, store.backlog, now_ms(), ev.STATE_REPORT, "1.2.3",
-                          pack({"00741000": {"vr": "CS", "Value": ["SCHEDULED"]}}), *aes])
-    await broadcast(args=[store.p, store.backlog, now_ms(), ev.STATE_REPORT, "1.2.4", b"", "A1"])
+    await _broadcast(redis_client, keys, "1.2.3",
+                     pack({"00741000": {"vr": "CS", "Value": ["SCHEDULED"]}}), *aes)
+    await _broadcast(redis_client, keys, "1.2.4", b"", "A1")
     readers = {}
     for ae in aes:
-        lease = Lease(store, "ws", ae)
-        await lease.hold(take=True)
-        readers[ae] = QueueReader(store, "ws", ae, lease)
-    newer = QueueReader(store, "ws", "A3", Lease(store, "ws", "A3"))
-    await newer.lease.hold(take=True)  # another connection took A3 over
+        readers[ae] = queues.reader("ws", ae, 10000)
+        assert await queues.hold(readers[ae].lease, take=True)
+    newer = queues.reader("ws", "A3", 10000)
+    assert await queues.hold(newer.lease, take=True)  # another connection took A3 over
 
     batch = [*readers.values(), newer]  # two readers of A3's queue in one call
-    replies = await read_queues(store, batch, 100)
+    replies = await queues.read(batch, 100)
     first, lost = readers["A1"].take(replies[0])
     assert ([(e.uid, e.n) for e in first], lost) == ([("1.2.3", 1), ("1.2.4", 2)], 0)
     second, _ = readers["A2"].take(replies[1])
@@ -71,14 +93,56 @@ async def test_one_read_serves_several_aes_each_checked_against_its_own_lease(st
 
     # acknowledging A1 up to its first event only: the next read (a fresh reader, i.e. the
     # stored cursor) starts after it; A3's cursor is refused
-    assert await advance_cursors(store, "ws", [readers["A1"].advance(first[0]),
-                                               readers["A2"].advance(second[0]),
-                                               ["A3", readers["A3"].lease.owner, "9-0 9"]]) \
+    assert await queues.advance("ws", [readers["A1"].advance(first[0]),
+                                       readers["A2"].advance(second[0]),
+                                       ["A3", readers["A3"].lease.owner, "9-0 9"]]) \
         == [True, True, False]
-    again = QueueReader(store, "ws", "A1", readers["A1"].lease)
-    [reply] = await read_queues(store, [again], 100)
+    again = QueueReader(queues, "ws", "A1", readers["A1"].lease)
+    [reply] = await queues.read([again], 100)
     assert [e.uid for e in again.take(reply)[0]] == ["1.2.4"]
-    assert (await QueueReader(store, "ws", "A2", readers["A2"].lease).pending())[0] == []
+
+
+async def test_the_notification_carries_the_queued_events(redis_client, keys):
+    """What a script queues it also publishes: the same entries (ids, sequence numbers, event
+    information) a reader would get from the streams, so deliverers need not read them."""
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(keys.notify())
+    info = pack({"00741000": {"vr": "CS", "Value": ["SCHEDULED"]}})
+    await _broadcast(redis_client, keys, "1.2.5", info, "N1", "N2")
+    message = None
+    while message is None:
+        message = await pubsub.get_message(timeout=10)
+    await pubsub.aclose()
+    published = event_hub._decode(message["data"])
+    assert set(published) == {"N1", "N2"}
+    queues = EventQueues(redis_client, keys)
+    for ae, entries in published.items():
+        reader = queues.reader("ws", ae, 10000)
+        await queues.hold(reader.lease, take=True)
+        [reply] = await queues.read([reader], 100)
+        stored, _ = reader.take(reply)
+        assert [(e.id, e.n, e.type, e.uid, e.blob, e.ts_ms) for e in entries] == \
+            [(e.id, e.n, e.type, e.uid, e.blob, e.ts_ms) for e in stored]
+
+
+def test_offered_events_are_taken_only_when_they_follow_the_cursor():
+    queues = EventQueues(aioredis.Redis(), Keys("offer-test:"))  # never connects: no I/O here
+    reader = queues.reader("ws", "AE", 1000)
+
+    def entry(n: int) -> QueuedEntry:
+        return QueuedEntry(f"{n}-0", n, ev.STATE_REPORT, "1.2.3", b"", 0)
+
+    reader.offer([entry(1)])
+    assert reader.take_offered(10) is None  # the cursor is not known yet: read the stream
+    reader.cursor = ("4-0", 4)
+    reader.offer([entry(3), entry(4), entry(5), entry(6)])  # already delivered ones drop out
+    assert [e.n for e in reader.take_offered(10)] == [5, 6]
+    assert reader.take_offered(10) is None  # taken: nothing left
+    reader.cursor = ("6-0", 6)
+    reader.offer([entry(8)])  # 7 was not offered (a missed notification): read the stream
+    assert reader.take_offered(10) is None
+    reader.offer([entry(7), entry(8), entry(9)])
+    assert reader.take_offered(2) is None  # more than the batch: read the stream
 
 
 # ---- a gateway with many WebSocket subscribers --------------------------------------------------

@@ -9,6 +9,7 @@ import random
 import pytest
 
 from gateway.store import indexes
+from gateway.rest.query import search_query
 from gateway.ups import matching
 from gateway.ups.dataset import normalize
 from gateway.ups.dicomtime import parse_offset
@@ -17,11 +18,11 @@ from tests.helpers import code, element, new_uid, workitem
 
 
 def q(**params) -> matching.Query:
-    return matching.from_params(list(params.items()))
+    return search_query(list(params.items()))
 
 
 def qp(pairs: list[tuple[str, str]]) -> matching.Query:
-    return matching.from_params(pairs)
+    return search_query(pairs)
 
 
 def item(**kw) -> dict:
@@ -320,11 +321,11 @@ def test_the_same_attribute_twice_is_invalid():
 
 
 def test_limit_and_offset_parameters():
-    query = matching.from_params([("limit", "5"), ("offset", "10")], default_limit=100,
+    query = search_query([("limit", "5"), ("offset", "10")], default_limit=100,
                                  max_limit=50)
     assert (query.limit, query.offset) == (5, 10)
-    assert matching.from_params([], default_limit=100).limit == 100
-    assert matching.from_params([("limit", "5000")], max_limit=50).limit == 50
+    assert search_query([], default_limit=100).limit == 100
+    assert search_query([("limit", "5000")], max_limit=50).limit == 50
 
 
 # ---- through the service: paging and index plans --------------------------------------
@@ -358,7 +359,7 @@ def _order(datasets: list[dict]) -> list[str]:
 async def _page_through(service, params: list[tuple[str, str]], limit: int) -> tuple[list, set]:
     seen, totals, offset = [], set(), 0
     while True:
-        query = matching.from_params(params + [("offset", str(offset)), ("limit", str(limit))])
+        query = search_query(params + [("offset", str(offset)), ("limit", str(limit))])
         result = await service.search(query)
         totals.add(result.total)
         if not result.items:
@@ -394,7 +395,7 @@ async def _page_through(service, params: list[tuple[str, str]], limit: int) -> t
 async def test_paging_returns_the_stable_order_without_duplicates(service, params, predicate,
                                                                   exact, limit):
     # both ways of answering a search are exercised: straight from one index, or filtered
-    assert indexes.plan(matching.from_params(params)).exact is exact
+    assert indexes.plan(search_query(params)).exact is exact
     created = await _populate(service)
     expected = _order([d for d in created if predicate(d)])
     assert expected  # the query is meant to match something
@@ -406,9 +407,9 @@ async def test_paging_returns_the_stable_order_without_duplicates(service, param
 
 async def test_offset_past_the_end_gives_no_items_but_the_total(service):
     await _populate(service, n=5)
-    result = await service.search(matching.from_params([("offset", "50")]))
+    result = await service.search(search_query([("offset", "50")]))
     assert result.items == [] and result.total == 5 and result.remaining == 0
-    result = await service.search(matching.from_params([("PatientName", "*e*"),
+    result = await service.search(search_query([("PatientName", "*e*"),
                                                         ("offset", "50")]))
     assert result.items == [] and result.total == 5
 

@@ -11,7 +11,7 @@ from redis.exceptions import ResponseError
 
 from gateway.store.batch import ScriptBatch
 from gateway.ups.dataset import normalize
-from gateway.ups.matching import from_params
+from gateway.rest.query import search_query
 from tests.helpers import new_uid, workitem
 
 ECHO = """
@@ -59,7 +59,7 @@ async def test_concurrent_creates_and_searches_in_one_turn(service):
     uids = [new_uid() for _ in range(30)]
     await asyncio.gather(*(service.create(normalize(workitem(uid, label="BATCH2")))
                            for uid in uids))
-    pages = await asyncio.gather(*(service.search(from_params([("WorklistLabel", "BATCH2"),
+    pages = await asyncio.gather(*(service.search(search_query([("WorklistLabel", "BATCH2"),
                                                                ("limit", "10"),
                                                                ("offset", str(k * 10))]))
                                    for k in range(3)))

@@ -4,10 +4,11 @@ the memory budget holds."""
 
 from __future__ import annotations
 
-from gateway.store.redis_store import pack_dataset, projector
+from gateway.store.codec import pack_dataset, projector
 from gateway.store.results import RenderedResults
 from gateway.ups.dataset import normalize
-from gateway.ups.matching import from_params
+from gateway.rest.query import search_query
+from gateway.store.workitems import RedisWorkitemStore
 from gateway.ups.service import Settings, UPSService
 from tests.helpers import new_uid, workitem
 
@@ -25,41 +26,42 @@ def _uids(result) -> list[str]:
     return [item["00080018"]["Value"][0] for item in result.items]
 
 
-async def test_a_repeated_search_reuses_the_rendered_results(service):
-    uids = await _scheduled(service, "CACHE1", 3)
-    query = from_params([("WorklistLabel", "CACHE1")])
-    first = await service.search(query)
-    kept = len(service.results)
-    again = await service.search(from_params([("WorklistLabel", "CACHE1")]))
+async def test_a_repeated_search_reuses_the_rendered_results(redis_service):
+    uids = await _scheduled(redis_service, "CACHE1", 3)
+    query = search_query([("WorklistLabel", "CACHE1")])
+    first = await redis_service.search(query)
+    kept = len(redis_service.store.results)
+    again = await redis_service.search(search_query([("WorklistLabel", "CACHE1")]))
     assert _uids(first) == _uids(again) == uids
-    assert len(service.results) == kept >= 3
+    assert len(redis_service.store.results) == kept >= 3
     assert all(a is b for a, b in zip(first.rendered, again.rendered))  # the same text objects
 
 
-async def test_a_changed_workitem_is_rendered_anew(service):
-    [uid] = await _scheduled(service, "CACHE2", 1)
+async def test_a_changed_workitem_is_rendered_anew(redis_service):
+    [uid] = await _scheduled(redis_service, "CACHE2", 1)
     query = [("WorklistLabel", "CACHE2"), ("includefield", "ProcedureStepLabel")]
-    before = (await service.search(from_params(query))).items[0]
-    await service.update(uid, normalize({"00741204": {"vr": "LO", "Value": ["Relabelled"]}}))
-    after = (await service.search(from_params(query))).items[0]
+    before = (await redis_service.search(search_query(query))).items[0]
+    await redis_service.update(uid, normalize({"00741204": {"vr": "LO", "Value": ["Relabelled"]}}))
+    after = (await redis_service.search(search_query(query))).items[0]
     assert before["00741204"]["Value"] == ["AI analysis"]
     assert after["00741204"]["Value"] == ["Relabelled"]
 
 
-async def test_each_projection_is_rendered_on_its_own(service):
-    [uid] = await _scheduled(service, "CACHE3", 1)
-    default = (await service.search(from_params([("WorklistLabel", "CACHE3")]))).items[0]
-    everything = (await service.search(from_params([("WorklistLabel", "CACHE3"),
+async def test_each_projection_is_rendered_on_its_own(redis_service):
+    [uid] = await _scheduled(redis_service, "CACHE3", 1)
+    default = (await redis_service.search(search_query([("WorklistLabel", "CACHE3")]))).items[0]
+    everything = (await redis_service.search(search_query([("WorklistLabel", "CACHE3"),
                                                     ("includefield", "all")]))).items[0]
     assert set(default) < set(everything)
-    assert everything == await service.retrieve(uid)
+    assert everything == await redis_service.retrieve(uid)
 
 
-async def test_no_budget_keeps_nothing_and_answers_the_same(store):
-    service = UPSService(store, Settings(search_cache_bytes=0))
+async def test_no_budget_keeps_nothing_and_answers_the_same(redis_client, keys, subscriptions):
+    store = RedisWorkitemStore(redis_client, keys, search_cache_bytes=0)
+    service = UPSService(store, subscriptions, Settings())
     uids = await _scheduled(service, "CACHE4", 2)
-    result = await service.search(from_params([("WorklistLabel", "CACHE4")]))
-    assert _uids(result) == uids and len(service.results) == 0
+    result = await service.search(search_query([("WorklistLabel", "CACHE4")]))
+    assert _uids(result) == uids and len(service.store.results) == 0
 
 
 def test_the_budget_drops_the_oldest_entries_first():

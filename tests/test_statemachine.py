@@ -271,7 +271,8 @@ async def test_claim_then_wrong_claimant_then_right_one_completes(service):
 async def test_cancel_request_on_in_progress_reaches_a_performer_with_an_address(service):
     """IN PROGRESS + Request Cancellation: no state change, 0x0000 when the performer (the
     claiming AE) can be told because the gateway knows its address."""
-    told = UPSService(service.store, Settings(direct_event_aes=frozenset({"PERFORMER"})))
+    told = UPSService(service.store, service.watch.subs,
+                      Settings(direct_event_aes=frozenset({"PERFORMER"})))
     uid = await _make(told, P)
     outcome = await told.request_cancel(uid, {}, requester="SOMEONE")
     assert outcome.status == st.SUCCESS

@@ -8,9 +8,9 @@ import zlib
 import orjson
 import pytest
 
-from gateway.store.redis_store import pack, pack_dataset, parse, projector, render, unpack_raw
+from gateway.store.codec import pack, pack_dataset, parse, projector, render, unpack_raw
 from gateway.ups.dataset import normalize
-from gateway.ups.matching import from_params
+from gateway.rest.query import search_query
 from tests.helpers import workitem
 
 
@@ -32,9 +32,9 @@ def test_datasets_stored_as_zlib_are_still_read():
 
 
 @pytest.mark.asyncio
-async def test_search_reads_what_create_stored(service):
-    outcome = await service.create(normalize(workitem(label="CODEC")))
-    result = await service.search(from_params([("WorklistLabel", "CODEC")]))
+async def test_search_reads_what_create_stored(redis_service):
+    outcome = await redis_service.create(normalize(workitem(label="CODEC")))
+    result = await redis_service.search(search_query([("WorklistLabel", "CODEC")]))
     assert [item["00080018"]["Value"][0] for item in result.items] == [outcome.uid]
 
 

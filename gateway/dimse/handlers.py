@@ -37,6 +37,7 @@ from gateway.ups.uids import (FILTERED_GLOBAL_SUBSCRIPTION, UPS_EVENT, UPS_PULL,
 
 if TYPE_CHECKING:
     from gateway.dimse.upper_layer import Association
+    from gateway.ups.service import UPSService
 
 log = logging.getLogger("gateway.dimse")
 
@@ -121,16 +122,12 @@ Outcome = tuple[int, str, bytes | None]
 
 
 class DimseHandlers:
-    def __init__(self, gateway):
-        self.gateway = gateway
-        self.timeout = gateway.config.dimse.request_timeout
+    def __init__(self, service: UPSService, request_timeout: float):
+        self.service = service
+        self.timeout = request_timeout
         self._bodies: dict[int, Callable[[Request], Awaitable[Outcome]]] = {
             N_CREATE: self.n_create, N_SET: self.n_set, N_GET: self.n_get,
             N_ACTION: self.n_action, N_EVENT_REPORT: self.n_event_report}
-
-    @property
-    def service(self):
-        return self.gateway.service
 
     async def serve(self, assoc: Association, message: m.Message) -> None:
         """Answer one request message (never raises for what the request holds)."""
@@ -236,15 +233,15 @@ class DimseHandlers:
         if lock_text not in ("TRUE", "FALSE"):
             raise Refused(st.INVALID_ARGUMENT_VALUE,
                           f"Deletion Lock (0074,1230) must be TRUE or FALSE, got {lock_value!r}")
-        filter_spec = None
+        terms = None
         if uid == FILTERED_GLOBAL_SUBSCRIPTION:
             # Every other attribute of the Action Information is a matching key (as dcm4chee).
             keys = {k: v for k, v in info.items() if k not in (t.ReceivingAE, t.DeletionLock)}
-            matching.from_identifier(keys, default_tz=self.service.settings.timezone)  # valid?
-            filter_spec = matching.filter_spec(identifier=keys)
+            terms = matching.identifier_terms(keys)
+            matching.from_terms(terms)  # valid? (a bad key is refused now, not at each create)
         # A DIMSE subscriber must be reachable: a configured peer or an open WebSocket (C308).
         return await self._core(self.service.subscribe(uid, receiving_ae, lock_text == "TRUE",
-                                                       filter_spec, check_reachable=True))
+                                                       terms or None, check_reachable=True))
 
     # ---- N-EVENT-REPORT ----------------------------------------------------------------------
 

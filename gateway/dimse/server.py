@@ -13,7 +13,7 @@ import asyncio
 import errno
 import logging
 
-from gateway.config import ConfigError
+from gateway.config import ConfigError, Dimse
 from gateway.dimse import negotiation
 from gateway.dimse.handlers import DimseHandlers
 from gateway.dimse.upper_layer import Association
@@ -26,12 +26,11 @@ STOP_GRACE_SECONDS = 2.0  # how long requests in flight may finish when the gate
 class Listener:
     """What every association shares: configuration, negotiation policy, handlers."""
 
-    def __init__(self, gateway):
-        self.config = gateway.config.dimse
-        self.policy = negotiation.Policy(self.config.max_pdu,
-                                         frozenset(self.config.allowed_calling_aes))
+    def __init__(self, config: Dimse, handlers: DimseHandlers):
+        self.config = config
+        self.policy = negotiation.Policy(config.max_pdu, frozenset(config.allowed_calling_aes))
         self.supported = self.policy.supported()
-        self.handlers = DimseHandlers(gateway)
+        self.handlers = handlers
         self.connections: set[Association] = set()
 
     def negotiate(self, rq) -> negotiation.Agreement | negotiation.Rejection:
@@ -42,15 +41,16 @@ class Listener:
 
 
 class DimseServer:
-    def __init__(self, gateway):
-        self.gateway = gateway
-        self.config = gateway.config
+    def __init__(self, config: Dimse, ae_title: str, handlers: DimseHandlers):
+        self.config = config
+        self.ae_title = ae_title
+        self.handlers = handlers
         self.server: asyncio.AbstractServer | None = None
         self.listener: Listener | None = None
 
     async def start(self) -> None:
-        cfg = self.config.dimse
-        self.listener = listener = Listener(self.gateway)
+        cfg = self.config
+        self.listener = listener = Listener(cfg, self.handlers)
         loop = asyncio.get_running_loop()
         try:
             self.server = await loop.create_server(lambda: Association(listener),
@@ -58,7 +58,7 @@ class DimseServer:
         except OSError as exc:
             reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
             raise ConfigError(f"dimse.port: {cfg.host}:{cfg.port} {reason}") from None
-        log.info("DIMSE listener started", extra={"ae": self.config.ae_title,
+        log.info("DIMSE listener started", extra={"ae": self.ae_title,
                                                   "address": f"{cfg.host}:{cfg.port}"})
 
     def is_running(self) -> bool:

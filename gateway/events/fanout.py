@@ -1,20 +1,22 @@
-"""WebSocket delivery for all channels of one gateway process, in rounds.
+"""WebSocket delivery for all event channels of one gateway process, in rounds.
 
 A change seen by a hundred subscribers wakes a hundred channels with one notification. Served one
 by one, each channel would cost its own script calls and task switches per event (≈300 redis-py
 commands per event: the fan-out profile in docs/performance.md). Instead, one round serves every
-channel woken in the same loop turn: one round trip reads all their queues (``read_queues``), the
-frames are encoded once per event (``FrameEncoder``) and written to each socket, and one
-``cursor.lua`` call acknowledges them all.
+channel woken in the same loop turn: the events the notification carried are sent as they are
+when they follow each channel's cursor (``QueueReader.take_offered``), the queues of the others
+are read in one round trip, each event's frame is encoded once (``FrameEncoder``) and written to
+every socket, and one ``cursor.lua`` call acknowledges them all.
 
 The same goes for the channels' upkeep: one ``keep_channels.lua`` call every couple of seconds
 renews every channel's lease and registration, and a periodic round over all channels catches
 events whose notification was missed.
 
-Rounds run one at a time, so a channel is never served twice at once and its acknowledgements
-reach Redis in order. A frame is written in the round only when the socket's buffer can take it
-without waiting; a client that is not reading gets its frames from a task of its own
-(``Channel.sending``) and is left out of the rounds until that is done, so it holds up nobody else.
+Rounds run one at a time (``run``), so a channel is never served twice at once and its
+acknowledgements reach Redis in order. A frame is written in the round only when the socket's
+buffer can take it without waiting; a client that is not reading gets its frames from a task of
+its own (``Channel.sending``) and is left out of the rounds until that is done, so it holds up
+nobody else.
 """
 
 from __future__ import annotations
@@ -22,15 +24,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Protocol
 
-import orjson
+import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.events.frames import FrameEncoder
-from gateway.events.queue import LeaseLost, QueuedEntry, advance_cursors, read_queues
-from gateway.store.redis_store import lua, pack, pack_for_lua
-from gateway.ups import events as ev
-from gateway.ups.uids import GLOBAL_SUBSCRIPTION
+from gateway.events.frames import FrameEncoder, overflow_notice
+from gateway.events.hub import EventHub
+from gateway.events.queue import EventQueues, LeaseLost, QueuedEntry, QueueReader
+from gateway.store import scripts
+from gateway.store.codec import pack_for_lua
 
 log = logging.getLogger("gateway.events")
 
@@ -41,23 +44,57 @@ REFRESH_SECONDS = 2.0
 POLL_SECONDS = 5.0  # every channel's queue is read this often even without a notification
 
 
+class Channel(Protocol):
+    """What the fan-out needs of one open event channel (``gateway.rest.websocket``)."""
+
+    ae: str
+    id: str
+    reader: QueueReader
+    sending: asyncio.Task | None  # frames to a slow client, outside the rounds
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def closing(self) -> bool: ...
+
+    def can_send_now(self, frames: list[bytes]) -> bool: ...
+
+    async def send(self, frames: list[bytes]) -> None: ...
+
+    def replaced(self) -> None: ...
+
+
 class WebSocketFanout:
-    def __init__(self, store, hub):
-        self.store = store
-        self._channels: dict[str, set] = {}  # AE → this process's open channels for it
-        self._wanted: dict = {}  # channels to serve in the next round (an ordered set)
-        self._waiting: dict = {}  # channel → futures of ``deliver`` calls, done after its round
-        self._runner: asyncio.Task | None = None
-        self._keeper: asyncio.Task | None = None
-        self._keep = store.redis.register_script(lua("keep_channels.lua"))
-        hub.listen(self.wake)
+    def __init__(self, client: aioredis.Redis, queues: EventQueues, hub: EventHub):
+        self.queues = queues
+        self.keys = queues.keys
+        self._channels: dict[str, set[Channel]] = {}  # AE → this process's channels for it
+        self._wanted: dict[Channel, None] = {}  # channels to serve in the next round (ordered)
+        self._waiting: dict[Channel, list[asyncio.Future]] = {}  # ``deliver`` calls per channel
+        self._wake = asyncio.Event()
+        self._keep = scripts.script(client, "keep_channels.lua")
+        self.redis = client
+        hub.listen(self._notified)
 
-    def add(self, channel) -> None:
+    # ---- channels ---------------------------------------------------------------------------
+
+    def reader(self, ae: str) -> QueueReader:
+        return self.queues.reader(TRANSPORT, ae, LEASE_MS)
+
+    async def open(self, channel: Channel) -> None:
+        """Take over the AE's delivery from any older connection, in any process, and register
+        the channel (``channel_open``); ``serve`` it once its connection is ready."""
+        await self.queues.hold(channel.reader.lease, take=True)
+        await self.redis.zadd(self.keys.channels(channel.ae),
+                              {channel.id: time.time() + LEASE_MS / 1000})
+        for older in self._channels.get(channel.ae, ()):
+            older.replaced()  # in this process: at once, not at its next lease check
+
+    def serve(self, channel: Channel) -> None:
         self._channels.setdefault(channel.ae, set()).add(channel)
-        if self._keeper is None or self._keeper.done():
-            self._keeper = asyncio.create_task(self._keep_channels(), name="websocket-upkeep")
 
-    def remove(self, channel) -> None:
+    async def close(self, channel: Channel) -> None:
         channels = self._channels.get(channel.ae)
         if channels is not None:
             channels.discard(channel)
@@ -65,66 +102,92 @@ class WebSocketFanout:
                 del self._channels[channel.ae]
         self._wanted.pop(channel, None)
         self._resolve(self._waiting.pop(channel, ()))
+        await self.redis.zrem(self.keys.channels(channel.ae), channel.id)
+        await self.queues.release(channel.reader.lease)
 
-    def wake(self, aes: list[str] | None) -> None:
-        """A notification: serve the local channels of these AEs (None: all of them)."""
-        if aes is None:
-            aes = list(self._channels)
-        for ae in aes:
+    @property
+    def channels(self) -> list[Channel]:
+        return [channel for channels in self._channels.values() for channel in channels]
+
+    # ---- waking -----------------------------------------------------------------------------
+
+    def _notified(self, by_ae: dict[str, list[QueuedEntry]] | None) -> None:
+        if by_ae is None:
+            self.wake_all()
+            return
+        for ae, entries in by_ae.items():
             for channel in self._channels.get(ae, ()):
+                channel.reader.offer(entries)
                 self._want(channel)
 
-    async def deliver(self, channel) -> None:
+    def wake_all(self) -> None:
+        for channel in self.channels:
+            self._want(channel)
+
+    async def deliver(self, channel: Channel) -> None:
         """Serve ``channel`` in the next round and return once that round has served it."""
         future = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(channel, []).append(future)
         self._want(channel)
         await future
 
-    def _want(self, channel) -> None:
+    def _want(self, channel: Channel) -> None:
         if channel not in self._channels.get(channel.ae, ()):
             self._resolve(self._waiting.pop(channel, ()))  # closed meanwhile
             return
         self._wanted[channel] = None
-        if self._runner is None or self._runner.done():
-            self._runner = asyncio.create_task(self._run(), name="websocket-fanout")
+        self._wake.set()
 
-    async def _run(self) -> None:
-        while self._wanted:
-            batch = []
-            for channel in self._wanted:
-                if channel.ws.closed:
-                    self._resolve(self._waiting.pop(channel, ()))
-                elif channel.sending is None:  # a slow client's task wants it again when done
-                    batch.append(channel)
-            self._wanted = {}
-            if not batch:
-                continue
-            waiting = {channel: self._waiting.pop(channel, ()) for channel in batch}
-            try:
-                await self._round(batch, waiting)
-            except Exception as exc:  # a failed round must not stall the process's channels
-                log.exception("event delivery round failed")
-                for futures in waiting.values():
-                    self._resolve(futures, exc)
+    # ---- rounds -----------------------------------------------------------------------------
 
-    async def _round(self, batch: list, waiting: dict) -> None:
+    async def run(self) -> None:
+        """Serve the wanted channels, one round at a time, until cancelled (supervised)."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._wanted:
+                batch = []
+                for channel in self._wanted:
+                    if channel.closed:
+                        self._resolve(self._waiting.pop(channel, ()))
+                    elif channel.sending is None:  # a slow client's task wants it when done
+                        batch.append(channel)
+                self._wanted = {}
+                if batch:
+                    waiting = {channel: self._waiting.pop(channel, []) for channel in batch}
+                    try:
+                        await self._round(batch, waiting)
+                    except BaseException as exc:
+                        for futures in waiting.values():
+                            self._resolve(futures, exc if isinstance(exc, Exception) else None)
+                        raise
+
+    async def _round(self, batch: list[Channel], waiting: dict) -> None:
         """Serve ``batch``; ``waiting`` (channel → ``deliver`` futures) is done when served."""
-        try:
-            replies = await read_queues(self.store, [ch.reader for ch in batch], BATCH)
-        except RedisError as exc:
-            log.warning("event delivery paused: redis unavailable", extra={"error": str(exc)})
-            for futures in waiting.values():
-                self._resolve(futures, exc)
-            return  # each channel polls again within a few seconds
+        got: dict[Channel, tuple[list[QueuedEntry], int]] = {}
+        unread = []
+        for channel in batch:
+            offered = channel.reader.take_offered(BATCH)
+            if offered is not None:
+                got[channel] = (offered, 0)
+            else:
+                unread.append(channel)
+        if unread:
+            try:
+                replies = await self.queues.read([ch.reader for ch in unread], BATCH)
+            except RedisError as exc:
+                log.warning("event delivery paused: redis unavailable", extra={"error": str(exc)})
+                for channel in unread:
+                    self._resolve(waiting.pop(channel), exc)
+                replies = []  # each channel is read again at the next poll
+            for channel, reply in zip(unread, replies):
+                try:
+                    got[channel] = channel.reader.take(reply)
+                except LeaseLost:
+                    channel.replaced()
         encoder = FrameEncoder()
         acks = []
-        for channel, reply in zip(batch, replies):
-            try:
-                entries, lost = channel.reader.take(reply)
-            except LeaseLost:
-                channel.replaced()
-                continue
+        for channel, (entries, lost) in got.items():
             if not entries or channel.closing:
                 continue  # (a closing connection's channel ends; its events stay queued)
             frames = [encoder.encode(entry) for entry in entries]
@@ -132,7 +195,7 @@ class WebSocketFanout:
                 frames.insert(0, overflow_notice(lost))
                 log.warning("event backlog overflowed", extra={"ae": channel.ae, "lost": lost})
             if len(entries) == BATCH:
-                self._wanted[channel] = None  # more queued: next round
+                self._want(channel)  # more may be queued: next round
             if channel.can_send_now(frames):
                 try:
                     await channel.send(frames)  # does not wait: the socket buffer has room
@@ -146,24 +209,28 @@ class WebSocketFanout:
                          "backlog", extra={"ae": channel.ae, "frames": len(frames)})
                 channel.sending = asyncio.create_task(
                     self._send_slowly(channel, frames, entries[-1], waiting.pop(channel)))
-        try:
-            if acks:  # a refused cursor means a lost lease: the channel's next read says so
-                await advance_cursors(self.store, TRANSPORT, acks)
+        await self._acknowledge(acks)
+        for futures in waiting.values():
+            self._resolve(futures)
+
+    async def _acknowledge(self, acks: list[list]) -> None:
+        if not acks:
+            return
+        try:  # a refused cursor means a lost lease: the keeper or the next read says so
+            await self.queues.advance(TRANSPORT, acks)
         except RedisError as exc:
             # The frames went out; the stored cursor stays behind, so a reconnecting client may
             # get them again (at least once), and the next acknowledgement catches up.
             log.warning("event acknowledgement failed", extra={"error": str(exc)})
-        for futures in waiting.values():
-            self._resolve(futures)
 
-    async def _send_slowly(self, channel, frames: list[bytes], last: QueuedEntry,
-                           waiting) -> None:
+    async def _send_slowly(self, channel: Channel, frames: list[bytes], last: QueuedEntry,
+                           waiting: list[asyncio.Future]) -> None:
         sent = False
         try:
             await channel.send(frames)
             sent = True
-            await advance_cursors(self.store, TRANSPORT, [channel.reader.advance(last)])
-        except (ConnectionError, RuntimeError, RedisError) as exc:
+            await self._acknowledge([channel.reader.advance(last)])
+        except (ConnectionError, RuntimeError) as exc:
             log.debug("event channel send failed", extra={"ae": channel.ae, "error": str(exc)})
         finally:
             channel.sending = None
@@ -171,25 +238,30 @@ class WebSocketFanout:
             if sent:  # (a failed send means the connection is going: its channel ends)
                 self._want(channel)  # whatever was queued meanwhile
 
-    async def _keep_channels(self) -> None:
+    # ---- upkeep -----------------------------------------------------------------------------
+
+    async def keep(self) -> None:
+        """Renew every channel's lease and registration, and poll every queue now and then,
+        until cancelled (supervised)."""
         polled = time.monotonic()
-        while self._channels:
+        while True:
             await asyncio.sleep(REFRESH_SECONDS)
-            channels = [ch for chs in self._channels.values() for ch in chs if not ch.ws.closed]
-            args = [self.store.p, LEASE_MS, time.time() + LEASE_MS / 1000,
-                    pack_for_lua([[ch.ae, ch.lease.owner, ch.id] for ch in channels])]
-            try:
-                kept = await self._keep(args=args) if channels else []
-            except RedisError as exc:
-                log.warning("event channels not renewed: redis unavailable",
-                            extra={"error": str(exc)})
-                continue
-            for channel, ok in zip(channels, kept):
-                if not ok:
-                    channel.replaced()
+            channels = [channel for channel in self.channels if not channel.closed]
+            if channels:
+                try:
+                    kept = await self._keep(args=[
+                        self.keys.prefix, LEASE_MS, time.time() + LEASE_MS / 1000,
+                        pack_for_lua([[ch.ae, ch.reader.lease.owner, ch.id] for ch in channels])])
+                except RedisError as exc:
+                    log.warning("event channels not renewed: redis unavailable",
+                                extra={"error": str(exc)})
+                    continue
+                for channel, ok in zip(channels, kept):
+                    if not ok:
+                        channel.replaced()
             if time.monotonic() - polled > POLL_SECONDS:
                 polled = time.monotonic()
-                self.wake(None)  # in case a notification was missed
+                self.wake_all()  # in case a notification was missed
 
     @staticmethod
     def _resolve(futures, exc: Exception | None = None) -> None:
@@ -199,13 +271,3 @@ class WebSocketFanout:
                     future.set_result(None)
                 else:
                     future.set_exception(exc)
-
-
-def overflow_notice(lost: int) -> bytes:
-    """An SCP Status Change frame telling a subscriber that ``lost`` events were dropped for it."""
-    info = ev.scp_status("RESTARTED")
-    info.update({"00741244": {"vr": "CS", "Value": ["WARM START"]},
-                 "00741246": {"vr": "CS", "Value": ["COLD START"]}})
-    frame = QueuedEntry("0-0", 0, ev.SCP_STATUS_CHANGE, GLOBAL_SUBSCRIPTION, pack(info), 0).frame()
-    frame["00000902"] = {"vr": "LO", "Value": [f"{lost} events were dropped; query again"[:64]]}
-    return orjson.dumps(frame)

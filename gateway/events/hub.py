@@ -1,93 +1,79 @@
-"""The process-wide notification hub: one Redis pub/sub subscription wakes local deliverers.
+"""The process-wide notification hub: one Redis pub/sub subscription feeds the local deliverers.
 
-Every Lua step that queues events PUBLISHes the subscriber AEs it queued for (newline-separated)
-in the same atomic step. DIMSE senders wait on the hub per AE; the WebSocket fan-out listens to
-whole notifications (``listen``), so that one message with a hundred AEs becomes one delivery
-round, not a hundred wake-ups. Both still re-check their queues every few seconds in case a
-notification was missed.
+Every Lua step that queues events PUBLISHes them in the same atomic step (``prelude.lua``): the
+events and, per subscriber AE, which stream entry holds which. The hub decodes each notification
+once and hands it to its listeners as entries by AE — the WebSocket fan-out (one delivery round
+for a notification to a hundred AEs) and each DIMSE peer's sender — which send them without
+reading the streams when they follow their cursors. A notification the hub cannot decode, and
+every reconnection to Redis, is passed on as None: "any AE may have events; read the streams".
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from typing import Callable
 
+import msgpack
+import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+
+from gateway.events.queue import QueuedEntry, published_entries
+from gateway.store.keys import Keys
 
 log = logging.getLogger("gateway.events")
 
+Listener = Callable[[dict[str, list[QueuedEntry]] | None], None]
+RECONNECT_SECONDS = 1.0
+
 
 class EventHub:
-    def __init__(self, redis, prefix: str):
-        self.redis = redis
-        self.channel = f"{prefix}notify"
-        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
-        self._listeners: list[Callable[[list[str] | None], None]] = []
-        self._task: asyncio.Task | None = None
+    def __init__(self, client: aioredis.Redis, keys: Keys):
+        self.redis = client
+        self.channel = keys.notify()
+        self._listeners: list[Listener] = []
+        self.ready = asyncio.Event()  # subscribed: what is published from now on is heard
 
-    async def start(self) -> None:
-        ready = asyncio.Event()
-        self._task = asyncio.create_task(self._listen(ready), name="event-hub")
-        await asyncio.wait_for(ready.wait(), 10)
+    def listen(self, listener: Listener) -> None:
+        """Call ``listener(entries by AE)`` for every notification (None: read every queue)."""
+        self._listeners.append(listener)
 
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+    def unlisten(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
-    def waiter(self, ae: str) -> asyncio.Event:
-        event = asyncio.Event()
-        self._waiters[ae].add(event)
-        return event
+    def _notify(self, by_ae: dict[str, list[QueuedEntry]] | None) -> None:
+        for listener in list(self._listeners):
+            listener(by_ae)
 
-    def drop(self, ae: str, event: asyncio.Event) -> None:
-        self._waiters[ae].discard(event)
-        if not self._waiters[ae]:
-            self._waiters.pop(ae, None)
-
-    def wake(self, ae: str) -> None:
-        for event in self._waiters.get(ae, ()):
-            event.set()
-
-    def listen(self, callback: Callable[[list[str] | None], None]) -> None:
-        """Call ``callback(aes)`` with the AEs of every notification (None: any AE may have
-        events, e.g. after the hub lost Redis for a while)."""
-        self._listeners.append(callback)
-
-    def _notify(self, aes: list[str] | None) -> None:
-        for ae in (aes if aes is not None else list(self._waiters)):
-            self.wake(ae)
-        for callback in self._listeners:
-            callback(aes)
-
-    async def _listen(self, ready: asyncio.Event) -> None:
+    async def run(self) -> None:
+        """Listen until cancelled (a supervised task), reconnecting after Redis is lost."""
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
-                ready.set()
+                self.ready.set()
+                self._notify(None)  # what was published while we were not subscribed
                 async for message in pubsub.listen():
                     if message and message.get("type") == "message":
-                        self._notify(message["data"].decode().split("\n"))
-            except asyncio.CancelledError:
-                await pubsub.aclose()
-                raise
+                        self._notify(_decode(message["data"]))
             except (RedisError, OSError) as exc:
+                self.ready.clear()
                 log.warning("event hub lost Redis; reconnecting", extra={"error": str(exc)})
                 self._notify(None)  # let deliverers poll meanwhile
-                await asyncio.sleep(1)
+                await asyncio.sleep(RECONNECT_SECONDS)
             finally:
                 try:
                     await pubsub.aclose()
-                except Exception:
+                except (RedisError, OSError):
                     pass
 
 
-async def wait_for(hub: EventHub, event: asyncio.Event, timeout: float) -> None:
+def _decode(data: bytes) -> dict[str, list[QueuedEntry]] | None:
     try:
-        await asyncio.wait_for(event.wait(), timeout)
-    except asyncio.TimeoutError:
-        pass
-    event.clear()
+        entries, events = msgpack.unpackb(data, raw=True)
+        return published_entries(events, entries)
+    except (ValueError, TypeError, IndexError, msgpack.UnpackException):
+        log.warning("undecodable event notification: reading every queue",
+                    extra={"bytes": len(data)})
+        return None

@@ -1,9 +1,16 @@
-"""Reading a subscriber AE's event queue (a bounded Redis stream written by the store's Lua).
+"""Subscriber AEs' event queues (bounded Redis streams written by the store's Lua), as the
+deliverers of one process read them.
 
 Each transport (``ws``, ``dimse``) keeps its own cursor per AE, and only the transport's current
 owner of that AE (a lease) may advance it, so with several gateway processes each event is
-delivered once per transport. Events carry a per-AE sequence number: a jump tells the reader
+delivered once per transport. Events carry a per-AE sequence number ``n``: a jump tells the reader
 that the bounded backlog dropped events it never delivered.
+
+The script that queues events also publishes them (``hub``), so a reader usually has its next
+events before it would have asked for them: ``QueueReader.offer`` keeps those, and ``take_offered``
+hands them out when they follow its cursor without a gap. Only then is the stream not read;
+anything else (a gap, a reader that is behind, a missed notification) reads the stream from the
+cursor, which remains the one truth.
 """
 
 from __future__ import annotations
@@ -12,12 +19,14 @@ import functools
 import uuid
 from dataclasses import dataclass
 
-from gateway.store.redis_store import RedisStore, lua, pack_for_lua, unpack
-from gateway.ups.dataset import Dataset, element
-from gateway.ups.uids import UPS_PUSH
+import redis.asyncio as aioredis
 
-# Command fields of an event report frame (PS3.18 §8.10, decisions.md).
-_SOP_CLASS, _MESSAGE_ID, _INSTANCE, _EVENT_TYPE = "00000002", "00000110", "00001000", "00001002"
+from gateway.store import scripts
+from gateway.store.codec import pack_for_lua, unpack
+from gateway.store.keys import Keys
+from gateway.ups.dataset import Dataset
+
+OFFERS_KEPT = 256  # events offered per reader kept while it is busy; beyond, it reads the stream
 
 
 @dataclass
@@ -37,129 +46,170 @@ class QueuedEntry:
     def message_id(self) -> int:
         return (self.n - 1) % 0xFFFF + 1  # US, never 0
 
-    def frame(self) -> Dataset:
-        """The event as one DICOM JSON object with the N-EVENT-REPORT command fields."""
-        frame = {_SOP_CLASS: element("UI", UPS_PUSH), _MESSAGE_ID: element("US", self.message_id),
-                 _INSTANCE: element("UI", self.uid), _EVENT_TYPE: element("US", self.type)}
-        frame.update(self.info)
-        return frame
-
-
-class Lease:
-    """Who delivers an AE's events on one transport, across all gateway processes."""
-
-    def __init__(self, store: RedisStore, transport: str, ae: str, ttl_ms: int = 10000):
-        self.redis = store.redis
-        self.key = f"{store.p}own:{transport}:{ae}"
-        self.owner = uuid.uuid4().hex
-        self.ttl_ms = ttl_ms
-        self._script = store.redis.register_script(lua("lease.lua"))
-        self._release = store.redis.register_script(lua("release_lease.lua"))
-
-    async def hold(self, take: bool = False) -> bool:
-        return bool(await self._script(args=[self.key, self.owner, self.ttl_ms, "1" if take else "0"]))
-
-    async def release(self) -> None:
-        await self._release(args=[self.key, self.owner])  # only if still ours, atomically
-
-
-class QueueReader:
-    """One AE's position in its queue on one transport. ``take``/``advance`` are its parts of
-    the batched calls, with which a process-wide deliverer reads and acknowledges the queues of
-    many AEs at once (``read_queues``, ``advance_cursors``); ``pending``/``ack`` serve a reader
-    of its own (the DIMSE sender)."""
-
-    def __init__(self, store: RedisStore, transport: str, ae: str, lease: Lease):
-        self.store = store
-        self.transport = transport
-        self.ae = ae
-        self.lease = lease
-        self.queue_key = f"{store.p}q:{ae}".encode()
-        self.cursor_key = f"{store.p}cur:{transport}:{ae}"
-        self._owner = lease.owner.encode()
-        self._cursor: tuple[str, int] | None = None  # None: not read from Redis yet
-
-    def take(self, reply: tuple) -> tuple[list[QueuedEntry], int]:
-        """This AE's part of a ``read_queues`` reply: the entries and how many were lost before
-        the first of them. Raises ``LeaseLost`` when another reader now owns the AE."""
-        owner, items = reply
-        if owner != self._owner:
-            raise LeaseLost(self.ae)
-        entries = [_entry(i, fields) for i, fields in items]
-        lost = entries[0].n - self._cursor[1] - 1 if entries else 0
-        return entries, max(0, lost)
-
-    def advance(self, entry: QueuedEntry) -> list:
-        """Move past ``entry`` locally; returns this AE's part of ``cursor.lua``'s argument."""
-        self._cursor = (entry.id, entry.n)
-        return [self.ae, self.lease.owner, f"{entry.id} {entry.n}"]
-
-    async def pending(self, count: int = 100) -> tuple[list[QueuedEntry], int]:
-        """Up to ``count`` undelivered events, and how many were lost before the first of them.
-
-        Raises ``LeaseLost`` when another reader now owns this AE's delivery."""
-        [reply] = await read_queues(self.store, [self], count)
-        return self.take(reply)
-
-    async def ack(self, entry: QueuedEntry) -> bool:
-        """Mark ``entry`` (and everything before it) delivered; False if we lost the lease."""
-        [ok] = await advance_cursors(self.store, self.transport, [self.advance(entry)])
-        return ok
-
-    def forget(self) -> None:
-        """Re-read the cursor next time (after losing and regaining the lease)."""
-        self._cursor = None
-
-
-async def read_queues(store: RedisStore, readers: list[QueueReader],
-                      count: int) -> list[tuple]:
-    """The undelivered events of several AEs, with who holds each one's lease, in one round
-    trip: MGET of the leases and XREAD of all the queues from their cursors. Reading needs no
-    atomicity (the acknowledgement checks the lease again); plain commands rather than a script,
-    because a script's redis.call turns every stream entry into Lua values and back, which cost
-    Redis ≈1.4 ms for a hundred AEs against ≈0.4 ms (docs/performance.md, scenario 5).
-    Returns per reader (lease holder, [(entry id, fields)]) for its ``take``."""
-    unknown = [reader for reader in readers if reader._cursor is None]
-    if unknown:  # a new reader: where its transport's delivery of the AE stands
-        for reader, raw in zip(unknown, await store.redis.mget(
-                [reader.cursor_key for reader in unknown])):
-            entry_id, n = raw.decode().split() if raw else ("0-0", 0)
-            reader._cursor = (entry_id, int(n))
-    # XREAD takes each stream once: two channels for one AE (a takeover) go in separate reads.
-    reads: list[dict[bytes, str]] = []
-    placement = []
-    for reader in readers:
-        k = next((k for k, read in enumerate(reads) if reader.queue_key not in read), len(reads))
-        if k == len(reads):
-            reads.append({})
-        reads[k][reader.queue_key] = reader._cursor[0]
-        placement.append(k)
-    async with store.redis.pipeline(transaction=False) as pipe:
-        pipe.mget([reader.lease.key for reader in readers])
-        for read in reads:
-            pipe.xread(read, count=count)
-        owners, *results = await pipe.execute()
-    found = [dict(result) for result in results]  # per read: stream key → its new entries
-    return [(owner, found[k].get(reader.queue_key, []))
-            for reader, owner, k in zip(readers, owners, placement)]
-
-
-_advance_scripts: dict[int, object] = {}
-
-
-async def advance_cursors(store: RedisStore, transport: str, advances: list[list]) -> list[bool]:
-    """One ``cursor.lua`` call for several AEs (``QueueReader.advance`` results)."""
-    script = _advance_scripts.get(id(store.redis))
-    if script is None:
-        script = _advance_scripts[id(store.redis)] = store.redis.register_script(lua("cursor.lua"))
-    reply = await script(args=[store.p, transport, pack_for_lua(advances)])
-    return [bool(ok) for ok in reply]
-
 
 class LeaseLost(Exception):
     """Another reader (a newer WebSocket, another process) now delivers this AE's events."""
 
 
+class EventQueues:
+    """The event queues of one Redis: leases, cursors, batched reads and acknowledgements."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys):
+        self.redis = client
+        self.keys = keys
+        self._lease = scripts.script(client, "lease.lua")
+        self._release = scripts.script(client, "release_lease.lua")
+        self._cursor = scripts.script(client, "cursor.lua")
+
+    def reader(self, transport: str, ae: str, lease_ms: int) -> QueueReader:
+        return QueueReader(self, transport, ae, Lease(self.keys.lease(transport, ae), lease_ms))
+
+    async def hold(self, lease: Lease, take: bool = False) -> bool:
+        """Take or keep ``lease`` (``take``: even from another holder)."""
+        return bool(await self._lease(args=[lease.key, lease.owner, lease.ttl_ms,
+                                            "1" if take else "0"]))
+
+    async def release(self, lease: Lease) -> None:
+        await self._release(args=[lease.key, lease.owner])  # only if still ours, atomically
+
+    async def read(self, readers: list[QueueReader], count: int) -> list[tuple]:
+        """The undelivered events of several AEs, with who holds each one's lease, in one round
+        trip: MGET of the leases and XREAD of all the queues from their cursors. Reading needs
+        no atomicity (the acknowledgement checks the lease again); plain commands rather than a
+        script, because a script's redis.call turns every stream entry into Lua values and back
+        (≈1.4 ms of Redis for a hundred AEs against ≈0.4 ms: docs/performance.md, scenario 5).
+        Returns per reader (lease holder, [(entry id, fields)]) for its ``take``."""
+        unknown = [reader for reader in readers if reader.cursor is None]
+        if unknown:  # a new reader: where its transport's delivery of the AE stands
+            stored = await self.redis.mget([reader.cursor_key for reader in unknown])
+            for reader, raw in zip(unknown, stored):
+                entry_id, n = raw.decode().split() if raw else ("0-0", 0)
+                reader.cursor = (entry_id, int(n))
+        # XREAD takes each stream once: two readers of one AE (a takeover) go in separate reads.
+        reads: list[dict[bytes, str]] = []
+        placement = []
+        for reader in readers:
+            k = next((k for k, read in enumerate(reads) if reader.queue_key not in read),
+                     len(reads))
+            if k == len(reads):
+                reads.append({})
+            reads[k][reader.queue_key] = reader.cursor[0]
+            placement.append(k)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.mget([reader.lease.key for reader in readers])
+            for read in reads:
+                pipe.xread(read, count=count)
+            owners, *results = await pipe.execute()
+        found = [dict(result) for result in results]  # per read: stream key → its entries
+        return [(owner, found[k].get(reader.queue_key, []))
+                for reader, owner, k in zip(readers, owners, placement)]
+
+    async def advance(self, transport: str, advances: list[list]) -> list[bool]:
+        """Store the cursors of several AEs on one transport (``QueueReader.advance`` results),
+        each only if its reader still holds the lease: one ``cursor.lua`` call."""
+        reply = await self._cursor(args=[self.keys.prefix, transport, pack_for_lua(advances)])
+        return [bool(ok) for ok in reply]
+
+
+@dataclass
+class Lease:
+    key: str
+    ttl_ms: int
+    owner: str = ""
+
+    def __post_init__(self) -> None:
+        self.owner = self.owner or uuid.uuid4().hex
+
+
+class QueueReader:
+    """One AE's position in its queue on one transport. ``take``/``advance`` are its parts of
+    the batched calls with which a process-wide deliverer reads and acknowledges the queues of
+    many AEs at once; ``pending``/``ack`` serve a reader of its own (the DIMSE sender)."""
+
+    def __init__(self, queues: EventQueues, transport: str, ae: str, lease: Lease):
+        self.queues = queues
+        self.transport = transport
+        self.ae = ae
+        self.lease = lease
+        self.queue_key = queues.keys.queue(ae).encode()
+        self.cursor_key = queues.keys.cursor(transport, ae)
+        self._owner = lease.owner.encode()
+        self.cursor: tuple[str, int] | None = None  # (entry id, n) delivered; None: not read yet
+        self._offered: list[QueuedEntry] = []
+
+    # ---- events straight from the notification ------------------------------------------------
+
+    def offer(self, entries: list[QueuedEntry]) -> None:
+        """Keep events published for this AE; ``take_offered`` hands them out in order."""
+        offered = self._offered
+        offered.extend(entries)
+        if len(offered) > OFFERS_KEPT:  # a busy reader: it reads the stream when it gets to it
+            offered.clear()
+
+    def take_offered(self, count: int) -> list[QueuedEntry] | None:
+        """The offered events that follow the cursor without a gap (up to ``count``), or None
+        when they do not: then the stream must be read."""
+        offered, self._offered = self._offered, []
+        if self.cursor is None:
+            return None
+        delivered = self.cursor[1]
+        fresh = [entry for entry in offered if entry.n > delivered]
+        if not fresh or fresh[0].n != delivered + 1 or len(fresh) > count:
+            return None
+        if any(b.n != a.n + 1 for a, b in zip(fresh, fresh[1:])):
+            return None
+        return fresh
+
+    # ---- events read from the stream ----------------------------------------------------------
+
+    def take(self, reply: tuple) -> tuple[list[QueuedEntry], int]:
+        """This AE's part of an ``EventQueues.read`` reply: the entries and how many were lost
+        before the first of them. Raises ``LeaseLost`` when another reader owns the AE now."""
+        owner, items = reply
+        if owner != self._owner:
+            raise LeaseLost(self.ae)
+        entries = [_entry(i, fields) for i, fields in items]
+        lost = entries[0].n - self.cursor[1] - 1 if entries else 0
+        return entries, max(0, lost)
+
+    def advance(self, entry: QueuedEntry) -> list:
+        """Move past ``entry`` locally; returns this AE's part of ``EventQueues.advance``."""
+        self.cursor = (entry.id, entry.n)
+        return [self.ae, self.lease.owner, f"{entry.id} {entry.n}"]
+
+    async def pending(self, count: int = 100) -> tuple[list[QueuedEntry], int]:
+        """Up to ``count`` undelivered events, and how many were lost before the first of them
+        (offered ones when they follow the cursor, else read from the stream).
+
+        Raises ``LeaseLost`` when another reader now owns this AE's delivery."""
+        offered = self.take_offered(count)
+        if offered is not None:
+            return offered, 0
+        [reply] = await self.queues.read([self], count)
+        return self.take(reply)
+
+    async def ack(self, entry: QueuedEntry) -> bool:
+        """Mark ``entry`` (and everything before it) delivered; False if we lost the lease."""
+        [ok] = await self.queues.advance(self.transport, [self.advance(entry)])
+        return ok
+
+    def forget(self) -> None:
+        """Re-read the cursor next time (after losing and regaining the lease)."""
+        self.cursor = None
+        self._offered = []
+
+
 def _entry(entry_id: bytes, fields: dict) -> QueuedEntry:
     return QueuedEntry(entry_id.decode(), int(fields[b"n"]), int(fields[b"t"]),
                        fields[b"u"].decode(), fields[b"i"], int(fields[b"ts"]))
+
+
+def published_entries(events: list, entries: list) -> dict[str, list[QueuedEntry]]:
+    """A notification's events by AE (its two parts as the prelude's ``notify`` packs them)."""
+    made = [(int(t), uid.decode(), info, int(ts)) for t, uid, info, ts in events]
+    by_ae: dict[str, list[QueuedEntry]] = {}
+    for ae, entry_id, n, index in entries:
+        t, uid, info, ts = made[int(index) - 1]
+        by_ae.setdefault(ae.decode(), []).append(
+            QueuedEntry(entry_id.decode(), int(n), t, uid, info, ts))
+    return by_ae

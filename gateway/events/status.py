@@ -14,29 +14,63 @@ import logging
 import time
 import uuid
 
+import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.store.keys import Keys
 from gateway.ups import events as ev
+from gateway.ups.ports import SubscriptionStore, WorkitemStore
 from gateway.ups.uids import GLOBAL_SUBSCRIPTION
 
 log = logging.getLogger("gateway.events")
 
-_HEARTBEAT_S = 5.0
-_ALIVE_S = 15.0
+HEARTBEAT_SECONDS = 5.0
+ALIVE_SECONDS = 15.0
 
 
 class ServiceStatus:
-    def __init__(self, gateway):
-        self.gateway = gateway
-        self.redis = gateway.store.redis
-        self.key = f"{gateway.store.p}procs"
+    def __init__(self, client: aioredis.Redis, keys: Keys, workitems: WorkitemStore,
+                 subscriptions: SubscriptionStore):
+        self.redis = client
+        self.key = keys.processes()
+        self.workitems = workitems
+        self.subscriptions = subscriptions
         self.id = uuid.uuid4().hex
-        self._task: asyncio.Task | None = None
+        self._others_at_start: dict[str, float] = {}
 
-    async def _alive_count(self) -> int:
-        now = time.time()
-        await self.redis.zremrangebyscore(self.key, "-inf", now)
-        return int(await self.redis.zcard(self.key))
+    async def started(self) -> None:
+        """Join the cluster; announce RESTARTED if this process is the first of it."""
+        self._others_at_start = await self._others()
+        await self._beat()
+        if not self._others_at_start:
+            await self._announce_restarted()
+
+    async def heartbeat(self) -> None:
+        """Keep this process's entry alive until cancelled (a supervised task)."""
+        if self._others_at_start:
+            others, self._others_at_start = self._others_at_start, {}
+            await self._confirm_others(others)
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                await self._beat()
+            except RedisError as exc:
+                log.warning("heartbeat skipped: redis unavailable", extra={"error": str(exc)})
+
+    async def stopping(self) -> None:
+        """Leave the cluster; announce GOING DOWN if this process was the last of it."""
+        try:
+            await self.redis.zrem(self.key, self.id)
+            await self.redis.zremrangebyscore(self.key, "-inf", time.time())
+            if int(await self.redis.zcard(self.key)) > 0:
+                return
+            sent = await self._broadcast(ev.scp_status("GOING DOWN"))
+            log.info("SCP status GOING DOWN announced", extra={"recipients": sent})
+        except RedisError as exc:
+            log.warning("could not announce GOING DOWN", extra={"error": str(exc)})
+
+    async def _beat(self) -> None:
+        await self.redis.zadd(self.key, {self.id: time.time() + ALIVE_SECONDS})
 
     async def _others(self) -> dict[str, float]:
         """The other processes' heartbeat entries (id → expiry) that have not expired."""
@@ -45,29 +79,11 @@ class ServiceStatus:
         return {member.decode(): score for member, score in entries
                 if member.decode() != self.id}
 
-    async def started(self) -> None:
-        others = await self._others()
-        await self.redis.zadd(self.key, {self.id: time.time() + _ALIVE_S})
-        self._task = asyncio.create_task(self._heartbeat(others), name="heartbeat")
-        if not others:
-            await self._announce_restarted()
-
-    async def _announce_restarted(self) -> None:
-        store = self.gateway.store
-        subs = self.gateway.service.watch.subs
-        recipients = await subs.subscribers()
-        warm = await store.count_all() > 0 or bool(recipients)
-        list_status = "WARM START" if warm else "COLD START"
-        sent = await subs.broadcast(recipients, ev.SCP_STATUS_CHANGE, GLOBAL_SUBSCRIPTION,
-                                    ev.scp_status("RESTARTED", list_status))
-        log.info("SCP status RESTARTED announced", extra={"recipients": sent,
-                                                          "list_status": list_status})
-
     async def _confirm_others(self, others: dict[str, float]) -> None:
         """A process killed without stopping leaves its entry until it expires. If none of the
         processes seen at start refreshes its entry within a heartbeat, they are gone and this
         start is a restart of the service: announce RESTARTED after all."""
-        await asyncio.sleep(_HEARTBEAT_S + 1.0)
+        await asyncio.sleep(HEARTBEAT_SECONDS + 1.0)
         now = await self._others()
         stale = [member for member, expiry in others.items() if now.get(member, 0) <= expiry]
         if stale:
@@ -75,30 +91,16 @@ class ServiceStatus:
         if not [member for member in now if member not in stale]:
             await self._announce_restarted()
 
-    async def stopping(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        try:
-            await self.redis.zrem(self.key, self.id)
-            if await self._alive_count() > 0:
-                return
-            subs = self.gateway.service.watch.subs
-            sent = await subs.broadcast(await subs.subscribers(), ev.SCP_STATUS_CHANGE,
-                                        GLOBAL_SUBSCRIPTION, ev.scp_status("GOING DOWN"))
-            log.info("SCP status GOING DOWN announced", extra={"recipients": sent})
-        except RedisError as exc:
-            log.warning("could not announce GOING DOWN", extra={"error": str(exc)})
+    async def _announce_restarted(self) -> None:
+        recipients = await self.subscriptions.subscribers()
+        warm = await self.workitems.count() > 0 or bool(recipients)
+        list_status = "WARM START" if warm else "COLD START"
+        sent = await self._broadcast(ev.scp_status("RESTARTED", list_status), recipients)
+        log.info("SCP status RESTARTED announced", extra={"recipients": sent,
+                                                          "list_status": list_status})
 
-    async def _heartbeat(self, others: dict[str, float]) -> None:
-        if others:
-            try:
-                await self._confirm_others(others)
-            except RedisError as exc:
-                log.warning("could not check for a restart", extra={"error": str(exc)})
-        while True:
-            await asyncio.sleep(_HEARTBEAT_S)
-            try:
-                await self.redis.zadd(self.key, {self.id: time.time() + _ALIVE_S})
-            except RedisError:
-                pass
+    async def _broadcast(self, info, recipients: list[str] | None = None) -> int:
+        if recipients is None:
+            recipients = await self.subscriptions.subscribers()
+        return await self.subscriptions.broadcast(recipients, ev.SCP_STATUS_CHANGE,
+                                                  GLOBAL_SUBSCRIPTION, info)

@@ -1,5 +1,6 @@
-"""The aiohttp application: one dispatcher that recognises UPS-RS resources in any accepted
-spelling, a middleware that turns every failure into a clear HTTP answer, and /health."""
+"""The aiohttp application: one route table for the UPS-RS resources, reached in any accepted
+spelling (``paths``), a middleware that turns every failure into a clear HTTP answer, and /health.
+"""
 
 from __future__ import annotations
 
@@ -13,28 +14,44 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import logs
+from gateway.config import Rest
+from gateway.events.fanout import WebSocketFanout
 from gateway.rest import paths, subscriptions, workitems
 from gateway.rest.messages import error_response, problem
+from gateway.rest.state import FANOUT, HEALTH, ORIGIN, REQUEST_ID, SERVICE, SETTINGS, Health
 from gateway.ups.errors import UPSError
+from gateway.ups.service import UPSService
 
 log = logging.getLogger("gateway.rest")
 _request_ids = itertools.count(1)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.Request, paths.Resource], Awaitable[web.StreamResponse]]
+
+# Resource kind (``paths.Resource.kind``) → method → handler.
+ROUTES: dict[str, dict[str, Handler]] = {
+    "workitems": {"POST": workitems.create, "GET": workitems.search},
+    "workitem": {"GET": workitems.retrieve, "POST": workitems.update, "PUT": workitems.update},
+    "state": {"PUT": workitems.change_state, "POST": workitems.change_state},
+    "cancelrequest": {"POST": workitems.request_cancel},
+    "subscription": {"POST": subscriptions.subscribe, "DELETE": subscriptions.unsubscribe,
+                     "GET": subscriptions.channel_at_subscription},
+    "suspend": {"POST": subscriptions.suspend},
+    "channel": {"GET": subscriptions.channel},
+}
 
 
 @web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request["id"] = rid = f"r{next(_request_ids)}"
+async def errors_middleware(request: web.Request, handler) -> web.StreamResponse:
+    request[REQUEST_ID] = rid = f"r{next(_request_ids)}"
     logs.bind(request=rid, peer=request.remote)
     started = time.perf_counter()
     try:
         response = await handler(request)
     except UPSError as error:
         response = error_response(request, error)
-    except web.HTTPRequestEntityTooLarge as exc:
+    except web.HTTPRequestEntityTooLarge:
         response = problem(request, 413, f"the request body exceeds the limit of "
-                           f"{request.app['config'].rest.max_body_bytes} bytes")
+                           f"{request.app[SETTINGS].max_body_bytes} bytes")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -56,63 +73,42 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
-    base = request.app["config"].rest.base_path
+    base = request.app[SETTINGS].base_path
     resource = paths.parse(request.path, base)
-    method = request.method
     if resource is None:
         raise web.HTTPNotFound(text=f"no UPS-RS resource at {request.path}; the worklist is at "
                                f"{base}/workitems")
-    kind, uid, ae = resource.kind, resource.uid, resource.ae
-    extra = request.app.get("extra_routes", {})
-    if kind == "workitems":
-        if method == "POST":
-            return await workitems.create(request)
-        if method == "GET":
-            return await workitems.search(request)
-        allowed = "GET, POST"
-    elif kind == "workitem":
-        if method == "GET":
-            return await workitems.retrieve(request, uid)
-        if method in ("POST", "PUT"):
-            return await workitems.update(request, uid)
-        allowed = "GET, POST, PUT"
-    elif kind == "state":
-        if method in ("PUT", "POST"):
-            return await workitems.change_state(request, uid, ae)
-        allowed = "PUT"
-    elif kind == "cancelrequest":
-        if method == "POST":
-            return await workitems.request_cancel(request, uid, ae)
-        allowed = "POST"
-    elif kind in extra:
-        return await extra[kind](request, resource)
-    else:
-        raise web.HTTPNotImplemented(text=f"{kind} is not available on this gateway")
-    raise web.HTTPMethodNotAllowed(method, allowed.split(", "),
-                                   text=f"{method} is not allowed here; use {allowed}")
+    methods = ROUTES[resource.kind]
+    handler = methods.get(request.method)
+    if handler is None:
+        allowed = list(methods)
+        raise web.HTTPMethodNotAllowed(request.method, allowed, text=f"{request.method} is not "
+                                       f"allowed here; use {', '.join(allowed)}")
+    return await handler(request, resource)
 
 
-def create_app(gateway) -> web.Application:
-    """The REST/WebSocket front end of ``gateway`` (a ``gateway.app.Gateway``)."""
-    config = gateway.config
-    app = web.Application(client_max_size=config.rest.max_body_bytes,
+def create_app(settings: Rest, service: UPSService, fanout: WebSocketFanout,
+               health: Health) -> web.Application:
+    """The REST/WebSocket front end: UPS-RS on ``service``, event channels on ``fanout``,
+    /health answered by ``health()``."""
+    app = web.Application(client_max_size=settings.max_body_bytes,
                           middlewares=[errors_middleware])
-    app["config"] = config
-    app["service"] = gateway.service
-    app["gateway"] = gateway
-    app["public_origin"] = _origin_function(config.rest.public_url)
-    app["extra_routes"] = dict(subscriptions.ROUTES)
-    app.router.add_get("/health", health)
+    app[SETTINGS] = settings
+    app[SERVICE] = service
+    app[FANOUT] = fanout
+    app[HEALTH] = health
+    app[ORIGIN] = _origin_function(settings.public_url)
+    app.router.add_get("/health", health_route)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
 
 
-async def health(request: web.Request) -> web.Response:
-    report = await request.app["gateway"].health()
+async def health_route(request: web.Request) -> web.Response:
+    report = await request.app[HEALTH]()
     return web.json_response(report, status=200 if report["status"] == "ok" else 503)
 
 
-def _origin_function(public_url: str | None):
+def _origin_function(public_url: str | None) -> Callable[[web.Request], str]:
     if public_url:
         origin = public_url.rstrip("/")
         return lambda request: origin

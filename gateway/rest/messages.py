@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.rest.state import ORIGIN, SETTINGS
 from gateway.ups import status as st
 from gateway.ups.dataset import Dataset, normalize
 from gateway.ups.errors import InvalidDataset, UPSError
@@ -32,7 +33,7 @@ _STATE_CODES = (st.MAY_NO_LONGER_BE_UPDATED, st.ALREADY_IN_PROGRESS, st.ONLY_CRE
 
 def service_url(request: web.Request) -> str:
     """The origin server's base URI, ``<service>`` in Warning headers."""
-    return request.app["public_origin"](request) + request.app["config"].rest.base_path
+    return request.app[ORIGIN](request) + request.app[SETTINGS].base_path
 
 
 def warning(request: web.Request, text: str) -> str:
@@ -74,7 +75,7 @@ async def read_dataset(request: web.Request, *, optional: bool = False) -> Datas
 
 
 async def read_json(request: web.Request, *, optional: bool = False) -> Any:
-    limit = request.app["config"].rest.max_body_bytes
+    limit = request.app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
     raw = await request.read()  # aiohttp enforces client_max_size on chunked bodies too

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.events.websocket import channel
+from gateway.rest import websocket
 from gateway.rest.messages import problem, service_url
 from gateway.rest.paths import Resource
-from gateway.ups import matching
+from gateway.rest.query import filter_terms
+from gateway.rest.state import FANOUT, SERVICE
 from gateway.ups.errors import InvalidQuery
 from gateway.ups.uids import FILTERED_GLOBAL_SUBSCRIPTION
-
-_NOT_FILTER = {"deletionlock", "filter", "accept", "charset"}
 
 
 def channel_url(request: web.Request, ae: str) -> str:
@@ -27,59 +26,35 @@ def _lock(request: web.Request) -> bool:
     return value == "true"
 
 
-def _filter(request: web.Request, uid: str) -> dict | None:
-    """Filter keys, as ``filter=Key=Value,Key=Value`` and/or plain ``Key=Value`` parameters."""
-    pairs: list[tuple[str, str]] = []
-    for name, value in request.query.items():
-        if name.lower() == "filter":
-            for part in filter(None, value.split(",")):
-                key, sep, val = part.partition("=")
-                if not sep:
-                    raise InvalidQuery(f"filter: {part!r} is not Key=Value")
-                if not matching.from_params([(key.strip(), val)]).keys:
-                    # Plain unknown parameters are ignored, but a key named in filter= that is
-                    # no attribute would silently widen the subscription to every workitem.
-                    raise InvalidQuery(f"filter: {key.strip()!r} is not a UPS attribute "
-                                       "keyword or tag")
-                pairs.append((key.strip(), val))
-        elif name.lower() not in _NOT_FILTER and uid == FILTERED_GLOBAL_SUBSCRIPTION:
-            pairs.append((name, value))
-    if not pairs:
-        return None
-    matching.from_params(pairs)  # validate now: a bad key is the subscriber's 400, not later
-    return matching.filter_spec(pairs)
+async def subscribe(request: web.Request, resource: Resource) -> web.StreamResponse:
+    lock = _lock(request)
+    terms = filter_terms(list(request.query.items()),
+                         filtered=resource.uid == FILTERED_GLOBAL_SUBSCRIPTION)
+    await request.app[SERVICE].subscribe(resource.uid, resource.ae, lock, terms)
+    url = channel_url(request, resource.ae)
+    return web.Response(status=201, headers={"Location": url, "Content-Location": url})
 
 
-async def subscription(request: web.Request, resource: Resource) -> web.StreamResponse:
-    uid, ae = resource.uid, resource.ae
-    service = request.app["service"]
-    if request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket":
-        return await channel(request, ae)
-    if request.method == "POST":
-        await service.subscribe(uid, ae, _lock(request), _filter(request, uid))
-        url = channel_url(request, ae)
-        return web.Response(status=201, headers={"Location": url, "Content-Location": url})
-    if request.method == "DELETE":
-        outcome = await service.unsubscribe(uid, ae)
-        if not outcome.found:
-            return problem(request, 404, outcome.message)
-        return web.Response(status=200)
-    raise web.HTTPMethodNotAllowed(request.method, ["POST", "DELETE"])
-
-
-async def suspend(request: web.Request, resource: Resource) -> web.StreamResponse:
-    if request.method != "POST":
-        raise web.HTTPMethodNotAllowed(request.method, ["POST"])
-    outcome = await request.app["service"].suspend(resource.uid, resource.ae)
+async def unsubscribe(request: web.Request, resource: Resource) -> web.StreamResponse:
+    outcome = await request.app[SERVICE].unsubscribe(resource.uid, resource.ae)
     if not outcome.found:
         return problem(request, 404, outcome.message)
     return web.Response(status=200)
 
 
-async def open_channel(request: web.Request, resource: Resource) -> web.StreamResponse:
-    if request.method != "GET":
-        raise web.HTTPMethodNotAllowed(request.method, ["GET"])
-    return await channel(request, resource.ae)
+async def suspend(request: web.Request, resource: Resource) -> web.StreamResponse:
+    outcome = await request.app[SERVICE].suspend(resource.uid, resource.ae)
+    if not outcome.found:
+        return problem(request, 404, outcome.message)
+    return web.Response(status=200)
 
 
-ROUTES = {"subscription": subscription, "suspend": suspend, "channel": open_channel}
+async def channel(request: web.Request, resource: Resource) -> web.StreamResponse:
+    return await websocket.open_channel(request, request.app[FANOUT], resource.ae)
+
+
+async def channel_at_subscription(request: web.Request, resource: Resource) -> web.StreamResponse:
+    """The event channel opened at the subscription's own URL (a WebSocket upgrade only)."""
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        raise web.HTTPMethodNotAllowed(request.method, ["POST", "DELETE"])
+    return await channel(request, resource)

@@ -8,7 +8,9 @@ from multidict import CIMultiDict
 
 from gateway.rest.messages import (DICOM_JSON, check_accept, json_response, read_dataset,
                                    service_url, warning)
-from gateway.ups import matching
+from gateway.rest.paths import Resource
+from gateway.rest.query import search_query
+from gateway.rest.state import REQUESTER, SERVICE
 from gateway.ups import status as st
 from gateway.ups import tags as t
 from gateway.ups.dataset import first, is_uid
@@ -20,7 +22,7 @@ UPDATED_WITH_MODIFICATIONS = "The Workitem was updated with modifications."
 
 
 def _service(request: web.Request) -> UPSService:
-    return request.app["service"]
+    return request.app[SERVICE]
 
 
 def workitem_url(request: web.Request, uid: str) -> str:
@@ -53,13 +55,13 @@ def _requester(request: web.Request, from_path: str | None) -> str | None:
     return from_path or request.query.get("requester") or None
 
 
-async def create(request: web.Request) -> web.Response:
+async def create(request: web.Request, resource: Resource) -> web.Response:
     ds = await read_dataset(request)
     sources = _query_uids(request, ("workitem", "affectedsopinstanceuid"))
     if uid_in_payload := first(ds, t.SOPInstanceUID):
-        sources.append((f"payload SOPInstanceUID", uid_in_payload))
+        sources.append(("payload SOPInstanceUID", uid_in_payload))
     uid = _one_uid(sources, "workitem UID")
-    outcome = await _service(request).create(ds, uid, requester=request.get("ae"))
+    outcome = await _service(request).create(ds, uid, requester=request.get(REQUESTER))
     location = workitem_url(request, outcome.uid)
     headers = {"Location": location, "Content-Location": location}
     if outcome.status == st.CREATED_WITH_MODIFICATIONS:
@@ -68,13 +70,15 @@ async def create(request: web.Request) -> web.Response:
     return web.Response(status=201, headers=headers)
 
 
-async def retrieve(request: web.Request, uid: str) -> web.Response:
+async def retrieve(request: web.Request, resource: Resource) -> web.Response:
     check_accept(request)
+    uid = resource.uid
     ds = await _service(request).retrieve(uid)
     return json_response([ds], headers={"Content-Location": workitem_url(request, uid)})
 
 
-async def update(request: web.Request, uid: str) -> web.Response:
+async def update(request: web.Request, resource: Resource) -> web.Response:
+    uid = resource.uid
     mods = await read_dataset(request)
     sources = _query_uids(request, ("transaction-uid", "transaction", "transactionuid"))
     if tx_in_payload := first(mods, t.TransactionUID):
@@ -83,14 +87,15 @@ async def update(request: web.Request, uid: str) -> web.Response:
         tx = _one_uid(sources, "Transaction UID")
     except InvalidDataset as exc:
         raise UPSError(st.WRONG_TRANSACTION_UID, exc.message, reason="incorrect") from None
-    outcome = await _service(request).update(uid, mods, tx, requester=request.get("ae"))
+    outcome = await _service(request).update(uid, mods, tx, requester=request.get(REQUESTER))
     headers = {"Content-Location": workitem_url(request, uid)}
     if outcome.modifications:
         headers["Warning"] = warning(request, UPDATED_WITH_MODIFICATIONS)
     return web.Response(status=200, headers=headers)
 
 
-async def change_state(request: web.Request, uid: str, requester: str | None) -> web.Response:
+async def change_state(request: web.Request, resource: Resource) -> web.Response:
+    uid, requester = resource.uid, resource.ae
     info = await read_dataset(request)
     state = first(info, t.ProcedureStepState)
     if t.ProcedureStepState not in info:
@@ -106,22 +111,23 @@ async def change_state(request: web.Request, uid: str, requester: str | None) ->
     return web.Response(status=200, headers=headers)
 
 
-async def request_cancel(request: web.Request, uid: str, requester: str | None) -> web.Response:
+async def request_cancel(request: web.Request, resource: Resource) -> web.Response:
+    uid, requester = resource.uid, resource.ae
     info = await read_dataset(request, optional=True)
     outcome = await _service(request).request_cancel(
-        uid, info, requester=_requester(request, requester) or request.get("ae"))
+        uid, info, requester=_requester(request, requester) or request.get(REQUESTER))
     headers = {"Content-Location": workitem_url(request, uid)}
     if outcome.status != st.SUCCESS:
         headers["Warning"] = warning(request, outcome.message)
     return web.Response(status=202, headers=headers)
 
 
-async def search(request: web.Request) -> web.Response:
+async def search(request: web.Request, resource: Resource) -> web.Response:
     check_accept(request)
     settings = _service(request).settings
-    query = matching.from_params(list(request.query.items()), default_tz=settings.timezone,
-                                 default_limit=settings.search_default_limit,
-                                 max_limit=settings.search_max_limit)
+    query = search_query(list(request.query.items()), tz=settings.timezone,
+                         default_limit=settings.search_default_limit,
+                         max_limit=settings.search_max_limit)
     result = await _service(request).search(query)
     headers = CIMultiDict()
     for name, text in _UNSUPPORTED_MATCHING.items():

@@ -15,16 +15,16 @@
 local p, uid, key = ARGV[1], ARGV[2], KEYS[1]
 local current = tonumber(redis.call('HGET', key, 'v') or '0')
 if current ~= tonumber(ARGV[3]) then return {0, current} end
-if current == 0 and redis.call('EXISTS', p .. 'gone:' .. uid) == 1 then return {2} end
-if ARGV[11] ~= '' and (redis.call('GET', p .. 'gver') or '0') ~= ARGV[11] then
+if current == 0 and redis.call('EXISTS', k_tombstone(p, uid)) == 1 then return {2} end
+if ARGV[11] ~= '' and (redis.call('GET', k_globals_version(p)) or '0') ~= ARGV[11] then
   return {0, current}
 end
 
-local subs_key = p .. 'subs:' .. uid
+local subs_key = k_subscribers_of(p, uid)
 for _, sub in ipairs(cmsgpack.unpack(ARGV[12])) do
   redis.call('HSET', subs_key, sub[1], sub[2])
-  redis.call('SADD', p .. 'aesubs:' .. sub[1], uid)
-  redis.call('SADD', p .. 'subscribers', sub[1])
+  redis.call('SADD', k_subscriptions_of(p, sub[1]), uid)
+  redis.call('SADD', k_subscribers(p), sub[1])
 end
 
 local events = cmsgpack.unpack(ARGV[13])
@@ -47,25 +47,26 @@ local version = current + 1
 if ARGV[4] ~= '' then
   local old = redis.call('HGET', key, 'ix')
   if old then
-    for _, name in ipairs(cmsgpack.unpack(old)) do redis.call('ZREM', p .. 'ix:' .. name, uid) end
+    for _, name in ipairs(cmsgpack.unpack(old)) do redis.call('ZREM', k_index(p, name), uid) end
   end
   local score = ARGV[8]
   redis.call('HSET', key, 'd', ARGV[4], 's', ARGV[5], 'ix', ARGV[9], 'sc', score, 'sr', ARGV[16])
   for _, name in ipairs(cmsgpack.unpack(ARGV[9])) do
-    redis.call('ZADD', p .. 'ix:' .. name, score, uid)
+    redis.call('ZADD', k_index(p, name), score, uid)
   end
   if ARGV[6] ~= '' then redis.call('HSET', key, 'tx', ARGV[6]) else redis.call('HDEL', key, 'tx') end
   if ARGV[7] ~= '' then redis.call('HSET', key, 'pa', ARGV[7]) else redis.call('HDEL', key, 'pa') end
   if ARGV[10] ~= '' then
     redis.call('HSET', key, 'ft', ARGV[10])
-    redis.call('ZADD', p .. 'final', ARGV[10], uid)
+    redis.call('ZADD', k_final(p), ARGV[10], uid)
   end
 end
 redis.call('HSET', key, 'v', version)
 
 for i, ev in ipairs(events) do
+  local event = new_event(ev[1], uid, ev[2], ARGV[15])
   for _, ae in ipairs(recipients[i]) do
-    enqueue(p, ae, ARGV[14], ARGV[15], ev[1], uid, ev[2])
+    enqueue(p, ae, ARGV[14], event)
   end
 end
 notify(p)

@@ -6,12 +6,12 @@
 local p, transport = ARGV[1], ARGV[2]
 local advances = cmsgpack.unpack(ARGV[3])
 local leases = {}
-for i, advance in ipairs(advances) do leases[i] = p .. 'own:' .. transport .. ':' .. advance[1] end
+for i, advance in ipairs(advances) do leases[i] = k_lease(p, transport, advance[1]) end
 local owners = redis.call('MGET', unpack(leases))
 local set, out = {}, {}
 for i, advance in ipairs(advances) do
   if owners[i] == advance[2] then
-    set[#set + 1] = p .. 'cur:' .. transport .. ':' .. advance[1]
+    set[#set + 1] = k_cursor(p, transport, advance[1])
     set[#set + 1] = advance[3]
     out[i] = 1
   else

@@ -1,33 +1,23 @@
 """Secondary indexes: which sorted sets a workitem belongs to, and which one answers a query.
 
-Every index is a sorted set of workitem UIDs scored by Scheduled Procedure Step Start DateTime
-(epoch seconds); equal scores sort by UID, which is exactly the search order. The common worklist
-queries are answered from one index with ZCOUNT/ZRANGEBYSCORE, never by scanning every workitem;
-keys the chosen index does not cover filter its candidates.
+Every index is a sorted set of workitem UIDs scored by ``matching.search_order`` (Scheduled
+Procedure Step Start DateTime); equal scores sort by UID, which is exactly the search order. The
+common worklist queries are answered from one index with ZCOUNT/ZRANGEBYSCORE, never by scanning
+every workitem; keys the chosen index does not cover filter its candidates.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timezone
 
 from gateway.ups import tags as t
 from gateway.ups.dataset import Dataset, first, items, values
-from gateway.ups.dicomtime import UTC, dt_period
 from gateway.ups.matching import Key, Query, SeqKey
 
 # Code-sequence indexes: (sequence tag, index prefix).
 _CODE_INDEXES = ((t.ScheduledStationNameCodeSequence, "sta"),
                  (t.ScheduledStationClassCodeSequence, "cls"),
                  (t.ScheduledStationGeographicLocationCodeSequence, "loc"))
-
-
-def score(ds: Dataset, tz: timezone = UTC) -> float:
-    start = first(ds, t.ScheduledProcedureStepStartDateTime)
-    try:
-        return dt_period(start, tz)[0] if start else 0.0
-    except ValueError:
-        return 0.0
 
 
 def index_names(ds: Dataset) -> list[str]:

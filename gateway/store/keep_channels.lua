@@ -7,11 +7,11 @@ local p, ttl, expiry = ARGV[1], ARGV[2], ARGV[3]
 local out = {}
 for _, channel in ipairs(cmsgpack.unpack(ARGV[4])) do
   local ae, owner = channel[1], channel[2]
-  local lease = p .. 'own:ws:' .. ae
+  local lease = k_lease(p, 'ws', ae)
   local holder = redis.call('GET', lease)
   if holder == owner or holder == false then
     redis.call('SET', lease, owner, 'PX', ttl)
-    redis.call('ZADD', p .. 'chan:' .. ae, expiry, channel[3])
+    redis.call('ZADD', k_channels(p, ae), expiry, channel[3])
     out[#out + 1] = 1
   else
     out[#out + 1] = 0

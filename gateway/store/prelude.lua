@@ -1,23 +1,30 @@
--- Shared by every script (prepended when loaded): queue one event for one subscriber AE.
+-- Shared by every script (prepended when loaded, after the key functions): queue events.
 -- Each AE's queue is a bounded stream; 'n' numbers its events so a reader can tell when the
--- bound dropped some it never saw. Subscribers to wake are collected and announced with a single
--- PUBLISH (newline-separated AE titles) by notify() at the end of the script.
-local notified, notify_list = {}, {}
+-- bound dropped some it never saw. What was queued is announced with a single PUBLISH at the end
+-- of the script (notify): the events themselves, once each, and per AE which stream entry holds
+-- which event, so that a deliverer can send them without reading the stream.
+local published_events, published_entries, queued = {}, {}, {}
 
-local function enqueue(p, ae, backlog, now, event_type, uid, info)
-  local n = redis.call('INCR', p .. 'qseq:' .. ae)
-  redis.call('XADD', p .. 'q:' .. ae, 'MAXLEN', backlog, '*',
-             'n', n, 't', event_type, 'u', uid, 'i', info, 'ts', now)
-  if not notified[ae] then
-    notified[ae] = true
-    table.insert(notify_list, ae)
-    redis.call('SADD', p .. 'queues', ae)
+-- One event (its information already msgpack'd); returns its handle for enqueue.
+local function new_event(event_type, uid, info, now)
+  table.insert(published_events, {tonumber(event_type), uid, info, tonumber(now)})
+  return #published_events
+end
+
+local function enqueue(p, ae, backlog, event)
+  local e = published_events[event]
+  local n = redis.call('INCR', k_queue_seq(p, ae))
+  local id = redis.call('XADD', k_queue(p, ae), 'MAXLEN', backlog, '*',
+                        'n', n, 't', e[1], 'u', e[2], 'i', e[3], 'ts', e[4])
+  table.insert(published_entries, {ae, id, n, event})
+  if not queued[ae] then
+    queued[ae] = true
+    redis.call('SADD', k_queues(p), ae)
   end
 end
 
 local function notify(p)
-  if #notify_list > 0 then
-    redis.call('PUBLISH', p .. 'notify', table.concat(notify_list, '\n'))
+  if #published_entries > 0 then
+    redis.call('PUBLISH', k_notify(p), cmsgpack.pack({published_entries, published_events}))
   end
 end
-

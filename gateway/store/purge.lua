@@ -5,24 +5,24 @@
 -- Returns the purged UIDs.
 local p = ARGV[1]
 local purged = {}
-for _, uid in ipairs(redis.call('ZRANGEBYSCORE', p .. 'final', '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])) do
-  local subs_key = p .. 'subs:' .. uid
+for _, uid in ipairs(redis.call('ZRANGEBYSCORE', k_final(p), '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])) do
+  local subs_key = k_subscribers_of(p, uid)
   local locked = false
   for _, lock in ipairs(redis.call('HVALS', subs_key)) do
     if lock == '1' then locked = true; break end
   end
   if locked then
-    redis.call('ZADD', p .. 'final', ARGV[5], uid)  -- look again after another retention period
+    redis.call('ZADD', k_final(p), ARGV[5], uid)  -- look again after another retention period
   else
-    local key = p .. 'wi:' .. uid
+    local key = k_workitem(p, uid)
     local ix = redis.call('HGET', key, 'ix')
     if ix then
-      for _, name in ipairs(cmsgpack.unpack(ix)) do redis.call('ZREM', p .. 'ix:' .. name, uid) end
+      for _, name in ipairs(cmsgpack.unpack(ix)) do redis.call('ZREM', k_index(p, name), uid) end
     end
-    for _, ae in ipairs(redis.call('HKEYS', subs_key)) do redis.call('SREM', p .. 'aesubs:' .. ae, uid) end
+    for _, ae in ipairs(redis.call('HKEYS', subs_key)) do redis.call('SREM', k_subscriptions_of(p, ae), uid) end
     redis.call('DEL', key, subs_key)
-    redis.call('ZREM', p .. 'final', uid)
-    redis.call('SET', p .. 'gone:' .. uid, '1', 'EX', ARGV[4])
+    redis.call('ZREM', k_final(p), uid)
+    redis.call('SET', k_tombstone(p, uid), '1', 'EX', ARGV[4])
     table.insert(purged, uid)
   end
 end

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, Hashable
 
-from gateway.store.redis_store import RawDataset, render, unpack_raw
+from gateway.store.codec import RawDataset, render, unpack_raw
 
 Projector = Callable[[RawDataset], RawDataset]
 

@@ -6,16 +6,16 @@ local p, ae = ARGV[1], ARGV[2]
 local count = 0
 for i = 7, #ARGV do
   local uid = ARGV[i]
-  local key = p .. 'wi:' .. uid
+  local key = k_workitem(p, uid)
   if redis.call('EXISTS', key) == 1 then
-    redis.call('HSETNX', p .. 'subs:' .. uid, ae, ARGV[3])
-    redis.call('SADD', p .. 'aesubs:' .. ae, uid)
+    redis.call('HSETNX', k_subscribers_of(p, uid), ae, ARGV[3])
+    redis.call('SADD', k_subscriptions_of(p, ae), uid)
     if ARGV[4] == '1' then
-      enqueue(p, ae, ARGV[5], ARGV[6], 1, uid, redis.call('HGET', key, 'sr'))
+      enqueue(p, ae, ARGV[5], new_event(1, uid, redis.call('HGET', key, 'sr'), ARGV[6]))
     end
     count = count + 1
   end
 end
-redis.call('SADD', p .. 'subscribers', ae)
+redis.call('SADD', k_subscribers(p), ae)
 notify(p)
 return count

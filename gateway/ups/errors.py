@@ -42,3 +42,10 @@ class WorkitemGone(UPSError):
 class InvalidQuery(UPSError):
     def __init__(self, message: str):
         super().__init__(st.INVALID_ATTRIBUTE_VALUE, message)
+
+
+class Contention(UPSError):
+    """Every decision of an operation was overtaken by other writers (``until_committed``)."""
+
+    def __init__(self, uid: str):
+        super().__init__(st.PROCESSING_FAILURE, f"Workitem {uid} is changing too fast; try again")

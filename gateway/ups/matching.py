@@ -1,7 +1,9 @@
 """Matching of workitems against a query (PS3.4 C.2.2.2, CC.2.8.3; digest §5; decisions.md).
 
-A ``Query`` is built once by an adapter — from UPS-RS query parameters (``from_params``) or from a
-C-FIND identifier (``from_identifier``) — and then matched against canonical datasets. Supported:
+A ``Query`` is built once by an adapter — term by term (``add_term``: the REST adapter parses
+UPS-RS query parameters into terms), from a C-FIND identifier in canonical form
+(``from_identifier``) or from a stored filter (``from_terms``) — and then matched against
+canonical datasets. Supported:
 universal, single value, wild card (* ?), list of UID, DA/DT/TM ranges with open ends, sequence
 matching (all keys of one query item must match within one item of the target), and fuzzy
 (case- and accent-insensitive prefix) matching of person names.
@@ -16,9 +18,9 @@ from datetime import timezone
 from typing import Union
 
 from gateway.ups import tags as t
-from gateway.ups.dataset import (STRING_VRS, Dataset, describe, dictionary_vr, person_name, resolve,
-                                 select, values)
-from gateway.ups.dicomtime import UTC, parse_offset, period
+from gateway.ups.dataset import (STRING_VRS, Dataset, describe, dictionary_vr, first, person_name,
+                                 resolve, select, values)
+from gateway.ups.dicomtime import UTC, dt_period, parse_offset, period
 from gateway.ups.errors import InvalidQuery
 
 WILDCARD_VRS = frozenset("AE CS LO LT PN SH ST UC UR UT".split())
@@ -115,6 +117,16 @@ class Query:
         return node.value if isinstance(node, Key) and node.kind == "single" else None
 
 
+def search_order(ds: Dataset, tz: timezone = UTC) -> float:
+    """Where a workitem sorts in every search answer: by Scheduled Procedure Step Start
+    DateTime (epoch seconds; 0 when absent or unreadable), equal times by SOP Instance UID."""
+    start = first(ds, t.ScheduledProcedureStepStartDateTime)
+    try:
+        return dt_period(start, tz)[0] if start else 0.0
+    except ValueError:
+        return 0.0
+
+
 # ---- building queries ---------------------------------------------------------------------
 
 def build_key(path: list[str], raw: str, tz: timezone, top_level: bool = True) -> tuple[str, Node]:
@@ -196,51 +208,11 @@ def merge(keys: dict[str, Node], tag: str, node: Node, name: str) -> None:
         raise InvalidQuery(f"{name}: the same attribute may be given only once")
 
 
-def from_params(params: list[tuple[str, str]], *, default_tz: timezone = UTC,
-                default_limit: int = 100, max_limit: int = 1000) -> Query:
-    """Build a query from UPS-RS Search parameters (names compared case-insensitively)."""
-    query = Query(limit=default_limit, store_tz=default_tz)
-    matches: list[tuple[str, str]] = []
-    tz = default_tz
-    for name, value in params:
-        lower = name.lower()
-        if lower == "includefield":
-            for field_name in filter(None, (f.strip() for f in value.split(","))):
-                if field_name.lower() == "all":
-                    query.include_all = True
-                    continue
-                try:
-                    query.include.add(_resolve_path(field_name)[0])
-                except KeyError:
-                    raise InvalidQuery(f"includefield: {field_name!r} is not a DICOM attribute "
-                                       "keyword or tag") from None
-        elif lower == "fuzzymatching":
-            query.fuzzy = _boolean(name, value)
-        elif lower in ("offset", "limit"):
-            number = _count(name, value)
-            if lower == "offset":
-                query.offset = number
-            else:
-                query.limit = min(number, max_limit) if number else default_limit
-        elif lower in ("emptyvaluematching", "multiplevaluematching"):
-            _boolean(name, value)
-        elif lower in ("accept", "charset", "requester"):
-            continue
-        elif name in ("TimezoneOffsetFromUTC", "00080201"):
-            try:
-                tz = parse_offset(value, default_tz)
-            except ValueError:
-                raise InvalidQuery(f"TimezoneOffsetFromUTC: {value!r} is not +HHMM/-HHMM") from None
-        else:
-            matches.append((name, value))
-    for name, value in matches:
-        try:
-            path = _resolve_path(name)
-        except KeyError:
-            continue  # unknown query parameters are ignored (PS3.18 8.3.4)
-        tag, node = build_key(path, value, tz)
-        merge(query.keys, tag, node, name)
-    return query
+def add_term(query: Query, path: list[str], raw: str, tz: timezone, name: str) -> None:
+    """Add the matching key ``path`` (tag keys, outermost first) = ``raw`` to ``query``; keys
+    on the same sequence share one item. ``name`` is how the client spelled it (for messages)."""
+    tag, node = build_key(path, raw, tz)
+    merge(query.keys, tag, node, name)
 
 
 def from_identifier(identifier: Dataset, *, default_tz: timezone = UTC) -> Query:
@@ -280,22 +252,6 @@ def _identifier_text(elem: dict) -> str:
     if elem.get("vr") == "PN":
         vals = [person_name(v) for v in vals]
     return "\\".join(str(v) for v in vals)
-
-
-def _resolve_path(name: str) -> list[str]:
-    return [resolve(part) for part in name.split(".")]
-
-
-def _boolean(name: str, value: str) -> bool:
-    if value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise InvalidQuery(f"{name}: {value!r} must be true or false")
-
-
-def _count(name: str, value: str) -> int:
-    if not value.isdigit():
-        raise InvalidQuery(f"{name}: {value!r} must be a non-negative integer")
-    return int(value)
 
 
 # ---- matching ------------------------------------------------------------------------------
@@ -349,14 +305,55 @@ def _fold(text: str) -> str:
 
 # ---- stored filters (Filtered Global Subscription) -------------------------------------------
 
-def filter_spec(params: list[tuple[str, str]] | None = None,
-                identifier: Dataset | None = None) -> dict:
-    """A filter as stored with a filtered global subscription: the UPS-RS parameters or the
-    DIMSE identifier it came from, rebuilt into a Query with ``from_spec``."""
-    return {"params": [list(p) for p in params]} if params is not None else {"identifier": identifier}
+# A filter is stored as its matching terms, [path, text] pairs ("0040A370.00080050", "ACC1";
+# a TimezoneOffsetFromUTC term says how its DT values are read): one canonical form, whether the
+# subscription came as UPS-RS query parameters or as a DIMSE identifier.
+Terms = list[list[str]]
 
 
-def from_spec(spec: dict, default_tz: timezone = UTC) -> Query:
-    if "params" in spec:
-        return from_params([tuple(p) for p in spec["params"]], default_tz=default_tz)
-    return from_identifier(spec["identifier"], default_tz=default_tz)
+def from_terms(terms: Terms, default_tz: timezone = UTC) -> Query:
+    tz = default_tz
+    for path, raw in terms:
+        if path == t.TimezoneOffsetFromUTC:
+            try:
+                tz = parse_offset(raw, default_tz)
+            except ValueError:
+                raise InvalidQuery(f"TimezoneOffsetFromUTC: {raw!r} is not +HHMM/-HHMM") from None
+    query = Query(store_tz=default_tz)
+    for path, raw in terms:
+        if path != t.TimezoneOffsetFromUTC:
+            add_term(query, path.split("."), raw, tz, path)
+    return query
+
+
+def identifier_terms(identifier: Dataset, prefix: str = "") -> Terms:
+    """The matching terms of an identifier in canonical form (every element with a value; a
+    sequence through the keys of its one item)."""
+    terms: Terms = []
+    for tag, elem in identifier.items():
+        if tag == t.SpecificCharacterSet or tag in NEVER_RETURNED:
+            continue
+        path = f"{prefix}{tag}"
+        if elem.get("vr") == "SQ":
+            item_list = elem.get("Value") or []
+            if len(item_list) > 1:
+                raise InvalidQuery(f"{describe(tag)}: a sequence matching key has one item")
+            if item_list and item_list[0]:
+                terms += identifier_terms(item_list[0], f"{path}.")
+        elif text := _identifier_text(elem):
+            terms.append([path, text])
+    return terms
+
+
+def legacy_terms(spec: dict) -> Terms:
+    """The terms of a filter stored by an earlier version ({"params": [[name, value]…]} or
+    {"identifier": dataset}), so that subscriptions made before an upgrade keep working."""
+    if "identifier" in spec:
+        return identifier_terms(spec["identifier"])
+    terms = []
+    for name, value in spec.get("params", ()):
+        try:
+            terms.append([".".join(resolve(part) for part in name.split(".")), value])
+        except KeyError:
+            continue  # unknown parameters were ignored when the filter was made
+    return terms

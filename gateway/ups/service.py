@@ -16,10 +16,6 @@ from typing import AsyncIterator
 
 import orjson
 
-from gateway.store import indexes
-from gateway.store.redis_store import (Change, Conflict, NoRecipient, QueuedEvent, RawDataset,
-                                       Record, RedisStore, decoder, parse, projector, render)
-from gateway.store.results import RenderedResults
 from gateway.ups import events as ev
 from gateway.ups import rules, statemachine
 from gateway.ups import status as st
@@ -28,7 +24,9 @@ from gateway.ups.dataset import (Dataset, code_item, describe, element, first, h
                                  new_uid, put, select)
 from gateway.ups.dicomtime import UTC, format_dt
 from gateway.ups.errors import InvalidDataset, NoSuchWorkitem, UPSError, WorkitemGone
-from gateway.ups.matching import Query
+from gateway.ups.matching import Query, Terms
+from gateway.ups.ports import (Change, Conflict, NoRecipient, QueuedEvent, Record,
+                               SubscriptionStore, WorkitemStore, until_committed)
 from gateway.ups.watch import Watch
 from gateway.ups.uids import (CANCELED, COMPLETED, FINAL_STATES, IN_PROGRESS, UNSPECIFIED_REASON,
                               UPS_PUSH)
@@ -41,8 +39,7 @@ class Settings:
     timezone: timezone = UTC
     search_default_limit: int = 100
     search_max_limit: int = 1000
-    search_cache_bytes: int = 32 * 2**20  # rendered search results kept (gateway.store.results)
-    max_attempts: int = 64
+    max_attempts: int = 64  # decisions overtaken by other writers before giving up
     # AEs that can be told of events even without a subscription (DIMSE peers with an address).
     direct_event_aes: frozenset[str] = frozenset()
 
@@ -82,11 +79,11 @@ class SearchResult:
 
 
 class UPSService:
-    def __init__(self, store: RedisStore, settings: Settings | None = None):
+    def __init__(self, store: WorkitemStore, subscriptions: SubscriptionStore,
+                 settings: Settings | None = None):
         self.store = store
         self.settings = settings or Settings()
-        self.results = RenderedResults(self.settings.search_cache_bytes)
-        self.watch = Watch(store, self.settings, self._matching_uids, self.settings.max_attempts)
+        self.watch = Watch(store, subscriptions, self.settings)
 
     # ---- create ------------------------------------------------------------------------
 
@@ -117,7 +114,8 @@ class UPSService:
         creation_events = [QueuedEvent(ev.STATE_REPORT, ev.state_report(ds))]
         if assigned := ev.assigned(ds):
             creation_events.append(QueuedEvent(ev.ASSIGNED, assigned))
-        for _ in range(self.settings.max_attempts):
+
+        async def attempt() -> None:
             global_version, subscribers = await self.watch.subscribers_for_new(ds)
             change = self._change(ds, add_subscriptions=tuple(subscribers),
                                   global_version=global_version)
@@ -128,17 +126,18 @@ class UPSService:
                     raise UPSError(st.DUPLICATE_INSTANCE,
                                    f"A workitem with UID {uid} already exists") from None
                 self.watch.forget_globals()  # they changed meanwhile: read them, decide again
-                continue
+                raise
             except WorkitemGone:
                 raise UPSError(st.DUPLICATE_INSTANCE,
                                f"A workitem with UID {uid} existed and was deleted") from None
-            if outcome.modifications:
-                outcome.status = st.CREATED_WITH_MODIFICATIONS
-            outcome.message = "; ".join(outcome.modifications)
-            log.info("workitem created", extra={"uid": uid, "ae": requester,
-                                                "modifications": outcome.modifications})
-            return outcome
-        raise self._contention(uid)
+
+        await until_committed(uid, attempt, self.settings.max_attempts)
+        if outcome.modifications:
+            outcome.status = st.CREATED_WITH_MODIFICATIONS
+        outcome.message = "; ".join(outcome.modifications)
+        log.info("workitem created", extra={"uid": uid, "ae": requester,
+                                            "modifications": outcome.modifications})
+        return outcome
 
     # ---- retrieve ----------------------------------------------------------------------
 
@@ -160,7 +159,8 @@ class UPSService:
                            "The Transaction UID in the payload differs from the one in the request",
                            reason="incorrect")
         tx = tx or payload_tx
-        for _ in range(self.settings.max_attempts):
+
+        async def attempt() -> None:
             record = await self._load(uid)
             statemachine.check_update(record.state, tx, record.tx)
             rules.check_update(mods)
@@ -181,14 +181,12 @@ class UPSService:
             if ev.assignment_changed(before, after) and (assigned := ev.assigned(after)):
                 events.append(QueuedEvent(ev.ASSIGNED, assigned))
             change = self._change(after, tx=record.tx, performer=record.performer)
-            try:
-                await self.store.commit(uid, record.version, change, events)
-            except Conflict:
-                continue
-            log.info("workitem updated", extra={"uid": uid, "ae": requester,
-                                                "attributes": sorted(mods)})
-            return Outcome(uid)
-        raise self._contention(uid)
+            await self.store.commit(uid, record.version, change, events)
+
+        await until_committed(uid, attempt, self.settings.max_attempts)
+        log.info("workitem updated", extra={"uid": uid, "ae": requester,
+                                            "attributes": sorted(mods)})
+        return Outcome(uid)
 
     # ---- change state ------------------------------------------------------------------
 
@@ -196,7 +194,8 @@ class UPSService:
                            requester: str | None = None) -> Outcome:
         """Change UPS State (N-ACTION type 1 / PUT …/state). ``requester`` becomes the performer
         of a claim (it is told of cancel requests)."""
-        for _ in range(self.settings.max_attempts):
+
+        async def attempt() -> Outcome:
             record = await self._load(uid)
             decision = statemachine.change_state(record.state, state, tx, record.tx)
             if decision.new_state is None:
@@ -217,16 +216,14 @@ class UPSService:
             claim = decision.new_state == IN_PROGRESS
             change = self._change(ds, tx=tx if claim else None,
                                   performer=requester if claim else record.performer)
-            try:
-                await self.store.commit(uid, record.version, change,
-                                        [QueuedEvent(ev.STATE_REPORT, ev.state_report(ds))])
-            except Conflict:
-                continue
+            await self.store.commit(uid, record.version, change,
+                                    [QueuedEvent(ev.STATE_REPORT, ev.state_report(ds))])
             outcome.message = "; ".join(outcome.modifications)
             log.info("workitem state changed", extra={"uid": uid, "ae": requester,
                                                       "state": decision.new_state})
             return outcome
-        raise self._contention(uid)
+
+        return await until_committed(uid, attempt, self.settings.max_attempts)
 
     # ---- request cancellation ------------------------------------------------------------
 
@@ -234,40 +231,34 @@ class UPSService:
                              requester: str | None = None) -> Outcome:
         """Request UPS Cancel (N-ACTION type 2 / POST …/cancelrequest)."""
         request = request or {}
-        for _ in range(self.settings.max_attempts):
+
+        async def attempt() -> Outcome:
             record = await self._load(uid)
             decision = statemachine.request_cancel(record.state)
             if decision.action == "none":
                 return Outcome(uid, decision.status, decision.message)
             if decision.action == "notify":
-                outcome = await self._notify_cancel(record, request, requester)
-                if outcome:
-                    return outcome
-                continue
+                return await self._notify_cancel(record, request, requester)
             ds = record.dataset  # freshly read: ours to change
             put(ds, t.ProcedureStepState, "CS", CANCELED)
             self._fill_cancellation(ds, request)
             put(ds, t.ScheduledProcedureStepModificationDateTime, "DT", format_dt())
             events = [QueuedEvent(ev.STATE_REPORT, ev.state_report(ds, IN_PROGRESS)),
                       QueuedEvent(ev.STATE_REPORT, ev.state_report(ds))]
-            try:
-                await self.store.commit(uid, record.version, self._change(ds), events)
-            except Conflict:
-                continue
+            await self.store.commit(uid, record.version, self._change(ds), events)
             log.info("scheduled workitem canceled on request", extra={"uid": uid, "ae": requester})
             return Outcome(uid)
-        raise self._contention(uid)
+
+        return await until_committed(uid, attempt, self.settings.max_attempts)
 
     async def _notify_cancel(self, record: Record, request: Dataset,
-                             requester: str | None) -> Outcome | None:
+                             requester: str | None) -> Outcome:
         performer = record.performer
         extra = (performer,) if performer and performer in self.settings.direct_event_aes else ()
         event = QueuedEvent(ev.CANCEL_REQUESTED, ev.cancel_requested(requester or "", request),
                             extra=extra, needs_recipient=True)
         try:
             await self.store.commit(record.uid, record.version, Change(None), [event])
-        except Conflict:
-            return None
         except NoRecipient:
             raise UPSError(st.PERFORMER_UNREACHABLE,
                            "The performer cannot be contacted: nobody is subscribed to this "
@@ -279,13 +270,13 @@ class UPSService:
     # ---- subscriptions (Watch) -------------------------------------------------------------
 
     async def subscribe(self, uid: str, ae: str, deletion_lock: bool,
-                        filter_spec: dict | None = None, *,
+                        terms: Terms | None = None, *,
                         check_reachable: bool = False) -> Outcome:
         """Subscribe ``ae`` to a workitem, or to the worklist (UID = Global or Filtered Global
-        Subscription instance; ``filter_spec`` from ``matching.filter_spec`` holds the filtered
-        subscription's matching keys). ``check_reachable``: refuse (C308) an AE that is neither
+        Subscription instance; ``terms`` are the filtered subscription's matching keys, see
+        ``matching.Terms``). ``check_reachable``: refuse (C308) an AE that is neither
         a configured peer nor holds an open WebSocket channel."""
-        await self.watch.subscribe(uid, ae, deletion_lock, filter_spec,
+        await self.watch.subscribe(uid, ae, deletion_lock, terms,
                                    check_reachable=check_reachable)
         return Outcome(uid)
 
@@ -303,50 +294,25 @@ class UPSService:
 
     async def search(self, query: Query) -> SearchResult:
         """One page of matches in the stable search order, with the total number of matches."""
-        plan = indexes.plan(query)
         limit = query.limit if query.limit is not None else self.settings.search_default_limit
-        projection = query.projection()
-        project = projector(*projection)
-        if plan.exact and len(plan.indexes) == 1:
-            total, blobs = await self.store.page(plan, query.offset, limit)
-            cached = self.results.render
-            return SearchResult([cached(blob, projection, project) for blob in blobs], total,
-                                query.offset)
-        page: list[bytes] = []
-        total = 0
-        async for _, raw in self._matches(query, plan):
-            if query.offset <= total < query.offset + limit:
-                page.append(render(project(raw)))
-            total += 1
-        return SearchResult(page, total, query.offset)
+        page = await self.store.search_page(query, query.offset, limit)
+        return SearchResult(page.rendered, page.total, query.offset)
 
-    async def search_stream(self, query: Query) -> AsyncIterator[Dataset]:
+    def search_stream(self, query: Query) -> AsyncIterator[Dataset]:
         """Every match in search order, projected — for C-FIND pending responses."""
-        project = projector(*query.projection())
-        async for _, raw in self._matches(query, indexes.plan(query)):
-            yield parse(project(raw))
+        return self.store.search_stream(query)
 
-    async def _matching_uids(self, query: Query) -> AsyncIterator[str]:
-        async for uid, _ in self._matches(query, indexes.plan(query)):
-            yield uid
+    # ---- retention ---------------------------------------------------------------------
 
-    async def _matches(self, query: Query, plan: indexes.Plan
-                       ) -> AsyncIterator[tuple[str, RawDataset]]:
-        matched_part = decoder(query.keys)  # matching decodes only the attributes it compares
-        uid_key = query.keys.get(t.SOPInstanceUID)
-        if uid_key is not None and uid_key.kind == "uids":
-            # An explicit UID list is short: sort its matches into search order here.
-            found = await self.store.raw_datasets(sorted(uid_key.uids))
-            keyed = [(indexes.score(parse(raw, (t.ScheduledProcedureStepStartDateTime,)),
-                                    self.settings.timezone), uid, raw) for uid, raw in found]
-            for _, uid, raw in sorted(keyed, key=lambda k: (k[0], k[1])):
-                if query.matches(matched_part(raw)):
-                    yield uid, raw
-            return
-        async for chunk in self.store.candidates(plan):
-            for uid, raw in await self.store.raw_datasets(chunk):
-                if query.matches(matched_part(raw)):
-                    yield uid, raw
+    async def purge_expired(self, retention_seconds: float) -> list[str]:
+        """Delete the COMPLETED/CANCELED workitems whose retention has run out (decisions.md,
+        Retention); a purged UID answers "gone" for another retention period."""
+        cutoff = int((time.time() - retention_seconds) * 1000)
+        purged: list[str] = []
+        while batch := await self.store.purge(cutoff, int(retention_seconds)):
+            log.info("purged workitems", extra={"count": len(batch), "uids": batch[:20]})
+            purged += batch
+        return purged
 
     # ---- helpers -----------------------------------------------------------------------
 
@@ -356,12 +322,12 @@ class UPSService:
             raise NoSuchWorkitem(uid)
         return record
 
-    def _change(self, ds: Dataset, **kw) -> Change:
+    @staticmethod
+    def _change(ds: Dataset, **kw) -> Change:
         state = first(ds, t.ProcedureStepState)
         final_at = int(time.time() * 1000) if state in FINAL_STATES else None
-        return Change(ds, state=state, score=indexes.score(ds, self.settings.timezone),
-                      indexes=tuple(indexes.index_names(ds)), final_at_ms=final_at,
-                      state_report=ev.state_report(ds), **kw)
+        return Change(ds, state=state, final_at_ms=final_at, state_report=ev.state_report(ds),
+                      **kw)
 
     @staticmethod
     def _fill_cancellation(ds: Dataset, request: Dataset) -> list[str]:
@@ -388,11 +354,3 @@ class UPSService:
         ds[t.ProcedureStepProgressInformationSequence] = element(
             "SQ", dict(sorted(item.items())), *progress[1:])
         return [f"filled {name}" for name in filled]
-
-    @staticmethod
-    def _contention(uid: str) -> UPSError:
-        log.error("too much contention", extra={"uid": uid})
-        return UPSError(st.PROCESSING_FAILURE,
-                        f"Workitem {uid} is changing too fast; try again")
-
-

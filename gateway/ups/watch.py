@@ -10,33 +10,31 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Awaitable, Callable
 
-from gateway.store.indexes import Plan
-from gateway.store.redis_store import Change, Conflict, QueuedEvent, RedisStore
-from gateway.store.subscriptions import SubscriptionStore
 from gateway.ups import events as ev
 from gateway.ups import status as st
 from gateway.ups.dataset import Dataset
 from gateway.ups.errors import NoSuchWorkitem, UPSError
-from gateway.ups.matching import from_spec
-from gateway.ups.uids import FILTERED_GLOBAL_SUBSCRIPTION, GLOBAL_SUBSCRIPTION, WELL_KNOWN_SUBSCRIPTION_UIDS
+from gateway.ups.matching import Query, Terms, from_terms
+from gateway.ups.ports import (Change, QueuedEvent, SubscriptionStore, WorkitemStore,
+                               until_committed)
+from gateway.ups.uids import (FILTERED_GLOBAL_SUBSCRIPTION, GLOBAL_SUBSCRIPTION,
+                              WELL_KNOWN_SUBSCRIPTION_UIDS)
 
 log = logging.getLogger("gateway.watch")
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash
 
 
+_FILTERS_KEPT = 1000  # parsed filters of global subscriptions kept per process
+
+
 class Watch:
-    def __init__(self, store: RedisStore, settings, candidates: Callable,
-                 max_attempts: int = 64):
+    def __init__(self, store: WorkitemStore, subscriptions: SubscriptionStore, settings):
         self.store = store
-        self.subs = SubscriptionStore(store)
+        self.subs = subscriptions
         self.settings = settings
-        # candidates(query) → async iterator of the UIDs of workitems matching a query
-        self._candidates = candidates
-        self.max_attempts = max_attempts
-        self._filters: dict[str, object] = {}
+        self._filters: dict[str, Query] = {}
         self._globals = None
 
     def forget_globals(self) -> None:
@@ -61,48 +59,44 @@ class Watch:
         return ae in self.settings.direct_event_aes or await self.subs.channel_open(ae)
 
     async def subscribe(self, uid: str, ae: str, deletion_lock: bool,
-                        filter_spec: dict | None = None, *, check_reachable: bool = False) -> str:
-        """Subscribe; returns "" or the warning text when the lock was not granted (never, here)."""
+                        terms: Terms | None = None, *, check_reachable: bool = False) -> str:
+        """Subscribe; returns "" or the warning text when the lock was not granted (never,
+        here). ``terms``: the Filtered Global Subscription's matching keys."""
         _check_ae(ae)
         if check_reachable and not await self.reachable(ae):
             raise UPSError(st.UNKNOWN_RECEIVING_AE,
                            f"Receiving AE {ae} is unknown: not a configured peer and no open "
                            "WebSocket channel")
         if uid in WELL_KNOWN_SUBSCRIPTION_UIDS:
-            if uid == GLOBAL_SUBSCRIPTION and filter_spec:
+            if uid == GLOBAL_SUBSCRIPTION and terms:
                 raise UPSError(st.ACTION_NOT_APPROPRIATE, "matching keys are only accepted with "
                                f"the Filtered Global Subscription UID {FILTERED_GLOBAL_SUBSCRIPTION}")
-            await self._subscribe_globally(ae, deletion_lock, filter_spec)
+            await self._subscribe_globally(ae, deletion_lock, terms)
             return ""
-        if filter_spec:
+        if terms:
             raise UPSError(st.ACTION_NOT_APPROPRIATE,
                            "matching keys are only accepted for the Filtered Global Subscription")
-        for _ in range(self.max_attempts):
+
+        async def attempt() -> None:
             record = await self.store.load(uid)
             if record is None:
                 raise NoSuchWorkitem(uid)
             change = Change(None, add_subscriptions=((ae, deletion_lock),))
             report = QueuedEvent(ev.STATE_REPORT, ev.state_report(record.dataset), only=(ae,))
-            try:
-                await self.store.commit(uid, record.version, change, [report])
-            except Conflict:
-                continue
-            log.info("subscribed", extra={"uid": uid, "ae": ae, "lock": deletion_lock})
-            return ""
-        raise UPSError(st.PROCESSING_FAILURE, f"Workitem {uid} is changing too fast; try again")
+            await self.store.commit(uid, record.version, change, [report])
 
-    async def _subscribe_globally(self, ae: str, lock: bool, filter_spec: dict | None) -> None:
-        query = self._query(filter_spec) if filter_spec else None
+        await until_committed(uid, attempt, self.settings.max_attempts)
+        log.info("subscribed", extra={"uid": uid, "ae": ae, "lock": deletion_lock})
+        return ""
+
+    async def _subscribe_globally(self, ae: str, lock: bool, terms: Terms | None) -> None:
+        query = self._query(terms) if terms else Query()
         # Remember first: workitems created from now on are subscribed by their own commit.
-        await self.subs.set_global(ae, lock, filter_spec)
+        await self.subs.set_global(ae, lock, terms)
         self.forget_globals()
-        if query is None:
-            everything = Plan(["all"], None, None, exact=True)
-            uids = [uid async for chunk in self.store.candidates(everything) for uid in chunk]
-        else:
-            uids = [uid async for uid in self._candidates(query)]
+        uids = [uid async for uid in self.store.matching_uids(query)]
         count = await self.subs.subscribe_existing(ae, lock, uids, send_reports=lock)
-        log.info("subscribed globally", extra={"ae": ae, "lock": lock, "filtered": bool(query),
+        log.info("subscribed globally", extra={"ae": ae, "lock": lock, "filtered": bool(terms),
                                                "existing": count})
 
     async def unsubscribe(self, uid: str, ae: str) -> bool:
@@ -131,12 +125,12 @@ class Watch:
         log.info("global subscription suspended", extra={"ae": ae, "found": found})
         return found
 
-    def _query(self, spec: dict):
-        cache_key = repr(spec)
+    def _query(self, terms: Terms) -> Query:
+        cache_key = repr(terms)
         if cache_key not in self._filters:
-            if len(self._filters) > 1000:
+            if len(self._filters) > _FILTERS_KEPT:
                 self._filters.clear()
-            self._filters[cache_key] = from_spec(spec, self.settings.timezone)
+            self._filters[cache_key] = from_terms(terms, self.settings.timezone)
         return self._filters[cache_key]
 
 

@@ -1,6 +1,8 @@
-"""pynetdicom requestor associations (the event sender, tests, benchmarks): socket settings and
-a fix for a pynetdicom race. The listener's own associations set TCP_NODELAY themselves
-(``upper_layer``)."""
+"""What the tests' pynetdicom peers (requestors and receivers) need to behave on loopback.
+
+These are workarounds for the *test clients*, not for the gateway, which has its own asyncio
+DICOM upper layer in both directions and never runs pynetdicom's association threads.
+"""
 
 from __future__ import annotations
 

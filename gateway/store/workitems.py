@@ -1,0 +1,199 @@
+"""The core's workitem store (``gateway.ups.ports.WorkitemStore``) on Redis.
+
+Every change goes through ``commit``: the service read the workitem at version v and decided the
+new content with the pure UPS rules; ``commit.lua`` applies it only if the version is still v (the
+WATCH/MULTI idea, in one round trip) — rewriting the secondary indexes, adding subscriptions and
+queueing the events in the same atomic step — and otherwise reports a conflict, so the service
+reads and decides again. Two concurrent claims therefore cannot both succeed, on any number of
+gateway processes.
+
+Searches are planned here (``indexes``): an exact single-index plan is answered in one script
+call (count and page), its results rendered from the stored bytes and kept (``results``); any
+other plan walks its candidates in search order and matches each against the query, decoding only
+the attributes the query compares.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timezone
+from typing import AsyncIterator, Iterable
+
+import redis.asyncio as aioredis
+
+from gateway.store import codec, indexes, scripts
+from gateway.store.keys import Keys
+from gateway.store.results import RenderedResults
+from gateway.ups import tags as t
+from gateway.ups.dataset import Dataset
+from gateway.ups.dicomtime import UTC
+from gateway.ups.errors import WorkitemGone
+from gateway.ups.matching import Query, search_order
+from gateway.ups.ports import Change, Conflict, NoRecipient, QueuedEvent, Record, SearchPage
+
+_SCAN_CHUNK = 500  # candidate UIDs read per round trip
+_PURGE_BATCH = 200
+
+
+class RedisWorkitemStore:
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, backlog: int = 1000,
+                 timezone_: timezone = UTC, search_cache_bytes: int = 32 * 2**20):
+        self.redis = client
+        self.keys = keys
+        self.backlog = backlog  # events kept per subscriber AE (the queues' bound)
+        self.tz = timezone_  # how DT values without an offset are read (scores)
+        self.results = RenderedResults(search_cache_bytes)
+        self._commit = scripts.batched(client, "commit.lua")
+        self._load = scripts.batched(client, "load.lua")
+        self._page = scripts.batched(client, "page.lua")
+        self._purge = scripts.script(client, "purge.lua")
+        self._datasets = scripts.script(client, "datasets.lua")
+
+    # ---- single workitems --------------------------------------------------------------------
+
+    async def load(self, uid: str) -> Record | None:
+        reply = await self._load(keys=[self.keys.workitem(uid), self.keys.tombstone(uid)],
+                                 args=[])
+        if reply[0] is None:
+            if reply[1]:
+                raise WorkitemGone(uid)
+            return None
+        blob, version, state, tx, performer = reply
+        return Record(uid, int(version), state.decode(), tx.decode() if tx else None,
+                      performer.decode() if performer else None,
+                      decode=lambda: codec.unpack_dataset(blob))
+
+    async def exists(self, uid: str) -> bool:
+        return bool(await self.redis.exists(self.keys.workitem(uid)))
+
+    async def commit(self, uid: str, version: int, change: Change,
+                     events: Iterable[QueuedEvent] = ()) -> int:
+        ds = change.dataset
+        if ds is None:
+            blob, score, index_names = b"", 0.0, []
+        else:
+            blob, score, index_names = (codec.pack_dataset(ds), search_order(ds, self.tz),
+                                        indexes.index_names(ds))
+        result = await self._commit(keys=[self.keys.workitem(uid)], args=[
+            self.keys.prefix, uid, version, blob, change.state, change.tx or "",
+            change.performer or "", repr(score), codec.pack_for_lua(index_names),
+            "" if change.final_at_ms is None else change.final_at_ms,
+            "" if change.global_version is None else change.global_version,
+            codec.pack_for_lua([[ae, "1" if lock else "0"] for ae, lock in
+                                change.add_subscriptions]),
+            codec.pack_for_lua([[e.type, codec.pack(e.info), list(e.extra), e.needs_recipient,
+                                 list(e.only)] for e in events]),
+            self.backlog, now_ms(),
+            codec.pack(change.state_report) if change.state_report else b""])
+        code = int(result[0])
+        if code == 1:
+            return int(result[1])
+        if code == 2:
+            raise WorkitemGone(uid)
+        if code == 3:
+            raise NoRecipient(uid)
+        raise Conflict(uid, int(result[1]))
+
+    # ---- search --------------------------------------------------------------------------------
+
+    async def search_page(self, query: Query, offset: int, limit: int) -> SearchPage:
+        plan = indexes.plan(query)
+        projection = query.projection()
+        project = codec.projector(*projection)
+        if plan.exact and len(plan.indexes) == 1:
+            low, high = _bounds(plan)
+            reply = await self._page(keys=[self.keys.index(plan.indexes[0])],
+                                     args=[self.keys.prefix, low, high, offset, limit])
+            render = self.results.render
+            return SearchPage([render(blob, projection, project) for blob in reply[1:]],
+                              int(reply[0]))
+        page: list[bytes] = []
+        total = 0
+        async for _, raw in self._matches(query, plan):
+            if offset <= total < offset + limit:
+                page.append(codec.render(project(raw)))
+            total += 1
+        return SearchPage(page, total)
+
+    async def search_stream(self, query: Query) -> AsyncIterator[Dataset]:
+        project = codec.projector(*query.projection())
+        async for _, raw in self._matches(query, indexes.plan(query)):
+            yield codec.parse(project(raw))
+
+    async def matching_uids(self, query: Query) -> AsyncIterator[str]:
+        plan = indexes.plan(query)
+        if plan.exact:
+            async for chunk in self._candidates(plan):  # the index alone decides
+                for uid in chunk:
+                    yield uid
+            return
+        async for uid, _ in self._matches(query, plan):
+            yield uid
+
+    async def _matches(self, query: Query, plan: indexes.Plan
+                       ) -> AsyncIterator[tuple[str, codec.RawDataset]]:
+        matched_part = codec.decoder(query.keys)  # matching decodes only what it compares
+        uid_key = query.keys.get(t.SOPInstanceUID)
+        if uid_key is not None and uid_key.kind == "uids":
+            # An explicit UID list is short: sort its matches into search order here.
+            found = await self._raw_datasets(sorted(uid_key.uids))
+            keyed = [(search_order(codec.parse(raw, (t.ScheduledProcedureStepStartDateTime,)),
+                                   self.tz), uid, raw) for uid, raw in found]
+            for _, uid, raw in sorted(keyed, key=lambda k: (k[0], k[1])):
+                if query.matches(matched_part(raw)):
+                    yield uid, raw
+            return
+        async for chunk in self._candidates(plan):
+            for uid, raw in await self._raw_datasets(chunk):
+                if query.matches(matched_part(raw)):
+                    yield uid, raw
+
+    async def _candidates(self, plan: indexes.Plan) -> AsyncIterator[list[str]]:
+        """All UIDs of a plan in search order, in chunks."""
+        low, high = _bounds(plan)
+        if len(plan.indexes) == 1:
+            start = 0
+            while True:
+                chunk = await self.redis.zrangebyscore(self.keys.index(plan.indexes[0]), low,
+                                                       high, start=start, num=_SCAN_CHUNK)
+                if chunk:
+                    yield [u.decode() for u in chunk]
+                if len(chunk) < _SCAN_CHUNK:
+                    return
+                start += _SCAN_CHUNK
+        merged: dict[bytes, float] = {}
+        for name in plan.indexes:
+            for uid, score in await self.redis.zrangebyscore(self.keys.index(name), low, high,
+                                                             withscores=True):
+                merged[uid] = score
+        ordered = sorted(merged.items(), key=lambda pair: (pair[1], pair[0]))
+        for i in range(0, len(ordered), _SCAN_CHUNK):
+            yield [uid.decode() for uid, _ in ordered[i:i + _SCAN_CHUNK]]
+
+    async def _raw_datasets(self, uids: list[str]) -> list[tuple[str, codec.RawDataset]]:
+        """The stored datasets of ``uids`` (skipping any deleted meanwhile), in that order."""
+        if not uids:
+            return []
+        blobs = await self._datasets(keys=[self.keys.workitem(uid) for uid in uids])
+        return [(uid, codec.unpack_raw(blob)) for uid, blob in zip(uids, blobs)
+                if blob is not None]
+
+    # ---- housekeeping --------------------------------------------------------------------------
+
+    async def count(self) -> int:
+        return int(await self.redis.zcard(self.keys.index("all")))
+
+    async def purge(self, cutoff_ms: int, tombstone_ttl_s: int) -> list[str]:
+        result = await self._purge(args=[self.keys.prefix, cutoff_ms, _PURGE_BATCH,
+                                          max(1, tombstone_ttl_s), now_ms()])
+        return [u.decode() for u in result]
+
+
+def _bounds(plan: indexes.Plan) -> tuple[str, str]:
+    low = "-inf" if plan.low is None else repr(plan.low)
+    high = "+inf" if plan.high is None else f"({plan.high!r}"
+    return low, high
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

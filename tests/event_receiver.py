@@ -73,10 +73,16 @@ class EventReceiver:
     """A pynetdicom UPS Event SCP that records the N-EVENT-REPORTs it receives."""
 
     def __init__(self, ae_title: str = "RECEIVER", port: int | None = None,
-                 status: int = 0x0000):
+                 status: int = 0x0000, *, max_pdu: int | None = None,
+                 calling_aes: list[str] | None = None, scp_role: bool = True,
+                 before_answer: Callable[[object], None] | None = None):
         self.ae_title = ae_title
         self.port = port or free_port()
         self.status = status  # what the receiver answers
+        self.max_pdu = max_pdu  # its Maximum Length Received (None: pynetdicom's default)
+        self.calling_aes = calling_aes  # the only calling AE titles accepted (None: any)
+        self.scp_role = scp_role  # whether it accepts the gateway's proposal of the SCP role
+        self.before_answer = before_answer  # called with each report's event before answering
         self._reports: list[Report] = []
         self._cond = threading.Condition()
         self._server = None
@@ -86,8 +92,13 @@ class EventReceiver:
 
     def start(self, timeout: float = 10.0) -> "EventReceiver":
         ae = AE(ae_title=self.ae_title)
-        ae.add_supported_context(UnifiedProcedureStepEvent, scu_role=True, scp_role=True)
+        ae.add_supported_context(UnifiedProcedureStepEvent, scu_role=True,
+                                 scp_role=self.scp_role)
         ae.maximum_associations = 32
+        if self.max_pdu is not None:
+            ae.maximum_pdu_size = self.max_pdu
+        if self.calling_aes is not None:
+            ae.require_calling_aet = self.calling_aes
         ae.network_timeout = 30
         handlers = [NODELAY_HANDLER, (evt.EVT_N_EVENT_REPORT, self._on_report),
                     (evt.EVT_ACCEPTED, self._on_accepted)]
@@ -120,6 +131,11 @@ class EventReceiver:
     def running(self) -> bool:
         return self._server is not None
 
+    @property
+    def active_associations(self) -> list:
+        """The receiver's side of each open association (pynetdicom ``Association``)."""
+        return list(self._server.active_associations) if self._server is not None else []
+
     def __enter__(self) -> "EventReceiver":
         return self.start() if not self.running else self
 
@@ -144,6 +160,8 @@ class EventReceiver:
         with self._cond:
             self._reports.append(report)
             self._cond.notify_all()
+        if self.before_answer is not None:
+            self.before_answer(event)
         return self.status, None
 
     # ---- reading -----------------------------------------------------------------------

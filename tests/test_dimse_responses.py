@@ -1,6 +1,7 @@
-"""gateway.dimse.responses writes response command sets itself and gateway.dimse.messages
-fragments them into P-DATA-TF PDUs; the bytes on the wire must be exactly what pynetdicom's own
-primitive_to_message + encode_msg produce for the same response, fragmentation included."""
+"""gateway.dimse.responses writes command sets itself (the listener's responses, the requestor's
+N-EVENT-REPORT-RQ) and gateway.dimse.messages fragments them into P-DATA-TF PDUs; the bytes on
+the wire must be exactly what pynetdicom's own primitive_to_message + encode_msg produce for the
+same message, fragmentation included."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from io import BytesIO
 import pytest
 from pynetdicom import dimse_primitives as dp
 from pynetdicom.dimse import _RSP_TO_MESSAGE
+from pynetdicom.dimse_messages import N_EVENT_REPORT_RQ
 
 from gateway.dimse import messages, responses
 from tests.dimse_util import PULL, PUSH, wire
@@ -103,6 +105,24 @@ def test_written_exactly_as_pynetdicom_writes_it(name, max_pdu):
     assert ours(primitive, 5, max_pdu) == stock(primitive, 5, max_pdu)
 
 
+@pytest.mark.parametrize("max_pdu", [0, 16384, 64])
+@pytest.mark.parametrize("msg_id, uid, dataset", [(1, ODD_UID, DATASET), (65535, LONG_UID, None)])
+def test_an_event_report_request_is_written_as_pynetdicom_writes_it(max_pdu, msg_id, uid,
+                                                                    dataset):
+    primitive = dp.N_EVENT_REPORT()
+    primitive.MessageID = msg_id
+    primitive.AffectedSOPClassUID = PUSH
+    primitive.AffectedSOPInstanceUID = uid
+    primitive.EventTypeID = 5
+    if dataset is not None:
+        primitive.EventInformation = BytesIO(dataset)
+    message = N_EVENT_REPORT_RQ()
+    message.primitive_to_message(primitive)
+    command = responses.request(0x0100, msg_id, PUSH, sop_instance=uid, event_type=5,
+                                has_dataset=dataset is not None)
+    assert messages.p_data(3, command, dataset, max_pdu) == wire(message, 3, max_pdu)
+
+
 def test_the_reassembler_reads_back_what_was_fragmented():
     command = responses.response(0x0110, 7, 0, PUSH, sop_instance=ODD_UID, has_dataset=True)
     wire = messages.p_data(3, command, DATASET, 64)
@@ -125,6 +145,16 @@ def test_the_reassembler_reads_back_what_was_fragmented():
     assert message.context_id == 3 and message.dataset == DATASET
     assert message.command_field == 0x8110 and message.us(messages.RESPONDED_TO) == 7
     assert message.sop_class == PUSH and message.sop_instance == ODD_UID
+
+
+@pytest.mark.parametrize("limits, what", [((16, None), "command set"), ((None, 100), "dataset")])
+def test_the_reassembler_bounds_what_a_message_makes_it_hold(limits, what):
+    command = responses.response(0x0100, 7, 0, PUSH, sop_instance=ODD_UID, has_dataset=True)
+    assembler = messages.Assembler(*limits)
+    with pytest.raises(messages.ProtocolError, match=f"{what} exceeds"):
+        assembler.feed(1, b"\x03" + command)
+        for _ in range(200):  # empty fragments count too
+            assembler.feed(1, b"\x00")
 
 
 @pytest.mark.parametrize("value", ["Müller is not ASCII", "a\\b"])

@@ -14,9 +14,9 @@ pydicom quirks fixed here (digest §8):
 * command (group 0000) and group-length (gggg,0000) elements are emitted if present; a workitem
   never holds them.
 
-Outbound, DS numbers are formatted to fit 16 characters, and a dataset holding any non-ASCII text
-is sent as UTF-8 (Specific Character Set ``ISO_IR 192``): canonical text is Unicode, whatever
-character set it arrived in.
+Outbound (``encode``: N-GET and C-FIND responses, N-EVENT-REPORTs), DS numbers are formatted to
+fit 16 characters, and a dataset holding any non-ASCII text is sent as UTF-8 (Specific Character
+Set ``ISO_IR 192``): canonical text is Unicode, whatever character set it arrived in.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from typing import Any
 
 from pydicom.dataset import Dataset as PydicomDataset
 from pydicom.valuerep import format_number_as_ds
+from pynetdicom import dsutils
 
+from gateway.dimse.binary import DEFLATED_LE, IMPLICIT_LE
 from gateway.ups.dataset import Dataset, describe, normalize
 from gateway.ups.errors import InvalidDataset
 
@@ -99,6 +101,14 @@ def _fix_pn(value: Any) -> Any:
 
 
 # ---- outbound --------------------------------------------------------------------------------
+
+def encode(ds: Dataset, transfer_syntax: str) -> bytes | None:
+    """A canonical dataset as the bytes of a DIMSE message in ``transfer_syntax`` (Explicit,
+    Implicit or Deflated VR Little Endian: what the gateway negotiates); None when pydicom
+    cannot write it."""
+    return dsutils.encode(from_canonical(ds), transfer_syntax == IMPLICIT_LE, True,
+                          transfer_syntax == DEFLATED_LE)
+
 
 def from_canonical(ds: Dataset) -> PydicomDataset:
     """A canonical dataset as a pydicom ``Dataset`` ready for pynetdicom to encode."""

@@ -21,7 +21,7 @@ from io import BytesIO
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from pydicom.dataset import Dataset as PydicomDataset
-from pynetdicom.dsutils import decode, encode
+from pynetdicom.dsutils import decode
 from redis.exceptions import RedisError
 
 from gateway import logs
@@ -185,7 +185,7 @@ class DimseHandlers:
                           "Attribute Identifier List cannot be read: not a list of tags")
         keys = [f"{tag:08X}" for tag in req.message.tags(m.ATTRIBUTE_IDENTIFIERS)]
         ds = await self._core(self.service.retrieve(uid, keys or None))
-        reply = _encode(convert.from_canonical(ds), req.syntax)
+        reply = convert.encode(ds, req.syntax)
         if reply is None:
             raise Refused(st.PROCESSING_FAILURE, f"Workitem {uid} cannot be encoded")
         return st.SUCCESS, "", reply
@@ -296,7 +296,7 @@ class DimseHandlers:
         return matching.from_identifier(identifier, default_tz=self.service.settings.timezone)
 
     def _find_result(self, ds: Dataset, syntax: str) -> bytes:
-        result = _encode(convert.from_canonical(ds), syntax)
+        result = convert.encode(ds, syntax)
         if result is None:
             raise Refused(st.UNABLE_TO_PROCESS,
                           f"Workitem {first(ds, t.SOPInstanceUID)} cannot be encoded")
@@ -423,11 +423,6 @@ def _decoded(req: Request, what: str) -> PydicomDataset | None:
     except Exception as exc:  # noqa: BLE001
         raise InvalidDataset(f"cannot decode the {what}: "
                              f"{str(exc)[:100] or type(exc).__name__}") from None
-
-
-def _encode(ds: PydicomDataset, syntax: str) -> bytes | None:
-    """A response dataset in the context's transfer syntax; None if pydicom cannot write it."""
-    return encode(ds, syntax == binary.IMPLICIT_LE, True, syntax == binary.DEFLATED_LE)
 
 
 def _requested_uid(req: Request) -> str:

@@ -20,6 +20,7 @@ _COMMAND = 0x01
 _LAST = 0x02
 
 C_CANCEL = 0x0FFF  # the one request Command Field the upper layer itself acts on
+N_EVENT_REPORT = 0x0100  # the one request the gateway sends (``requestor``)
 
 # Command set elements a request may carry, by element number (group 0000).
 COMMAND_FIELD = 0x0100
@@ -112,12 +113,18 @@ def parse_command(data: bytes) -> dict[int, bytes]:
 
 class Assembler:
     """Collects the PDV fragments of one association into whole messages (PS3.8 E.2: all of a
-    message's command fragments, then all of its dataset fragments, on one context)."""
+    message's command fragments, then all of its dataset fragments, on one context).
 
-    def __init__(self):
+    ``max_command`` / ``max_dataset`` bound what one message may make us hold (None: no bound);
+    each fragment counts its PDV's length, so a flood of empty fragments is bounded too."""
+
+    def __init__(self, max_command: int | None = None, max_dataset: int | None = None):
+        self.max_command = max_command
+        self.max_dataset = max_dataset
         self._context_id: int | None = None
         self._command: list[bytes] = []
         self._dataset: list[bytes] = []
+        self._held = 0  # what the message's fragments so far count
         self._parsed: dict[int, bytes] | None = None  # the command, once complete
 
     @property
@@ -136,23 +143,32 @@ class Assembler:
         if header & _COMMAND:
             if self._parsed is not None:
                 raise ProtocolError("command fragment after the command set was complete")
+            self._hold(len(pdv), self.max_command, "command set")
             self._command.append(fragment)
             if not header & _LAST:
                 return None
             self._parsed = parse_command(b"".join(self._command))
+            self._held = 0
             if _us(self._parsed.get(DATASET_TYPE)) != NO_DATASET:
                 return None  # its dataset follows
             return self._complete(None)
         if self._parsed is None:
             raise ProtocolError("dataset fragment before the command set")
+        self._hold(len(pdv), self.max_dataset, "dataset")
         self._dataset.append(fragment)
         if not header & _LAST:
             return None
         return self._complete(b"".join(self._dataset))
 
+    def _hold(self, size: int, limit: int | None, what: str) -> None:
+        self._held += size
+        if limit is not None and self._held > limit:
+            raise ProtocolError(f"a DIMSE message's {what} exceeds {limit} bytes")
+
     def _complete(self, dataset: bytes | None) -> Message:
         message = Message(self._context_id, self._parsed, dataset)
         self._context_id, self._command, self._dataset, self._parsed = None, [], [], None
+        self._held = 0
         return message
 
 

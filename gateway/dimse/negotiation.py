@@ -1,10 +1,11 @@
-"""Association negotiation as the acceptor (PS3.8 §7.1, Annex D): A-ASSOCIATE-RQ in,
-A-ASSOCIATE-AC or -RJ out.
+"""Association negotiation (PS3.8 §7.1, Annex D). As the acceptor (the listener):
+A-ASSOCIATE-RQ in, A-ASSOCIATE-AC or -RJ out. As the requestor (``requestor``, sending event
+reports): A-ASSOCIATE-RQ out, A-ASSOCIATE-AC or -RJ in.
 
 The PDU codecs and the presentation-context matching are pynetdicom's public pieces
-(``pynetdicom.pdu``, ``pynetdicom.presentation.negotiate_as_acceptor``); this module only holds
-the gateway's policy: which SOP classes and transfer syntaxes it takes, who may associate, and
-what it tells the requestor about itself.
+(``pynetdicom.pdu``, ``pynetdicom.presentation.negotiate_as_acceptor`` / ``_as_requestor``);
+this module only holds the gateway's policy: which SOP classes and transfer syntaxes it takes,
+who may associate, and what it tells the peer about itself — the same either way.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pynetdicom.pdu_primitives import (A_ASSOCIATE, AsynchronousOperationsWindow
                                        ImplementationClassUIDNotification,
                                        ImplementationVersionNameNotification,
                                        MaximumLengthNotification, SCP_SCU_RoleSelectionNegotiation)
-from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
+from pynetdicom.presentation import (PresentationContext, negotiate_as_acceptor,
+                                     negotiate_as_requestor)
 
 from gateway import __version__
 from gateway.dimse.binary import DEFLATED_LE, EXPLICIT_LE, IMPLICIT_LE
@@ -27,7 +29,7 @@ VERIFICATION = "1.2.840.10008.1.1"
 TRANSFER_SYNTAXES = (EXPLICIT_LE, IMPLICIT_LE, DEFLATED_LE)
 UPS_SOP_CLASSES = (UPS_PUSH, UPS_PULL, UPS_WATCH, UPS_EVENT, UPS_QUERY)
 
-# Who this acceptor says it is (PS3.7 D.3.3.2): a UUID-derived UID (PS3.5 B.2) fixed for the
+# Who the gateway says it is (PS3.7 D.3.3.2): a UUID-derived UID (PS3.5 B.2) fixed for the
 # gateway's upper layer, and its version (at most 16 characters).
 IMPLEMENTATION_CLASS_UID = "2.25.48937909397859884075901396105969556661"
 IMPLEMENTATION_VERSION_NAME = f"UPS_GATEWAY_{__version__.replace('.', '')}"[:16]
@@ -54,6 +56,10 @@ class Rejection:
         pdu.from_primitive(primitive)
         return pdu.encode()
 
+    @property
+    def permanent(self) -> bool:
+        return self.result == REJECTED_PERMANENT
+
 
 TOO_MANY = Rejection(REJECTED_TRANSIENT, SERVICE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED,
                      "local limit exceeded")
@@ -67,7 +73,10 @@ class Agreement:
     called_ae: str
     contexts: dict[int, str]  # accepted context ID -> abstract syntax
     transfer_syntaxes: dict[int, str]  # accepted context ID -> transfer syntax
-    peer_max_pdu: int  # the requestor's Maximum Length Received (0: no limit)
+    peer_max_pdu: int  # the peer's Maximum Length Received (0: no limit)
+    # The SCP/SCU Role Selection items the peer sent: SOP class -> (SCU role, SCP role), as
+    # proposed (we accept) or as answered (we request).
+    roles: dict[str, tuple[bool | None, bool | None]] = field(default_factory=dict)
     ac: bytes = field(repr=False, default=b"")
 
 
@@ -107,26 +116,48 @@ def negotiate(rq: A_ASSOCIATE, policy: Policy, supported: list[PresentationConte
     if policy.allowed_calling_aes and calling not in policy.allowed_calling_aes:
         return Rejection(REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNIZED,
                          "calling AE title not recognised")
+    peer_max_pdu, roles = _user_information(rq)
+    window_proposed = any(isinstance(item, AsynchronousOperationsWindowNegotiation)
+                          for item in rq.user_information)
+    results, role_replies = negotiate_as_acceptor(rq.presentation_context_definition_list,
+                                                  supported, roles or None)
+    agreement = _agreement(rq, results, peer_max_pdu, roles)
+    agreement.ac = _accept_pdu(rq, results, role_replies, policy, window_proposed)
+    return agreement
+
+
+def _user_information(primitive: A_ASSOCIATE) -> tuple[int, dict]:
+    """The peer's Maximum Length Received and SCP/SCU Role Selection items."""
     peer_max_pdu = 0
     roles: dict[str, tuple[bool | None, bool | None]] = {}
-    window_proposed = False
-    for item in rq.user_information:
+    for item in primitive.user_information:
         if isinstance(item, MaximumLengthNotification):
             peer_max_pdu = item.maximum_length_received or 0
         elif isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid:
             roles[str(item.sop_class_uid)] = (item.scu_role, item.scp_role)
-        elif isinstance(item, AsynchronousOperationsWindowNegotiation):
-            window_proposed = True
-    results, role_replies = negotiate_as_acceptor(rq.presentation_context_definition_list,
-                                                  supported, roles or None)
+    return peer_max_pdu, roles
+
+
+def _agreement(primitive: A_ASSOCIATE, results: list[PresentationContext], peer_max_pdu: int,
+               roles: dict) -> Agreement:
     accepted = [cx for cx in results if cx.result == 0x00]
-    agreement = Agreement(
-        calling_ae=calling, called_ae=str(rq.called_ae_title or "").strip(),
+    return Agreement(
+        calling_ae=str(primitive.calling_ae_title or "").strip(),
+        called_ae=str(primitive.called_ae_title or "").strip(),
         contexts={cx.context_id: str(cx.abstract_syntax) for cx in accepted},
         transfer_syntaxes={cx.context_id: str(cx.transfer_syntax[0]) for cx in accepted},
-        peer_max_pdu=peer_max_pdu)
-    agreement.ac = _accept_pdu(rq, results, role_replies, policy, window_proposed)
-    return agreement
+        peer_max_pdu=peer_max_pdu, roles=roles)
+
+
+def _identity(max_pdu: int) -> list:
+    """The user information items saying who we are and what we receive (PS3.7 D.3.3.1-2)."""
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = max_pdu
+    class_uid = ImplementationClassUIDNotification()
+    class_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    return [max_length, class_uid, version]
 
 
 def _accept_pdu(rq: A_ASSOCIATE, results: list[PresentationContext], role_replies: list,
@@ -138,13 +169,7 @@ def _accept_pdu(rq: A_ASSOCIATE, results: list[PresentationContext], role_replie
     ac.application_context_name = APPLICATION_CONTEXT
     ac.result = 0x00
     ac.presentation_context_definition_results_list = results
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = policy.max_pdu
-    class_uid = ImplementationClassUIDNotification()
-    class_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-    version = ImplementationVersionNameNotification()
-    version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-    info: list = [max_length, class_uid, version, *role_replies]
+    info: list = [*_identity(policy.max_pdu), *role_replies]
     if window_proposed:
         # One request at a time each way (PS3.7 D.3.3.3): requests are served in order.
         window = AsynchronousOperationsWindowNegotiation()
@@ -155,3 +180,60 @@ def _accept_pdu(rq: A_ASSOCIATE, results: list[PresentationContext], role_replie
     pdu = A_ASSOCIATE_AC()
     pdu.from_primitive(ac)
     return pdu.encode()
+
+
+# ---- as the requestor ----------------------------------------------------------------------------
+
+def proposal(context_id: int, abstract_syntax: str, transfer_syntaxes: tuple[str, ...], *,
+             scu_role: bool | None = None, scp_role: bool | None = None) -> PresentationContext:
+    """A presentation context to propose; ``scu_role``/``scp_role`` set: with a role selection
+    item for its SOP class (PS3.7 D.3.3.4)."""
+    cx = PresentationContext()
+    cx.context_id = context_id
+    cx.abstract_syntax = abstract_syntax
+    for syntax in transfer_syntaxes:
+        cx.add_transfer_syntax(syntax)
+    cx.scu_role, cx.scp_role = scu_role, scp_role
+    return cx
+
+
+def request_pdu(calling_ae: str, called_ae: str, contexts: list[PresentationContext],
+                max_pdu: int) -> bytes:
+    """The A-ASSOCIATE-RQ proposing ``contexts``, with our Maximum Length Received and identity."""
+    rq = A_ASSOCIATE()
+    rq.application_context_name = APPLICATION_CONTEXT
+    rq.calling_ae_title = calling_ae
+    rq.called_ae_title = called_ae
+    rq.presentation_context_definition_list = contexts
+    roles = []
+    for cx in contexts:
+        if cx.scu_role is not None or cx.scp_role is not None:
+            role = SCP_SCU_RoleSelectionNegotiation()
+            role.sop_class_uid = cx.abstract_syntax
+            role.scu_role, role.scp_role = bool(cx.scu_role), bool(cx.scp_role)
+            roles.append(role)
+    rq.user_information = [*_identity(max_pdu), *roles]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(rq)
+    return pdu.encode()
+
+
+def read_acceptance(raw: bytes, proposed: list[PresentationContext]) -> Agreement:
+    """An A-ASSOCIATE-AC PDU (header included) answering ``proposed``: the contexts the peer
+    accepted, its transfer syntax each, the peer's maximum PDU and role replies. Raises on
+    garbage."""
+    pdu = A_ASSOCIATE_AC()
+    pdu.decode(raw)
+    ac = pdu.to_primitive()
+    peer_max_pdu, roles = _user_information(ac)
+    results = negotiate_as_requestor(proposed, ac.presentation_context_definition_results_list,
+                                     roles or None)
+    return _agreement(ac, results, peer_max_pdu, roles)
+
+
+def read_rejection(raw: bytes) -> Rejection:
+    """An A-ASSOCIATE-RJ PDU (header included) as the ``Rejection`` it says; raises on garbage."""
+    pdu = A_ASSOCIATE_RJ()
+    pdu.decode(raw)
+    return Rejection(pdu.result, pdu.source, pdu.reason_diagnostic,
+                     f"{pdu.result_str.lower()}, by the {pdu.source_str}: {pdu.reason_str}")

@@ -26,49 +26,22 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import socket
 from typing import TYPE_CHECKING
 
-from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RP, P_DATA_TF
-from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT
+from pynetdicom.pdu import P_DATA_TF
 
-from gateway.dimse import negotiation
+from gateway.dimse import negotiation, pdus
 from gateway.dimse.messages import (C_CANCEL, INVALID_PDU_PARAMETER as INVALID_PARAMETER,
                                     RESPONDED_TO, Assembler, Message, ProtocolError, p_data)
+from gateway.dimse.pdus import (ABORT, ASSOCIATE_RQ, DATA, NOT_SPECIFIED, RELEASE_RQ,
+                                UNEXPECTED_PDU)
 
 if TYPE_CHECKING:
     from gateway.dimse.server import Listener
 
 log = logging.getLogger("gateway.dimse")
 
-# PDU types (PS3.8 Table 9-1).
-ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, DATA = 0x01, 0x02, 0x03, 0x04
-RELEASE_RQ, RELEASE_RP, ABORT = 0x05, 0x06, 0x07
-_PDU_TYPES = frozenset((ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, DATA, RELEASE_RQ, RELEASE_RP,
-                        ABORT))
-_HEADER_SIZE = 6
-# Any PDU but P-DATA is small; an A-ASSOCIATE-RQ with every context a peer could want is tens of
-# kilobytes. Larger is garbage (or an attack), whatever our maximum for P-DATA is.
-CONTROL_PDU_LIMIT = 1 << 20
-
-# A-ABORT from the service provider (PS3.8 Table 9-26): the reason.
-NOT_SPECIFIED, UNRECOGNIZED_PDU, UNEXPECTED_PDU = 0x00, 0x01, 0x02
-
 _RELEASE = object()  # queued after the requests an A-RELEASE-RQ must wait for
-_RELEASE_RP = A_RELEASE_RP().encode()
-
-
-def _abort_pdu(reason: int | None) -> bytes:
-    """A-ABORT: from the service provider with a reason, or (None) from the service user."""
-    if reason is None:
-        primitive = A_ABORT()
-        primitive.abort_source = 0x00
-    else:
-        primitive = A_P_ABORT()
-        primitive.provider_reason = reason
-    pdu = A_ABORT_RQ()
-    pdu.from_primitive(primitive)
-    return pdu.encode()
 
 
 class State(enum.Enum):
@@ -78,7 +51,7 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-class Association(asyncio.Protocol):
+class Association(pdus.WriteFlow, asyncio.Protocol):
     def __init__(self, listener: Listener):
         self.listener = listener
         self.config = listener.config
@@ -96,7 +69,6 @@ class Association(asyncio.Protocol):
         self._stop_when_idle = False
         self._timer: asyncio.TimerHandle | None = None
         self._last_activity = self.loop.time()
-        self._can_write: asyncio.Future | None = None
         self.closed = self.loop.create_future()
 
     # ---- what the handlers see -----------------------------------------------------------------
@@ -115,10 +87,10 @@ class Association(asyncio.Protocol):
         if self.state is not State.ESTABLISHED:
             return  # aborted meanwhile: nobody to answer
         self._write(p_data(context_id, command, dataset, self.agreement.peer_max_pdu))
-        if self._can_write is not None:
+        if self.paused:
             try:  # a peer that stops reading is as idle as one that stops writing
                 async with asyncio.timeout(self.config.network_timeout or None):
-                    await asyncio.shield(self._can_write)
+                    await self.writable()
             except TimeoutError:
                 self.abort(NOT_SPECIFIED, "the peer stopped reading our responses")
 
@@ -129,12 +101,7 @@ class Association(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:  # a response is one write; never let Nagle hold it for the peer's delayed ACK
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        pdus.set_nodelay(transport)
         peer = transport.get_extra_info("peername")
         if peer:
             self.address = f"{peer[0]}:{peer[1]}"
@@ -145,32 +112,16 @@ class Association(asyncio.Protocol):
         self._last_activity = self.loop.time()
         if self.state in (State.CLOSING, State.CLOSED):
             return  # waiting for the peer to close: whatever it still sends is moot
-        buffer = self._buffer
-        buffer += data
+        self._buffer += data
         try:
-            while len(buffer) >= _HEADER_SIZE and self.state not in (State.CLOSING, State.CLOSED):
-                pdu_type = buffer[0]
-                length = int.from_bytes(buffer[2:6], "big")
-                self._check_length(pdu_type, length)
-                end = _HEADER_SIZE + length
-                if len(buffer) < end:
-                    return
-                pdu = bytes(buffer[:end])
-                del buffer[:end]
+            for pdu_type, pdu in pdus.take(self._buffer, self.config.max_pdu):
                 self._on_pdu(pdu_type, pdu)
+                if self.state in (State.CLOSING, State.CLOSED):
+                    return
         except ProtocolError as exc:
             self.abort(exc.reason, str(exc))
         except Exception as exc:  # noqa: BLE001 - a PDU our codecs choke on is the peer's error
             self.abort(INVALID_PARAMETER, f"undecodable PDU: {exc!r}"[:200])
-
-    def pause_writing(self) -> None:
-        if self._can_write is None:
-            self._can_write = self.loop.create_future()
-
-    def resume_writing(self) -> None:
-        if self._can_write is not None:
-            self._can_write.set_result(None)
-            self._can_write = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state is State.ESTABLISHED:
@@ -184,14 +135,6 @@ class Association(asyncio.Protocol):
             self.closed.set_result(None)
 
     # ---- PDUs ------------------------------------------------------------------------------------
-
-    def _check_length(self, pdu_type: int, length: int) -> None:
-        if pdu_type not in _PDU_TYPES:
-            raise ProtocolError(f"unknown PDU type 0x{pdu_type:02X}", UNRECOGNIZED_PDU)
-        limit = self.config.max_pdu if pdu_type == DATA else CONTROL_PDU_LIMIT
-        if limit and length > limit:
-            raise ProtocolError(f"PDU of {length} bytes exceeds the maximum of {limit}",
-                                INVALID_PARAMETER)
 
     def _on_pdu(self, pdu_type: int, pdu: bytes) -> None:
         if pdu_type == ABORT:
@@ -254,7 +197,7 @@ class Association(asyncio.Protocol):
         while True:
             item = await self._queue.get()
             if item is _RELEASE:
-                self._write(_RELEASE_RP)
+                self._write(pdus.RELEASE_RP_PDU)
                 log.debug("association released", extra=self.log_extra())
                 self._closing()
                 return
@@ -284,7 +227,7 @@ class Association(asyncio.Protocol):
         if self.state in (State.CLOSING, State.CLOSED):
             return
         log.info(f"association aborted: {why}", extra=self.log_extra())
-        self._write(_abort_pdu(reason))
+        self._write(pdus.abort_pdu(reason))
         self._closing()
 
     def stop(self) -> None:

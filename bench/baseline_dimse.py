@@ -18,8 +18,8 @@ from pynetdicom.sop_class import (UnifiedProcedureStepEvent, UnifiedProcedureSte
                                   UnifiedProcedureStepPush, UnifiedProcedureStepQuery,
                                   UnifiedProcedureStepWatch, Verification)
 
+from bench.pynetdicom_fixes import NODELAY_HANDLER
 from bench.workload import Workload
-from gateway.dimse.net import NODELAY_HANDLER
 
 TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99"]
 

@@ -330,22 +330,12 @@ def _scu():
 
 
 def _associate(ae, port: int, called: str):
-    from gateway.dimse.net import NODELAY_HANDLER
+    from bench.pynetdicom_fixes import NODELAY_HANDLER, guard_responses
 
     assoc = ae.associate("127.0.0.1", port, ae_title=called, evt_handlers=[NODELAY_HANDLER])
     if not assoc.is_established:
         raise RuntimeError(f"association to 127.0.0.1:{port} was not established")
     return guard_responses(assoc)
-
-
-def guard_responses(assoc):
-    """Keep the association's reactor thread from stealing DIMSE responses: a pynetdicom 3.0.4
-    race that, under load, makes ``send_*`` wait out the whole DIMSE timeout every few hundred
-    messages. The gateway's own fix (``gateway.dimse.net.guard_responses``) is used."""
-    from gateway.dimse.net import guard_responses as guard
-
-    guard(assoc)
-    return assoc
 
 
 def dimse_probe(port: int, called: str) -> dict:

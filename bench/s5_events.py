@@ -1,35 +1,51 @@
-"""Scenario 5: event latency — from a state change's response to the event's arrival.
+"""Scenario 5: event latency — from a state change's request to the event's arrival.
 
-* REST change → DIMSE receiver: a pynetdicom N-EVENT-REPORT receiver (in this process) is the
-  gateway peer ``RECEIVER`` and subscribed globally over REST; each change is a REST claim
-  (PUT …/state, IN PROGRESS), one at a time, and the latency is the receiver's arrival time minus
-  the moment the PUT's response was read.
-* DIMSE change → WebSocket subscriber: ``WSSUB`` subscribed globally, its WebSocket open; each
-  change is an N-ACTION Change UPS State (UPS Pull context) on one association.
-* REST change → WebSocket (for information; it isolates the WebSocket path from the DIMSE side).
-* Fan-out: 100 AEs subscribed globally, 100 WebSockets open; one REST change at a time, time until
-  the last of the 100 has the event.
+Every change is timed from the moment its request is sent (what the targets use: an event may
+arrive before the change's response has been read, and time spent before the response is the
+server's too) and, for continuity with earlier figures, from the moment its response was read.
+
+* REST change → WebSocket: ``WSSUB`` subscribed globally, its WebSocket open; each change a REST
+  claim (PUT …/state, IN PROGRESS), one at a time. Measured on the gateway and, the same way by
+  the same client, on ``bench.reference_ups`` (an in-memory UPS-RS server on aiohttp and uvloop,
+  in its own process); the runs alternate.
+* Fan-out: 100 AEs subscribed globally with 100 WebSockets open, on each server; one REST change
+  at a time, time until the last of the 100 has the event. Alternating likewise.
+* REST change → DIMSE receiver: ``bench.event_receiver`` (asyncio, on this process's loop) is
+  the gateway peer ``RECEIVER``, subscribed globally over REST; the arrival is the moment the
+  last fragment of the N-EVENT-REPORT-RQ is read.
+* DIMSE change → WebSocket: N-ACTION Change UPS State (UPS Pull context) on one pynetdicom
+  association; from the response (the send call returning), as before.
 
 Workitems are created before anyone subscribes, so no creation events are in flight while
-measuring. Baselines, same run: a raw Redis pub/sub round trip (publish → subscriber has it) on a
-bare redis-server, and the same to 100 subscriber connections.
+measuring; each series is preceded by a few unmeasured changes (connections and associations
+opened), and each subscriber is unsubscribed when its part is done. REST → DIMSE comes last: the
+gateway keeps its association to the DIMSE peer open while idle (``association_idle_seconds``),
+and pynetdicom's reactor threads poll on it, taking CPU and the GIL from the event loop (14 % of
+the gateway's samples while REST → WebSocket was profiled after REST → DIMSE). Measured first,
+each WebSocket path has the gateway to itself.
+
+Baselines, same run: the reference for the figures from the request; a raw Redis pub/sub round
+trip (publish → subscriber has it) on a bare redis-server, to 1 and to 100 subscriber
+connections, for the figures from the response; for information, a pynetdicom N-EVENT-REPORT
+(as the gateway's sender proposes it) to the same receiver with nothing else involved.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
+from dataclasses import dataclass
 
 import aiohttp
 import redis.asyncio as aioredis
 
-from bench.client import ClientProcess, guard_responses
-from bench.context import Context, Profiler
-from bench.procs import Gateway, RedisServer, free_port
+from bench.client import ClientProcess
+from bench.context import Context, CpuMeter, Profiler
+from bench.event_receiver import EventReceiver
+from bench.procs import Gateway, Module, RedisServer, free_port, wait_http
 from bench.report import ScenarioResult
-from bench.stats import median, summary
+from bench.stats import median, ratio, summary
 from bench.workload import new_uid
 
 GLOBAL = "1.2.840.10008.5.1.4.34.5"
@@ -37,10 +53,13 @@ UPS_PUSH = "1.2.840.10008.5.1.4.34.6.1"
 UPS_PULL = "1.2.840.10008.5.1.4.34.6.3"
 JSON = {"Content-Type": "application/dicom+json"}
 WAIT = 5.0  # seconds one event may take before it counts as missed
+WARMUP = 5  # unmeasured changes before each series
+PROFILE_SECONDS = 6
+PROFILE_CHANGES = 1500  # at most, per profiled series
 
 
 class Arrivals:
-    """(uid, state) → arrival times, with waiters; fed from any thread."""
+    """(uid, state) → arrival times, with waiters; fed on the loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
@@ -53,9 +72,6 @@ class Arrivals:
         waiter = self.waiters.get(key)
         if waiter and len(self.times[key]) >= waiter[0] and not waiter[1].done():
             waiter[1].set_result(None)
-
-    def add_threadsafe(self, uid: str, state: str, at: float) -> None:
-        self.loop.call_soon_threadsafe(self.add, uid, state, at)
 
     async def wait(self, uid: str, state: str, count: int = 1,
                    timeout: float = WAIT) -> list[float] | None:
@@ -72,40 +88,13 @@ class Arrivals:
         return self.times[key]
 
 
-class Receiver:
-    """A pynetdicom UPS Event SCP recording each N-EVENT-REPORT's arrival."""
-
-    def __init__(self, arrivals: Arrivals):
-        self.arrivals = arrivals
-        self.port = free_port()
-        self.server = None
-        self.count = 0
-
-    def start(self) -> "Receiver":
-        from pynetdicom import AE, evt
-        from pynetdicom.sop_class import UnifiedProcedureStepEvent
-
-        from gateway.dimse.net import NODELAY_HANDLER
-
-        ae = AE(ae_title="RECEIVER")
-        ae.add_supported_context(UnifiedProcedureStepEvent, scu_role=True, scp_role=True)
-        ae.network_timeout = 60
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[
-            NODELAY_HANDLER, (evt.EVT_N_EVENT_REPORT, self._on_report)])
-        return self
-
-    def _on_report(self, event):
-        at = time.perf_counter()
-        uid = str(event.request.AffectedSOPInstanceUID)
-        info = event.event_information
-        state = str(info.get("ProcedureStepState", "")) if info is not None else ""
-        self.count += 1
-        self.arrivals.add_threadsafe(uid, state, at)
-        return 0x0000, None
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
+@dataclass
+class Server:
+    """A UPS-RS server under measurement: the gateway or the reference."""
+    name: str
+    base: str
+    ws_base: str
+    pids: list[int | None]
 
 
 async def _ws_reader(ws: aiohttp.ClientWebSocketResponse, arrivals: Arrivals) -> None:
@@ -119,47 +108,89 @@ async def _ws_reader(ws: aiohttp.ClientWebSocketResponse, arrivals: Arrivals) ->
         arrivals.add(uid, state, at)
 
 
-async def _subscribe(http: aiohttp.ClientSession, gw: Gateway, ae: str) -> None:
-    async with http.post(f"{gw.base}/workitems/{GLOBAL}/subscribers/{ae}") as r:
+async def _subscribe(http: aiohttp.ClientSession, server: Server, ae: str) -> None:
+    async with http.post(f"{server.base}/workitems/{GLOBAL}/subscribers/{ae}") as r:
         if r.status != 201:
-            raise RuntimeError(f"global subscription of {ae} answered {r.status}: {await r.text()}")
+            raise RuntimeError(f"{server.name}: global subscription of {ae} answered {r.status}: "
+                               f"{await r.text()}")
 
 
-async def _unsubscribe(http: aiohttp.ClientSession, gw: Gateway, ae: str) -> None:
-    async with http.delete(f"{gw.base}/workitems/{GLOBAL}/subscribers/{ae}") as r:
+async def _unsubscribe(http: aiohttp.ClientSession, server: Server, ae: str) -> None:
+    async with http.delete(f"{server.base}/workitems/{GLOBAL}/subscribers/{ae}") as r:
         await r.read()
 
 
-async def _rest_claim(http: aiohttp.ClientSession, gw: Gateway, uid: str) -> float:
+async def _rest_claim(http: aiohttp.ClientSession, server: Server,
+                      uid: str) -> tuple[float, float]:
+    """Claim ``uid``; (request sent, response read) times."""
     body = ('{"00081195":{"vr":"UI","Value":["%s"]},"00741000":{"vr":"CS","Value":["IN PROGRESS"]}}'
             % new_uid())
-    async with http.put(f"{gw.base}/workitems/{uid}/state", data=body, headers=JSON) as r:
+    sent = time.perf_counter()
+    async with http.put(f"{server.base}/workitems/{uid}/state", data=body, headers=JSON) as r:
         await r.read()
         done = time.perf_counter()
         if r.status != 200:
-            raise RuntimeError(f"claim of {uid} answered {r.status}")
-    return done
+            raise RuntimeError(f"{server.name}: claim of {uid} answered {r.status}")
+    return sent, done
 
 
 async def _latencies(change, uids: list[str], arrivals: Arrivals, count: int = 1) -> dict:
-    """Run ``change(uid)`` (returns the response time) for each uid, one at a time, and wait for
-    ``count`` arrivals of its IN PROGRESS event."""
-    last: list[float] = []
-    first: list[float] = []
+    """Run ``change(uid)`` (returns the request and response times) for each uid, one at a time,
+    and wait for ``count`` arrivals of its IN PROGRESS event. Per reference point (``request``,
+    ``response``): the latency of the last and of the first arrival."""
+    since: dict[str, tuple[list[float], list[float]]] = {"request": ([], []),
+                                                         "response": ([], [])}
     missed = 0
     for uid in uids:
-        responded = await change(uid)
+        sent, responded = await change(uid)
         times = await arrivals.wait(uid, "IN PROGRESS", count)
         if times is None:
             missed += 1
             continue
-        last.append(max(times[:count]) - responded)
-        first.append(min(times[:count]) - responded)
-    return {"last": summary(last), "first": summary(first), "missed": missed,
-            "raw_ms": [round(x * 1000, 3) for x in last]}
+        for point, start in (("request", sent), ("response", responded)):
+            since[point][0].append(max(times[:count]) - start)
+            since[point][1].append(min(times[:count]) - start)
+    out: dict = {point: {"last": summary(last), "first": summary(first)}
+                 for point, (last, first) in since.items()}
+    out["missed"] = missed
+    out["raw_ms"] = [round(x * 1000, 3) for x in since["request"][0]]
+    return out
 
 
-# ---- DIMSE change ---------------------------------------------------------------------------
+async def _series(ctx: Context, label: str, change, uids: list[str], arrivals: Arrivals,
+                  count: int = 1, cpu_pids: list | None = None) -> dict:
+    """One measured series after WARMUP unmeasured changes (``uids`` includes them)."""
+    await _latencies(change, uids[:WARMUP], arrivals, count)
+    with CpuMeter(*(cpu_pids or [])) as cpu:
+        res = await _latencies(change, uids[WARMUP:], arrivals, count)
+    done = len(uids) - WARMUP - res["missed"]
+    res["server_cpu_ms_per_change"] = cpu.seconds * 1000 / done if cpu_pids and done else None
+    req, rsp = res["request"]["last"], res["response"]["last"]
+    ctx.log(f"s5 {label}: from the request p50 {req.get('p50_ms', 0):.2f} "
+            f"p99 {req.get('p99_ms', 0):.2f} ms; from the response p50 "
+            f"{rsp.get('p50_ms', 0):.2f} p99 {rsp.get('p99_ms', 0):.2f} ms; missed {res['missed']}")
+    return res
+
+
+async def _profiled(ctx: Context, gw: Gateway, name: str, change, uids: list[str],
+                    arrivals: Arrivals, count: int = 1) -> None:
+    """``--profile``: changes one at a time under py-spy for PROFILE_SECONDS (unmeasured)."""
+    with Profiler(ctx, gw.pid, name, PROFILE_SECONDS):
+        deadline = time.perf_counter() + PROFILE_SECONDS
+        for uid in uids:
+            if time.perf_counter() > deadline:
+                break
+            await change(uid)
+            await arrivals.wait(uid, "IN PROGRESS", count)
+
+
+def _split(uids: list[str], rep: int, n: int) -> list[str]:
+    """Repetition ``rep``'s share of a group made by ``_group``: warm-up changes, then n."""
+    size = WARMUP + n
+    return uids[rep * size:(rep + 1) * size]
+
+
+# ---- DIMSE ----------------------------------------------------------------------------------
 
 class DimseChanger:
     """One association to the gateway; N-ACTION Change UPS State on the UPS Pull context."""
@@ -167,7 +198,7 @@ class DimseChanger:
     def __init__(self, gw: Gateway):
         from pynetdicom import AE
 
-        from gateway.dimse.net import NODELAY_HANDLER
+        from bench.pynetdicom_fixes import NODELAY_HANDLER, guard_responses
 
         ae = AE(ae_title="BENCH_SCU")
         for cls in (UPS_PUSH, UPS_PULL):
@@ -179,22 +210,76 @@ class DimseChanger:
             raise RuntimeError("association with the gateway's DIMSE listener failed")
         guard_responses(self.assoc)
 
-    def claim(self, uid: str) -> tuple[int | None, float]:
+    def claim(self, uid: str) -> tuple[int | None, float, float]:
+        """(status, request sent, response read)."""
         from pydicom import Dataset
 
         ds = Dataset()
         ds.TransactionUID = new_uid()
         ds.ProcedureStepState = "IN PROGRESS"
+        sent = time.perf_counter()
         status, _ = self.assoc.send_n_action(ds, 1, UPS_PUSH, uid, meta_uid=UPS_PULL)
         done = time.perf_counter()
-        return (int(status.Status) if status and "Status" in status else None), done
+        return (int(status.Status) if status and "Status" in status else None), sent, done
 
     def close(self) -> None:
         if self.assoc.is_established:
             self.assoc.release()
 
 
-# ---- baselines ------------------------------------------------------------------------------
+class PynetdicomSender:
+    """Information: N-EVENT-REPORTs from a bare pynetdicom requestor, as the gateway's sender
+    proposes them (UPS Event, SCP role), to the bench receiver."""
+
+    def __init__(self, port: int):
+        from pydicom import Dataset
+        from pynetdicom import AE, build_role
+        from pynetdicom.sop_class import UnifiedProcedureStepEvent
+
+        from bench.pynetdicom_fixes import NODELAY_HANDLER, guard_responses
+
+        ae = AE(ae_title="UPS_GATEWAY")
+        ae.add_requested_context(UnifiedProcedureStepEvent,
+                                 ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        ae.dimse_timeout = ae.acse_timeout = 10
+        self.assoc = ae.associate("127.0.0.1", port, ae_title="RECEIVER",
+                                  evt_handlers=[NODELAY_HANDLER],
+                                  ext_neg=[build_role(UnifiedProcedureStepEvent, scp_role=True)])
+        if not self.assoc.is_established:
+            raise RuntimeError("the bench receiver refused the pynetdicom sender")
+        guard_responses(self.assoc)
+        self.info = Dataset()
+        self.info.ProcedureStepState = "IN PROGRESS"
+        self.info.InputReadinessState = "READY"
+
+    def send(self, uid: str) -> float:
+        """Send one report; the time just before the send call."""
+        sent = time.perf_counter()
+        self.assoc.send_n_event_report(self.info, 1, UPS_PUSH, uid)
+        return sent
+
+    def close(self) -> None:
+        if self.assoc.is_established:
+            self.assoc.release()
+
+
+async def _dimse_transport_baseline(port: int, arrivals: Arrivals, events: int) -> dict:
+    sender = await asyncio.to_thread(PynetdicomSender, port)
+    latencies = []
+    try:
+        for n in range(WARMUP + events):
+            uid = f"2.25.{time.time_ns()}{n}"
+            sent = await asyncio.to_thread(sender.send, uid)
+            times = await arrivals.wait(uid, "IN PROGRESS")
+            if times is not None and n >= WARMUP:
+                latencies.append(times[0] - sent)
+            await asyncio.sleep(0.002)
+    finally:
+        await asyncio.to_thread(sender.close)
+    return summary(latencies)
+
+
+# ---- pub/sub baseline -----------------------------------------------------------------------
 
 async def _pubsub_baseline(url: str, events: int, subscribers: int) -> dict:
     publisher = aioredis.Redis.from_url(url)
@@ -240,58 +325,6 @@ async def _pubsub_baseline(url: str, events: int, subscribers: int) -> dict:
     return summary(latencies)
 
 
-def _dimse_baseline(events: int) -> dict:
-    """Information: a bare pynetdicom N-EVENT-REPORT (one association, idle between messages)
-    from the send call to the receiver's handler — the transport's own share of REST → DIMSE."""
-    from pydicom import Dataset
-    from pynetdicom import AE, build_role, evt
-    from pynetdicom.sop_class import UnifiedProcedureStepEvent
-
-    from gateway.dimse.net import NODELAY_HANDLER
-
-    arrived: dict[str, float] = {}
-    got = threading.Condition()
-
-    def on_report(event):
-        at = time.perf_counter()
-        _ = event.event_information  # decoded, as the bench receiver does
-        with got:
-            arrived[str(event.request.AffectedSOPInstanceUID)] = at
-            got.notify_all()
-        return 0x0000, None
-
-    port = free_port()
-    receiver = AE(ae_title="RECEIVER")
-    receiver.add_supported_context(UnifiedProcedureStepEvent, scu_role=True, scp_role=True)
-    server = receiver.start_server(("127.0.0.1", port), block=False, evt_handlers=[
-        NODELAY_HANDLER, (evt.EVT_N_EVENT_REPORT, on_report)])
-    sender = AE(ae_title="UPS_GATEWAY")
-    sender.add_requested_context(UnifiedProcedureStepEvent)
-    sender.dimse_timeout = sender.acse_timeout = 10
-    assoc = sender.associate("127.0.0.1", port, ae_title="RECEIVER", evt_handlers=[NODELAY_HANDLER],
-                             ext_neg=[build_role(UnifiedProcedureStepEvent, scp_role=True)])
-    latencies = []
-    try:
-        guard_responses(assoc)
-        info = Dataset()
-        info.ProcedureStepState = "IN PROGRESS"
-        info.InputReadinessState = "READY"
-        for n in range(events):
-            uid = f"1.2.826.0.1.3680043.10.9.{n + 1}"
-            t0 = time.perf_counter()
-            assoc.send_n_event_report(info, 1, UPS_PUSH, uid)
-            with got:
-                got.wait_for(lambda: uid in arrived, WAIT)
-            if uid in arrived:
-                latencies.append(arrived[uid] - t0)
-            time.sleep(0.002)
-    finally:
-        if assoc.is_established:
-            assoc.release()
-        server.shutdown()
-    return summary(latencies)
-
-
 # ---- the scenario ---------------------------------------------------------------------------
 
 def run(ctx: Context) -> ScenarioResult:
@@ -299,156 +332,235 @@ def run(ctx: Context) -> ScenarioResult:
 
 
 async def _run(ctx: Context) -> ScenarioResult:
-    r = ScenarioResult(5, "Event latency (change response → event arrival)")
-    s = ctx.sizes
-    loop = asyncio.get_running_loop()
-    arrivals = Arrivals(loop)
-    receiver = Receiver(arrivals).start()
-    results: dict[str, list[dict]] = {"rest_dimse": [], "dimse_ws": [], "rest_ws": [],
-                                      "fanout": [], "pubsub": [], "pubsub_fanout": [],
-                                      "dimse_transport": []}
+    r = ScenarioResult(5, "Event latency (change request → event arrival)")
+    arrivals = Arrivals(asyncio.get_running_loop())
+    receiver = await EventReceiver(arrivals.add).start()
+    ref_port = free_port()
+    results: dict[str, list[dict]] = {key: [] for key in (
+        "rest_dimse", "dimse_ws", "rest_ws", "ref_rest_ws", "fanout", "ref_fanout", "pubsub",
+        "pubsub_fanout", "dimse_transport")}
     notes: list[str] = []
+    reference = Module("bench.reference_ups", ["--port", str(ref_port)], ctx.workdir).start()
     try:
         with RedisServer(ctx.workdir, "s5-baseline-redis") as bare, \
                 Gateway(ctx.workdir, name="s5-gateway", peers={"RECEIVER": {
                     "host": "127.0.0.1", "port": receiver.port}}) as gw, \
                 ClientProcess("s5-client") as client:
-            n, reps, fan = s.events, ctx.repeat, s.fanout_subscribers
-            client.call("prepare", count=500)
-            groups = {}
-            for name, count in (("rest_dimse", n * reps), ("dimse_ws", n * reps),
-                                ("rest_ws", n * reps), ("fanout", s.fanout_changes * reps)):
-                groups[name] = await asyncio.to_thread(
-                    client.call, "create_fixed", url=f"{gw.base}/workitems", count=count,
-                    concurrency=8, label=f"EV{name.upper()[:10]}")
-            ctx.log(f"s5 created {sum(len(v) for v in groups.values())} workitems")
-            # limit=0: the 100 WebSockets must not exhaust the connection pool the PUTs need
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
-                                             connector=aiohttp.TCPConnector(limit=0)) as http:
-                async def rest(uid: str) -> float:
-                    return await _rest_claim(http, gw, uid)
-
-                # REST change → DIMSE receiver
-                await _subscribe(http, gw, "RECEIVER")
-                for rep in range(reps):
-                    res = await _latencies(rest, groups["rest_dimse"][rep * n:(rep + 1) * n],
-                                           arrivals)
-                    results["rest_dimse"].append(res)
-                    ctx.log(f"s5 rep {rep + 1} REST→DIMSE: p50 {res['last'].get('p50_ms', 0):.2f} "
-                            f"p99 {res['last'].get('p99_ms', 0):.2f} ms, missed {res['missed']}")
-                await _unsubscribe(http, gw, "RECEIVER")
-
-                # DIMSE change → WebSocket, and REST change → WebSocket
-                await _subscribe(http, gw, "WSSUB")
-                ws = await http.ws_connect(f"{gw.ws_base}/ws/subscribers/WSSUB")
-                reader = asyncio.create_task(_ws_reader(ws, arrivals))
-                await asyncio.sleep(0.5)
-                changer = None
-                try:
-                    changer = await asyncio.to_thread(DimseChanger, gw)
-                    status, _ = await asyncio.to_thread(changer.claim, groups["dimse_ws"][0])
-                    dimse_ready = status == 0
-                    if not dimse_ready:
-                        notes.append(f"DIMSE → WebSocket not measured: N-ACTION Change UPS State "
-                                     f"answered 0x{status or 0:04X} (handlers not ready)")
-                except Exception as exc:
-                    dimse_ready = False
-                    notes.append(f"DIMSE → WebSocket not measured: {exc}")
-                if dimse_ready:
-                    async def dimse(uid: str) -> float:
-                        status, done = await asyncio.to_thread(changer.claim, uid)
-                        if status != 0:
-                            raise RuntimeError(f"N-ACTION on {uid} answered 0x{status or 0:04X}")
-                        return done
-
-                    for rep in range(reps):
-                        chunk = groups["dimse_ws"][rep * n:(rep + 1) * n]
-                        res = await _latencies(dimse, chunk[1:] if rep == 0 else chunk, arrivals)
-                        results["dimse_ws"].append(res)
-                        ctx.log(f"s5 rep {rep + 1} DIMSE→WS: p50 "
-                                f"{res['last'].get('p50_ms', 0):.2f} p99 "
-                                f"{res['last'].get('p99_ms', 0):.2f} ms, missed {res['missed']}")
-                if changer is not None:
-                    await asyncio.to_thread(changer.close)
-                for rep in range(reps):
-                    res = await _latencies(rest, groups["rest_ws"][rep * n:(rep + 1) * n], arrivals)
-                    results["rest_ws"].append(res)
-                    ctx.log(f"s5 rep {rep + 1} REST→WS: p50 {res['last'].get('p50_ms', 0):.2f} "
-                            f"p99 {res['last'].get('p99_ms', 0):.2f} ms, missed {res['missed']}")
-                await ws.close()
-                reader.cancel()
-                await _unsubscribe(http, gw, "WSSUB")
-
-                # Fan-out to 100 WebSocket subscribers
-                aes = [f"FAN{k:03d}" for k in range(fan)]
-                for ae in aes:
-                    await _subscribe(http, gw, ae)
-                sockets = [await http.ws_connect(f"{gw.ws_base}/ws/subscribers/{ae}") for ae in aes]
-                readers = [asyncio.create_task(_ws_reader(w, arrivals)) for w in sockets]
-                await asyncio.sleep(1.0)
-                m = s.fanout_changes
-                for rep in range(reps):
-                    res = await _latencies(rest, groups["fanout"][rep * m:(rep + 1) * m], arrivals,
-                                           count=fan)
-                    results["fanout"].append(res)
-                    ctx.log(f"s5 rep {rep + 1} fan-out {fan}: last p50 "
-                            f"{res['last'].get('p50_ms', 0):.1f} p99 "
-                            f"{res['last'].get('p99_ms', 0):.1f} ms, missed {res['missed']}")
-                if ctx.profile_dir is not None:
-                    extra = await asyncio.to_thread(
-                        client.call, "create_fixed", url=f"{gw.base}/workitems", count=m,
-                        concurrency=8, label="EVPROFILE")
-                    await asyncio.sleep(3)  # creation events to 100 subscribers drain first
-                    with Profiler(ctx, gw.pid, "s5-gateway-fanout", 8):
-                        await asyncio.wait_for(_latencies(rest, extra, arrivals, count=fan), 30)
-                for w in sockets:
-                    await w.close()
-                for t in readers:
-                    t.cancel()
-
-            # Baselines: raw Redis pub/sub on a bare redis-server.
-            for rep in range(reps):
-                results["pubsub"].append(await _pubsub_baseline(bare.url, n, 1))
-                results["pubsub_fanout"].append(
-                    await _pubsub_baseline(bare.url, s.fanout_changes, fan))
-                results["dimse_transport"].append(await asyncio.to_thread(_dimse_baseline, n))
-            ctx.log(f"s5 pub/sub baseline p50 {results['pubsub'][0].get('p50_ms', 0):.3f} ms, "
-                    f"fan-out {fan} p99 {results['pubsub_fanout'][0].get('p99_ms', 0):.2f} ms")
+            wait_http(f"http://127.0.0.1:{ref_port}/health", reference.proc, 30)
+            servers = {
+                "gateway": Server("gateway", gw.base, gw.ws_base, [gw.pid, gw.redis_pid()]),
+                "reference": Server("reference", f"http://127.0.0.1:{ref_port}/dicom-web",
+                                    f"ws://127.0.0.1:{ref_port}/dicom-web", [reference.pid])}
+            await _measure(ctx, servers, gw, client, arrivals, receiver, bare, results, notes)
     finally:
-        receiver.stop()
+        reference.stop()
+        await receiver.stop()
+    if receiver.failures:
+        notes.append(f"{receiver.failures} N-EVENT-REPORTs had undecodable event information")
+    _report(r, ctx, results, notes)
+    return r
 
-    def med(key: str, q: str, part: str = "last") -> float | None:
-        rows = results[key]
-        return median((x[part] if part in x else x).get(q) for x in rows) if rows else None
 
-    pub50, pub99 = med("pubsub", "p50_ms"), med("pubsub", "p99_ms")
-    fpub50, fpub99 = med("pubsub_fanout", "p50_ms"), med("pubsub_fanout", "p99_ms")
-    rows = (("REST change → DIMSE receiver", "rest_dimse", pub50, pub99,
-             "Redis pub/sub round trip"),
-            ("DIMSE change → WebSocket", "dimse_ws", pub50, pub99, "Redis pub/sub round trip"),
-            ("REST change → WebSocket (information)", "rest_ws", pub50, pub99,
-             "Redis pub/sub round trip"),
-            (f"fan-out to {s.fanout_subscribers} WebSockets, last arrival", "fanout", fpub50,
-             fpub99, f"pub/sub to {s.fanout_subscribers} connections"))
-    for label, key, b50, b99, bname in rows:
-        r.metric(f"{label} p50", med(key, "p50_ms"), "ms", b50, bname,
-                 [x["last"].get("p50_ms") for x in results[key]])
-        r.metric(f"{label} p99", med(key, "p99_ms"), "ms", b99, bname,
-                 [x["last"].get("p99_ms") for x in results[key]])
-    r.metric("bare pynetdicom N-EVENT-REPORT p50 (info)",
-             med("dimse_transport", "p50_ms"), "ms", pub50, "Redis pub/sub round trip")
-    r.metric("bare pynetdicom N-EVENT-REPORT p99 (info)",
-             med("dimse_transport", "p99_ms"), "ms", pub99, "Redis pub/sub round trip")
-    missed = {k: sum(x.get("missed", 0) for x in results[k]) for k in ("rest_dimse", "dimse_ws",
-                                                                        "rest_ws", "fanout")}
-    for label, key, limit in (("REST → DIMSE p99", "rest_dimse", 20.0),
-                              ("DIMSE → WebSocket p99", "dimse_ws", 20.0),
-                              (f"fan-out {s.fanout_subscribers} p99", "fanout", 50.0)):
-        value = med(key, "p99_ms")
-        ok = None if value is None else (value < limit and missed[key] == 0)
-        r.target(label, f"< {limit:.0f} ms (no event missed)", value, ok)
+async def _measure(ctx: Context, servers: dict[str, Server], gw: Gateway, client: ClientProcess,
+                   arrivals: Arrivals, receiver: EventReceiver, bare: RedisServer,
+                   results: dict, notes: list[str]) -> None:
+    s = ctx.sizes
+    n, m, reps, fan = s.events, s.fanout_changes, ctx.repeat, s.fanout_subscribers
+    gateway, ref = servers["gateway"], servers["reference"]
+    client.call("prepare", count=500)
+    profiling = ctx.profile_dir is not None
+
+    async def group(server: Server, name: str, count: int) -> list[str]:
+        return await asyncio.to_thread(
+            client.call, "create_fixed", url=f"{server.base}/workitems", count=count,
+            concurrency=8, label=f"EV{name.upper()[:10]}")
+
+    groups = {
+        "rest_dimse": await group(gateway, "rest_dimse", (WARMUP + n) * reps),
+        "dimse_ws": await group(gateway, "dimse_ws", (WARMUP + n) * reps + 1),
+        "rest_ws": await group(gateway, "rest_ws", (WARMUP + n) * reps),
+        "fanout": await group(gateway, "fanout", (WARMUP + m) * reps),
+        "ref_rest_ws": await group(ref, "rest_ws", (WARMUP + n) * reps),
+        "ref_fanout": await group(ref, "fanout", (WARMUP + m) * reps),
+    }
+    if profiling:
+        for name in ("profile_dimse", "profile_ws"):
+            groups[name] = await group(gateway, name, PROFILE_CHANGES)
+        groups["profile_fanout"] = await group(gateway, "profile_fanout", PROFILE_CHANGES // 10)
+    ctx.log(f"s5 created {sum(len(v) for v in groups.values())} workitems")
+
+    # limit=0: the 2 × 100 WebSockets must not exhaust the connection pool the PUTs need
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
+                                     connector=aiohttp.TCPConnector(limit=0)) as http:
+        def rest(server: Server):
+            return lambda uid: _rest_claim(http, server, uid)
+
+        # DIMSE change → WebSocket; REST change → WebSocket, gateway and reference alternating
+        sockets = []
+        for server in (gateway, ref):
+            await _subscribe(http, server, "WSSUB")
+            sockets.append(await http.ws_connect(f"{server.ws_base}/ws/subscribers/WSSUB"))
+        readers = [asyncio.create_task(_ws_reader(ws, arrivals)) for ws in sockets]
+        await asyncio.sleep(0.5)
+        await _dimse_ws(ctx, gw, groups["dimse_ws"], arrivals, results, notes)
+        for rep in range(reps):
+            order = [("rest_ws", gateway), ("ref_rest_ws", ref)]
+            for key, server in order if rep % 2 == 0 else order[::-1]:
+                results[key].append(await _series(
+                    ctx, f"rep {rep + 1} REST→WS {server.name}", rest(server),
+                    _split(groups[key], rep, n), arrivals, cpu_pids=server.pids))
+                gw.check_alive()
+        if profiling:
+            await _profiled(ctx, gw, "s5-gateway-rest-ws", rest(gateway), groups["profile_ws"],
+                            arrivals)
+        for ws in sockets:
+            await ws.close()
+        for task in readers:
+            task.cancel()
+        for server in (gateway, ref):
+            await _unsubscribe(http, server, "WSSUB")
+
+        # Fan-out to 100 WebSocket subscribers on each server, alternating
+        aes = [f"FAN{k:03d}" for k in range(fan)]
+        sockets = []
+        for server in (gateway, ref):
+            for ae in aes:
+                await _subscribe(http, server, ae)
+                sockets.append(await http.ws_connect(f"{server.ws_base}/ws/subscribers/{ae}"))
+        readers = [asyncio.create_task(_ws_reader(ws, arrivals)) for ws in sockets]
+        await asyncio.sleep(1.0)
+        for rep in range(reps):
+            order = [("fanout", gateway), ("ref_fanout", ref)]
+            for key, server in order if rep % 2 == 0 else order[::-1]:
+                results[key].append(await _series(
+                    ctx, f"rep {rep + 1} fan-out {fan} {server.name}", rest(server),
+                    _split(groups[key], rep, m), arrivals, count=fan))
+                gw.check_alive()
+        if profiling:
+            await _profiled(ctx, gw, "s5-gateway-fanout", rest(gateway), groups["profile_fanout"],
+                            arrivals, count=fan)
+        for ws in sockets:
+            await ws.close()
+        for task in readers:
+            task.cancel()
+        for server in (gateway, ref):
+            for ae in aes:  # or every later change would queue 100 events on the gateway
+                await _unsubscribe(http, server, ae)
+
+        # REST change → DIMSE receiver, last: see the module docstring
+        await _subscribe(http, gateway, "RECEIVER")
+        for rep in range(reps):
+            results["rest_dimse"].append(await _series(
+                ctx, f"rep {rep + 1} REST→DIMSE", rest(gateway),
+                _split(groups["rest_dimse"], rep, n), arrivals))
+            gw.check_alive()
+        if profiling:
+            await _profiled(ctx, gw, "s5-gateway-rest-dimse", rest(gateway),
+                            groups["profile_dimse"], arrivals)
+        await _unsubscribe(http, gateway, "RECEIVER")
+
+    # Baselines: raw Redis pub/sub on a bare redis-server; pynetdicom → the bench receiver.
+    for rep in range(reps):
+        results["pubsub"].append(await _pubsub_baseline(bare.url, n, 1))
+        results["pubsub_fanout"].append(await _pubsub_baseline(bare.url, m, fan))
+        results["dimse_transport"].append(
+            await _dimse_transport_baseline(receiver.port, arrivals, n))
+    ctx.log(f"s5 pub/sub baseline p50 {results['pubsub'][0].get('p50_ms', 0):.3f} ms, "
+            f"fan-out {fan} p99 {results['pubsub_fanout'][0].get('p99_ms', 0):.2f} ms; "
+            f"pynetdicom → receiver p50 {results['dimse_transport'][0].get('p50_ms', 0):.2f} ms")
+
+
+async def _dimse_ws(ctx: Context, gw: Gateway, uids: list[str], arrivals: Arrivals,
+                    results: dict, notes: list[str]) -> None:
+    """DIMSE change → WebSocket (WSSUB's socket is open); its first change probes the handlers."""
+    try:
+        changer = await asyncio.to_thread(DimseChanger, gw)
+    except Exception as exc:
+        notes.append(f"DIMSE → WebSocket not measured: {exc}")
+        return
+
+    async def dimse(uid: str) -> tuple[float, float]:
+        status, sent, done = await asyncio.to_thread(changer.claim, uid)
+        if status != 0:
+            raise RuntimeError(f"N-ACTION on {uid} answered 0x{status or 0:04X}")
+        return sent, done
+
+    try:
+        status, _, _ = await asyncio.to_thread(changer.claim, uids[0])
+        if status != 0:
+            notes.append(f"DIMSE → WebSocket not measured: N-ACTION Change UPS State answered "
+                         f"0x{status or 0:04X} (handlers not ready)")
+            return
+        for rep in range(ctx.repeat):
+            results["dimse_ws"].append(await _series(
+                ctx, f"rep {rep + 1} DIMSE→WS", dimse,
+                _split(uids[1:], rep, ctx.sizes.events), arrivals))
+            gw.check_alive()
+    finally:
+        await asyncio.to_thread(changer.close)
+
+
+# ---- the figures ----------------------------------------------------------------------------
+
+def _report(r: ScenarioResult, ctx: Context, results: dict, notes: list[str]) -> None:
+    fan = ctx.sizes.fanout_subscribers
+
+    def reps(key: str, q: str, since: str = "request") -> list:
+        return [(x[since]["last"] if since in x else x).get(q) for x in results[key]]
+
+    def med(key: str, q: str, since: str = "request") -> float | None:
+        return median(reps(key, q, since))
+
+    def row(label: str, key: str, since: str, base_key: str | None, base_name: str,
+            base_since: str = "request") -> None:
+        for q in ("p50_ms", "p99_ms"):
+            r.metric(f"{label} {q[:3]}", med(key, q, since), "ms",
+                     med(base_key, q, base_since) if base_key else None, base_name,
+                     reps(key, q, since), reps(base_key, q, base_since) if base_key else [])
+
+    reference = "in-memory UPS-RS reference"
+    row("REST → WebSocket, from the request", "rest_ws", "request", "ref_rest_ws", reference)
+    row(f"fan-out to {fan} WebSockets (last), from the request", "fanout", "request",
+        "ref_fanout", reference)
+    row("REST → DIMSE receiver, from the request", "rest_dimse", "request", "rest_ws",
+        "gateway REST → WebSocket")
+    pubsub, pubsub_fan = "Redis pub/sub round trip", f"pub/sub to {fan} connections"
+    row("REST → WebSocket, from the response", "rest_ws", "response", "pubsub", pubsub)
+    row(f"fan-out to {fan} WebSockets (last), from the response", "fanout", "response",
+        "pubsub_fanout", pubsub_fan)
+    row("REST → DIMSE receiver, from the response", "rest_dimse", "response", "pubsub", pubsub)
+    row("DIMSE change → WebSocket, from the response", "dimse_ws", "response", "pubsub", pubsub)
+    row("pynetdicom N-EVENT-REPORT → receiver (info)", "dimse_transport", "request", "pubsub",
+        pubsub)
+    r.metric("server CPU per change, REST → WebSocket (info)",
+             median(x.get("server_cpu_ms_per_change") for x in results["rest_ws"]), "ms",
+             median(x.get("server_cpu_ms_per_change") for x in results["ref_rest_ws"]),
+             reference + " (its process)")
+
+    missed = {key: sum(x.get("missed", 0) for x in results[key]) for key in (
+        "rest_dimse", "dimse_ws", "rest_ws", "fanout", "ref_rest_ws", "ref_fanout")}
+
+    def complete(*keys: str) -> bool:
+        return all(missed[key] == 0 for key in keys)
+
+    for label, key, base_key, limit, rule in (
+            ("REST → WebSocket p50 vs reference", "rest_ws", "ref_rest_ws", 1.0,
+             "≤ 1.0 × in-memory reference, from the request"),
+            (f"fan-out {fan} p50 vs reference", "fanout", "ref_fanout", 1.0,
+             "≤ 1.0 × in-memory reference, from the request"),
+            ("REST → DIMSE p50 vs REST → WebSocket", "rest_dimse", "rest_ws", 2.0,
+             "≤ 2.0 × gateway REST → WebSocket p50, from the request, same run")):
+        value = ratio(med(key, "p50_ms"), med(base_key, "p50_ms"))
+        r.target(label, f"{rule} (no event missed)", value,
+                 None if value is None else value <= limit and complete(key, base_key))
+    for label, key, since, limit in (("REST → DIMSE p99", "rest_dimse", "request", 20.0),
+                                     ("DIMSE → WebSocket p99", "dimse_ws", "response", 20.0),
+                                     (f"fan-out {fan} p99", "fanout", "request", 50.0)):
+        value = med(key, "p99_ms", since)
+        r.target(label, f"< {limit:.0f} ms from the {since} (no event missed)", value,
+                 None if value is None else value < limit and complete(key))
     if any(missed.values()):
         notes.append(f"events not arrived within {WAIT:.0f}s: {missed}")
     r.notes.extend(notes)
-    r.details = {"results": results, "events": s.events, "fanout_changes": s.fanout_changes}
-    return r
+    r.details = {"results": results, "events": ctx.sizes.events,
+                 "fanout_changes": ctx.sizes.fanout_changes, "warmup_changes": WARMUP}

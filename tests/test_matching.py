@@ -470,3 +470,28 @@ async def test_code_value_of_the_class_and_location_sequences(service):
                        ("ScheduledStationGeographicLocationCodeSequence.CodeValue", "ROOM7")):
         result = await service.search(q(**{key: value}))
         assert [d["00080018"]["Value"][0] for d in result.items] == [uid], key
+
+
+async def test_search_results_follow_a_rescheduled_start_and_a_relabelled_worklist(service):
+    """An update that moves the start time re-scores every index the workitem is in; one that
+    changes the worklist label moves it between label indexes and leaves the others alone."""
+    created = await _populate(service, n=4)
+    uid = created[0]["00080018"]["Value"][0]
+    day = "ScheduledProcedureStepStartDateTime"
+    before = await service.search(q(**{day: "20261201-20261201"}))
+    assert uid not in [d["00080018"]["Value"][0] for d in before.items]
+    await service.update(uid, normalize({"00404005": element("DT", "20261201120000"),
+                                         "00741202": element("LO", "MOVED")}))
+    moved = await service.search(q(**{day: "20261201-20261201"}))
+    assert [d["00080018"]["Value"][0] for d in moved.items] == [uid]
+    assert [d["00080018"]["Value"][0] for d in
+            (await service.search(q(WorklistLabel="MOVED"))).items] == [uid]
+    for label in ("AI", "QA"):
+        assert uid not in [d["00080018"]["Value"][0] for d in
+                           (await service.search(q(WorklistLabel=label))).items]
+    everything = [d["00080018"]["Value"][0] for d in (await service.search(q())).items]
+    assert everything[-1] == uid and len(everything) == 4  # last in the search order now
+    await service.update(uid, normalize({"00741202": element("LO", "AGAIN")}))  # same start
+    assert [d["00080018"]["Value"][0] for d in (await service.search(q())).items] == everything
+    assert [d["00080018"]["Value"][0] for d in
+            (await service.search(q(WorklistLabel="AGAIN", **{day: "20261201-"}))).items] == [uid]

@@ -45,14 +45,25 @@ end
 
 local version = current + 1
 if ARGV[4] ~= '' then
-  local old = redis.call('HGET', key, 'ix')
-  if old then
-    for _, name in ipairs(cmsgpack.unpack(old)) do redis.call('ZREM', k_index(p, name), uid) end
-  end
+  -- Secondary indexes: leave the ones the workitem stays in (same score), move the others.
+  local stored = redis.call('HMGET', key, 'ix', 'sc')
   local score = ARGV[8]
+  local kept = {}
+  if stored[1] then
+    local same_score = stored[2] and tonumber(stored[2]) == tonumber(score)
+    local wanted = {}
+    for _, name in ipairs(cmsgpack.unpack(ARGV[9])) do wanted[name] = true end
+    for _, name in ipairs(cmsgpack.unpack(stored[1])) do
+      if same_score and wanted[name] then
+        kept[name] = true
+      else
+        redis.call('ZREM', k_index(p, name), uid)
+      end
+    end
+  end
   redis.call('HSET', key, 'd', ARGV[4], 's', ARGV[5], 'ix', ARGV[9], 'sc', score, 'sr', ARGV[16])
   for _, name in ipairs(cmsgpack.unpack(ARGV[9])) do
-    redis.call('ZADD', k_index(p, name), score, uid)
+    if not kept[name] then redis.call('ZADD', k_index(p, name), score, uid) end
   end
   if ARGV[6] ~= '' then redis.call('HSET', key, 'tx', ARGV[6]) else redis.call('HDEL', key, 'tx') end
   if ARGV[7] ~= '' then redis.call('HSET', key, 'pa', ARGV[7]) else redis.call('HDEL', key, 'pa') end

@@ -1,7 +1,14 @@
-"""Scenario 5's reference: an in-memory UPS-RS server, the least a UPS-RS server written in
-Python on aiohttp has to do between a state change and its WebSocket event.
+"""Scenario 5's references: an in-memory UPS-RS server, in two forms.
 
-    python -m bench.reference_ups --port PORT [--loop uvloop|asyncio]
+    python -m bench.reference_ups --port PORT [--model json|pydicom] [--loop uvloop|asyncio]
+
+``--model json`` (the floor): the least a UPS-RS server written in Python on aiohttp has to do
+between a state change and its WebSocket event — workitems kept as the parsed DICOM JSON, frames
+built with orjson. ``--model pydicom`` (py-ups-rs's way): what the in-memory UPS-RS server the
+issue names as the peer, py-ups-rs (github sjswerdloff/py-ups-rs, not installable here), does
+with the same requests — every payload read into a pydicom ``Dataset`` (``Dataset.from_json``)
+and the workitem kept as one, its attributes changed on the Dataset, each event report built as
+a pydicom ``Dataset`` and written with ``Dataset.to_json``. Both share everything else below.
 
 It runs as its own process on the gateway's default event loop (uvloop), and scenario 5 measures
 it exactly as it measures the gateway: same client, same requests, same WebSocket readers. The
@@ -50,6 +57,8 @@ import asyncio
 
 import orjson
 from aiohttp import WSMsgType, web
+from pydicom import Dataset
+from pydicom.tag import Tag
 
 GLOBAL = "1.2.840.10008.5.1.4.34.5"
 UPS_PUSH = "1.2.840.10008.5.1.4.34.6.1"
@@ -64,6 +73,56 @@ def _value(ds: dict, tag: str) -> str | None:
     element = ds.get(tag)
     values = element.get("Value") if isinstance(element, dict) else None
     return values[0] if values and isinstance(values[0], str) else None
+
+
+class JsonModel:
+    """Workitems as parsed DICOM JSON; frames by orjson, in the gateway's field order."""
+
+    def parse(self, body: dict):
+        return body
+
+    def value(self, ds, tag: str) -> str | None:
+        return _value(ds, tag)
+
+    def put(self, ds, tag: str, vr: str, value: str) -> None:
+        ds[tag] = {"vr": vr, "Value": [value]}
+
+    def frame(self, uid: str, ds, message_id: int) -> bytes:
+        return orjson.dumps({
+            "00000002": {"vr": "UI", "Value": [UPS_PUSH]},
+            "00000110": {"vr": "US", "Value": [message_id]},
+            "00001000": {"vr": "UI", "Value": [uid]},
+            "00001002": {"vr": "US", "Value": [STATE_REPORT]},
+            INPUT_READINESS_STATE: ds.get(INPUT_READINESS_STATE, {"vr": "CS"}),
+            PROCEDURE_STEP_STATE: ds[PROCEDURE_STEP_STATE]})
+
+
+class PydicomModel:
+    """Workitems as pydicom Datasets; each event report a Dataset written by ``to_json``."""
+
+    def parse(self, body: dict):
+        return Dataset.from_json(body)
+
+    def value(self, ds, tag: str) -> str | None:
+        element = ds.get(Tag(tag))
+        value = element.value if element is not None else None
+        return str(value) if value not in (None, "") else None
+
+    def put(self, ds, tag: str, vr: str, value: str) -> None:
+        ds.add_new(Tag(tag), vr, value)
+
+    def frame(self, uid: str, ds, message_id: int) -> bytes:
+        report = Dataset()
+        report.AffectedSOPClassUID = UPS_PUSH
+        report.MessageID = message_id
+        report.AffectedSOPInstanceUID = uid
+        report.EventTypeID = STATE_REPORT
+        report.InputReadinessState = ds.get("InputReadinessState", "")
+        report.ProcedureStepState = ds.ProcedureStepState
+        return report.to_json().encode()
+
+
+MODELS = {"json": JsonModel, "pydicom": PydicomModel}
 
 
 def _refuse(status: int, text: str) -> web.Response:
@@ -109,45 +168,49 @@ class Channel:
 class Worklist:
     """The workitems, the global subscribers (AE → events sent) and the open channels."""
 
-    def __init__(self):
-        self.workitems: dict[str, dict] = {}
+    def __init__(self, model):
+        self.model = model
+        self.workitems: dict[str, object] = {}
         self.subscribers: dict[str, int] = {}
         self.channels: dict[str, Channel] = {}
 
     def report(self, uid: str, ds: dict) -> None:
         """A UPS State Report of ``ds`` to every global subscriber with an open channel."""
-        info = {INPUT_READINESS_STATE: ds.get(INPUT_READINESS_STATE, {"vr": "CS"}),
-                PROCEDURE_STEP_STATE: ds[PROCEDURE_STEP_STATE]}
         for ae, sent in self.subscribers.items():
             channel = self.channels.get(ae)
             if channel is None:
                 continue
             self.subscribers[ae] = sent + 1
-            channel.put(orjson.dumps({
-                "00000002": {"vr": "UI", "Value": [UPS_PUSH]},
-                "00000110": {"vr": "US", "Value": [sent % 0xFFFF + 1]},
-                "00001000": {"vr": "UI", "Value": [uid]},
-                "00001002": {"vr": "US", "Value": [STATE_REPORT]},
-                **info}))
+            channel.put(self.model.frame(uid, ds, sent % 0xFFFF + 1))
 
 
-def make_app() -> web.Application:
+def make_app(model_name: str = "json") -> web.Application:
     app = web.Application(client_max_size=1048576)
-    worklist = Worklist()
+    model = MODELS[model_name]()
+    worklist = Worklist(model)
+
+    async def read(request: web.Request):
+        body = await _read_object(request)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            return model.parse(body)
+        except Exception as exc:  # noqa: BLE001 - pydicom says what is wrong
+            return _refuse(400, f"the body is not a DICOM JSON dataset: {exc}"[:200])
 
     async def create(request: web.Request) -> web.Response:
-        ds = await _read_object(request)
+        ds = await read(request)
         if isinstance(ds, web.Response):
             return ds
-        uid = _value(ds, SOP_INSTANCE_UID) or request.query.get("workitem")
+        uid = model.value(ds, SOP_INSTANCE_UID) or request.query.get("workitem")
         if not uid:
             return _refuse(400, "no SOP Instance UID in the payload or the workitem parameter")
         if uid in worklist.workitems:
             return _refuse(409, f"workitem {uid} exists")
-        state = _value(ds, PROCEDURE_STEP_STATE)
+        state = model.value(ds, PROCEDURE_STEP_STATE)
         if state not in (None, "SCHEDULED"):
             return _refuse(400, f"a new workitem is SCHEDULED, not {state}")
-        ds[PROCEDURE_STEP_STATE] = {"vr": "CS", "Value": ["SCHEDULED"]}
+        model.put(ds, PROCEDURE_STEP_STATE, "CS", "SCHEDULED")
         worklist.workitems[uid] = ds
         worklist.report(uid, ds)
         location = f"http://{request.host}/dicom-web/workitems/{uid}"
@@ -155,10 +218,11 @@ def make_app() -> web.Application:
 
     async def change_state(request: web.Request) -> web.Response:
         uid = request.match_info["uid"]
-        change = await _read_object(request)
+        change = await read(request)
         if isinstance(change, web.Response):
             return change
-        state, tx = _value(change, PROCEDURE_STEP_STATE), _value(change, TRANSACTION_UID)
+        state = model.value(change, PROCEDURE_STEP_STATE)
+        tx = model.value(change, TRANSACTION_UID)
         ds = worklist.workitems.get(uid)
         if ds is None:
             return _refuse(404, f"no workitem {uid}")
@@ -166,10 +230,10 @@ def make_app() -> web.Application:
             return _refuse(400, "the payload needs ProcedureStepState and TransactionUID")
         if state != "IN PROGRESS":
             return _refuse(400, f"only the claim (IN PROGRESS) is implemented, not {state}")
-        if _value(ds, PROCEDURE_STEP_STATE) != "SCHEDULED":
-            return _refuse(409, f"workitem {uid} is {_value(ds, PROCEDURE_STEP_STATE)}")
-        ds[PROCEDURE_STEP_STATE] = {"vr": "CS", "Value": ["IN PROGRESS"]}
-        ds[TRANSACTION_UID] = {"vr": "UI", "Value": [tx]}
+        if model.value(ds, PROCEDURE_STEP_STATE) != "SCHEDULED":
+            return _refuse(409, f"workitem {uid} is {model.value(ds, PROCEDURE_STEP_STATE)}")
+        model.put(ds, PROCEDURE_STEP_STATE, "CS", "IN PROGRESS")
+        model.put(ds, TRANSACTION_UID, "UI", tx)
         worklist.report(uid, ds)
         return web.Response(status=200)
 
@@ -222,6 +286,8 @@ def make_app() -> web.Application:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model", choices=sorted(MODELS), default="json",
+                        help="how workitems and event reports are held (see the docstring)")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop",
                         help="the event loop (default uvloop, as the gateway's default)")
     args = parser.parse_args()
@@ -229,7 +295,7 @@ def main() -> None:
     if args.loop == "uvloop":
         import uvloop
         loop = uvloop.new_event_loop()
-    web.run_app(make_app(), host="127.0.0.1", port=args.port, access_log=None, print=None,
+    web.run_app(make_app(args.model), host="127.0.0.1", port=args.port, access_log=None, print=None,
                 loop=loop)
 
 

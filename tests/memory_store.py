@@ -82,6 +82,9 @@ class MemoryWorkitemStore:
         return Record(uid, stored.version, stored.state, stored.tx, stored.performer,
                       decode=lambda: orjson.loads(text))
 
+    async def load_recent(self, uid: str) -> Record | None:
+        return await self.load(uid)  # memory is the store itself: never stale
+
     async def exists(self, uid: str) -> bool:
         return uid in self.db.items
 

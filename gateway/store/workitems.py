@@ -7,6 +7,11 @@ queueing the events in the same atomic step — and otherwise reports a conflict
 reads and decides again. Two concurrent claims therefore cannot both succeed, on any number of
 gateway processes.
 
+The store remembers the last few thousand workitems it read or wrote (``load_recent``), so that
+a change to a workitem this process has just created or changed — a claim after a create, an
+update after a claim — costs one round trip, not two: the commit's version check tells whether
+the remembered record was still current (``gateway.ups.attempt``).
+
 Searches are planned here (``indexes``): an exact single-index plan is answered in one script
 call (count and page), its results rendered from the stored bytes and kept (``results``); any
 other plan walks its candidates in search order and matches each against the query, decoding only
@@ -16,6 +21,7 @@ the attributes the query compares.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from datetime import timezone
 from typing import AsyncIterator, Iterable
 
@@ -33,6 +39,7 @@ from gateway.ups.ports import Change, Conflict, NoRecipient, QueuedEvent, Record
 
 _SCAN_CHUNK = 500  # candidate UIDs read per round trip
 _PURGE_BATCH = 200
+RECENT_RECORDS = 4096  # workitems remembered as last read or written (≈1.5 KB each)
 
 
 class RedisWorkitemStore:
@@ -43,6 +50,9 @@ class RedisWorkitemStore:
         self.backlog = backlog  # events kept per subscriber AE (the queues' bound)
         self.tz = timezone_  # how DT values without an offset are read (scores)
         self.results = RenderedResults(search_cache_bytes)
+        # uid → (version, stored dataset, state, tx, performer), oldest first: ``load_recent``
+        self._recent: OrderedDict[str, tuple[int, bytes, str, str | None, str | None]] = \
+            OrderedDict()
         self._commit = scripts.batched(client, "commit.lua")
         self._load = scripts.batched(client, "load.lua")
         self._page = scripts.batched(client, "page.lua")
@@ -59,8 +69,26 @@ class RedisWorkitemStore:
                 raise WorkitemGone(uid)
             return None
         blob, version, state, tx, performer = reply
-        return Record(uid, int(version), state.decode(), tx.decode() if tx else None,
-                      performer.decode() if performer else None,
+        return self._remember(uid, int(version), blob, state.decode(),
+                              tx.decode() if tx else None,
+                              performer.decode() if performer else None)
+
+    async def load_recent(self, uid: str) -> Record | None:
+        remembered = self._recent.get(uid)
+        if remembered is None:
+            return await self.load(uid)
+        version, blob, state, tx, performer = remembered
+        return Record(uid, version, state, tx, performer,
+                      decode=lambda: codec.unpack_dataset(blob), recent=True)
+
+    def _remember(self, uid: str, version: int, blob: bytes, state: str, tx: str | None,
+                  performer: str | None) -> Record:
+        recent = self._recent
+        recent[uid] = (version, blob, state, tx, performer)
+        recent.move_to_end(uid)
+        if len(recent) > RECENT_RECORDS:
+            recent.popitem(last=False)
+        return Record(uid, version, state, tx, performer,
                       decode=lambda: codec.unpack_dataset(blob))
 
     async def exists(self, uid: str) -> bool:
@@ -87,7 +115,13 @@ class RedisWorkitemStore:
             codec.pack(change.state_report) if change.state_report else b""])
         code = int(result[0])
         if code == 1:
-            return int(result[1])
+            version = int(result[1])
+            if ds is not None:
+                self._remember(uid, version, blob, change.state, change.tx, change.performer)
+            elif uid in self._recent:  # events only: the content is as remembered
+                self._recent[uid] = (version, *self._recent[uid][1:])
+            return version
+        self._recent.pop(uid, None)  # whatever we remembered is not what is stored
         if code == 2:
             raise WorkitemGone(uid)
         if code == 3:
@@ -186,7 +220,10 @@ class RedisWorkitemStore:
     async def purge(self, cutoff_ms: int, tombstone_ttl_s: int) -> list[str]:
         result = await self._purge(args=[self.keys.prefix, cutoff_ms, _PURGE_BATCH,
                                           max(1, tombstone_ttl_s), now_ms()])
-        return [u.decode() for u in result]
+        purged = [u.decode() for u in result]
+        for uid in purged:
+            self._recent.pop(uid, None)
+        return purged
 
 
 def _bounds(plan: indexes.Plan) -> tuple[str, str]:

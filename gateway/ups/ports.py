@@ -11,16 +11,12 @@ fast unit tier of UPS rules. Both must behave alike on everything written here.
 from __future__ import annotations
 
 import functools
-import logging
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Callable, Iterable, Protocol, TypeVar
+from typing import AsyncIterator, Callable, Iterable, Protocol
 
 from gateway.ups.dataset import Dataset
-from gateway.ups.errors import Contention
 from gateway.ups.matching import Query
 
-T = TypeVar("T")
-log = logging.getLogger("gateway.ups")
 
 
 @dataclass
@@ -38,6 +34,7 @@ class Record:
     tx: str | None
     performer: str | None
     decode: Callable[[], Dataset] = field(repr=False, compare=False)
+    recent: bool = False  # remembered by this process, not read now (``load_recent``)
 
     @functools.cached_property
     def dataset(self) -> Dataset:
@@ -101,6 +98,11 @@ class WorkitemStore(Protocol):
     async def load(self, uid: str) -> Record | None:
         """The workitem, or None when unknown; raises ``WorkitemGone`` for a purged one."""
 
+    async def load_recent(self, uid: str) -> Record | None:
+        """The workitem as this process last read or wrote it, when it remembers it (``recent``:
+        it may be stale), else as ``load``. Only a decision whose commit then succeeds may rest
+        on it: the commit's version check proves it was current (``until_committed``)."""
+
     async def exists(self, uid: str) -> bool: ...
 
     async def commit(self, uid: str, version: int, change: Change,
@@ -153,17 +155,3 @@ class SubscriptionStore(Protocol):
 
     async def channel_open(self, ae: str) -> bool:
         """Whether some gateway process holds an open event channel for ``ae``."""
-
-
-async def until_committed(uid: str, attempt: Callable[[], Awaitable[T]], max_attempts: int) -> T:
-    """Run ``attempt`` — read, decide, commit — again for as long as its commit meets a
-    ``Conflict`` (another writer got there first), at most ``max_attempts`` times. Every UPS
-    operation that changes a workitem goes through here, so concurrent requests on any number of
-    gateway processes serialise exactly as the standard requires."""
-    for _ in range(max_attempts):
-        try:
-            return await attempt()
-        except Conflict:
-            continue
-    log.error("too much contention", extra={"uid": uid})
-    raise Contention(uid)

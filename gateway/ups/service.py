@@ -25,8 +25,9 @@ from gateway.ups.dataset import (Dataset, code_item, describe, element, first, h
 from gateway.ups.dicomtime import UTC, format_dt
 from gateway.ups.errors import InvalidDataset, NoSuchWorkitem, UPSError, WorkitemGone
 from gateway.ups.matching import Query, Terms
+from gateway.ups.attempt import Attempt, until_committed
 from gateway.ups.ports import (Change, Conflict, NoRecipient, QueuedEvent, Record,
-                               SubscriptionStore, WorkitemStore, until_committed)
+                               SubscriptionStore, WorkitemStore)
 from gateway.ups.watch import Watch
 from gateway.ups.uids import (CANCELED, COMPLETED, FINAL_STATES, IN_PROGRESS, UNSPECIFIED_REASON,
                               UPS_PUSH)
@@ -115,12 +116,12 @@ class UPSService:
         if assigned := ev.assigned(ds):
             creation_events.append(QueuedEvent(ev.ASSIGNED, assigned))
 
-        async def attempt() -> None:
+        async def decide(attempt: Attempt) -> None:
             global_version, subscribers = await self.watch.subscribers_for_new(ds)
             change = self._change(ds, add_subscriptions=tuple(subscribers),
                                   global_version=global_version)
             try:
-                await self.store.commit(uid, 0, change, creation_events)
+                await attempt.commit(uid, 0, change, creation_events)
             except Conflict as conflict:
                 if conflict.current_version:
                     raise UPSError(st.DUPLICATE_INSTANCE,
@@ -131,7 +132,7 @@ class UPSService:
                 raise UPSError(st.DUPLICATE_INSTANCE,
                                f"A workitem with UID {uid} existed and was deleted") from None
 
-        await until_committed(uid, attempt, self.settings.max_attempts)
+        await until_committed(uid, self.store, decide, self.settings.max_attempts)
         if outcome.modifications:
             outcome.status = st.CREATED_WITH_MODIFICATIONS
         outcome.message = "; ".join(outcome.modifications)
@@ -143,7 +144,9 @@ class UPSService:
 
     async def retrieve(self, uid: str, keys: list[str] | None = None) -> Dataset:
         """The workitem (N-GET / Retrieve Workitem); never includes the Transaction UID."""
-        record = await self._load(uid)
+        record = await self.store.load(uid)
+        if record is None:
+            raise NoSuchWorkitem(uid)
         return select(record.dataset, keys) if keys else record.dataset
 
     # ---- update ------------------------------------------------------------------------
@@ -160,8 +163,8 @@ class UPSService:
                            reason="incorrect")
         tx = tx or payload_tx
 
-        async def attempt() -> None:
-            record = await self._load(uid)
+        async def decide(attempt: Attempt) -> None:
+            record = await attempt.load(uid)
             statemachine.check_update(record.state, tx, record.tx)
             rules.check_update(mods)
             before = record.dataset
@@ -181,9 +184,9 @@ class UPSService:
             if ev.assignment_changed(before, after) and (assigned := ev.assigned(after)):
                 events.append(QueuedEvent(ev.ASSIGNED, assigned))
             change = self._change(after, tx=record.tx, performer=record.performer)
-            await self.store.commit(uid, record.version, change, events)
+            await attempt.commit(uid, record.version, change, events)
 
-        await until_committed(uid, attempt, self.settings.max_attempts)
+        await until_committed(uid, self.store, decide, self.settings.max_attempts)
         log.info("workitem updated", extra={"uid": uid, "ae": requester,
                                             "attributes": sorted(mods)})
         return Outcome(uid)
@@ -195,8 +198,8 @@ class UPSService:
         """Change UPS State (N-ACTION type 1 / PUT …/state). ``requester`` becomes the performer
         of a claim (it is told of cancel requests)."""
 
-        async def attempt() -> Outcome:
-            record = await self._load(uid)
+        async def decide(attempt: Attempt) -> Outcome:
+            record = await attempt.load(uid)
             decision = statemachine.change_state(record.state, state, tx, record.tx)
             if decision.new_state is None:
                 return Outcome(uid, decision.status, decision.message)
@@ -216,14 +219,14 @@ class UPSService:
             claim = decision.new_state == IN_PROGRESS
             change = self._change(ds, tx=tx if claim else None,
                                   performer=requester if claim else record.performer)
-            await self.store.commit(uid, record.version, change,
-                                    [QueuedEvent(ev.STATE_REPORT, ev.state_report(ds))])
+            await attempt.commit(uid, record.version, change,
+                                 [QueuedEvent(ev.STATE_REPORT, ev.state_report(ds))])
             outcome.message = "; ".join(outcome.modifications)
             log.info("workitem state changed", extra={"uid": uid, "ae": requester,
                                                       "state": decision.new_state})
             return outcome
 
-        return await until_committed(uid, attempt, self.settings.max_attempts)
+        return await until_committed(uid, self.store, decide, self.settings.max_attempts)
 
     # ---- request cancellation ------------------------------------------------------------
 
@@ -232,33 +235,33 @@ class UPSService:
         """Request UPS Cancel (N-ACTION type 2 / POST …/cancelrequest)."""
         request = request or {}
 
-        async def attempt() -> Outcome:
-            record = await self._load(uid)
+        async def decide(attempt: Attempt) -> Outcome:
+            record = await attempt.load(uid)
             decision = statemachine.request_cancel(record.state)
             if decision.action == "none":
                 return Outcome(uid, decision.status, decision.message)
             if decision.action == "notify":
-                return await self._notify_cancel(record, request, requester)
+                return await self._notify_cancel(attempt, record, request, requester)
             ds = record.dataset  # freshly read: ours to change
             put(ds, t.ProcedureStepState, "CS", CANCELED)
             self._fill_cancellation(ds, request)
             put(ds, t.ScheduledProcedureStepModificationDateTime, "DT", format_dt())
             events = [QueuedEvent(ev.STATE_REPORT, ev.state_report(ds, IN_PROGRESS)),
                       QueuedEvent(ev.STATE_REPORT, ev.state_report(ds))]
-            await self.store.commit(uid, record.version, self._change(ds), events)
+            await attempt.commit(uid, record.version, self._change(ds), events)
             log.info("scheduled workitem canceled on request", extra={"uid": uid, "ae": requester})
             return Outcome(uid)
 
-        return await until_committed(uid, attempt, self.settings.max_attempts)
+        return await until_committed(uid, self.store, decide, self.settings.max_attempts)
 
-    async def _notify_cancel(self, record: Record, request: Dataset,
+    async def _notify_cancel(self, attempt: Attempt, record: Record, request: Dataset,
                              requester: str | None) -> Outcome:
         performer = record.performer
         extra = (performer,) if performer and performer in self.settings.direct_event_aes else ()
         event = QueuedEvent(ev.CANCEL_REQUESTED, ev.cancel_requested(requester or "", request),
                             extra=extra, needs_recipient=True)
         try:
-            await self.store.commit(record.uid, record.version, Change(None), [event])
+            await attempt.commit(record.uid, record.version, Change(None), [event])
         except NoRecipient:
             raise UPSError(st.PERFORMER_UNREACHABLE,
                            "The performer cannot be contacted: nobody is subscribed to this "
@@ -315,12 +318,6 @@ class UPSService:
         return purged
 
     # ---- helpers -----------------------------------------------------------------------
-
-    async def _load(self, uid: str) -> Record:
-        record = await self.store.load(uid)
-        if record is None:
-            raise NoSuchWorkitem(uid)
-        return record
 
     @staticmethod
     def _change(ds: Dataset, **kw) -> Change:

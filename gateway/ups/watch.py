@@ -16,8 +16,8 @@ from gateway.ups import status as st
 from gateway.ups.dataset import Dataset
 from gateway.ups.errors import NoSuchWorkitem, UPSError
 from gateway.ups.matching import Query, Terms, from_terms
-from gateway.ups.ports import (Change, QueuedEvent, SubscriptionStore, WorkitemStore,
-                               until_committed)
+from gateway.ups.attempt import Attempt, until_committed
+from gateway.ups.ports import Change, QueuedEvent, SubscriptionStore, WorkitemStore
 from gateway.ups.uids import (FILTERED_GLOBAL_SUBSCRIPTION, GLOBAL_SUBSCRIPTION,
                               WELL_KNOWN_SUBSCRIPTION_UIDS)
 
@@ -77,15 +77,13 @@ class Watch:
             raise UPSError(st.ACTION_NOT_APPROPRIATE,
                            "matching keys are only accepted for the Filtered Global Subscription")
 
-        async def attempt() -> None:
-            record = await self.store.load(uid)
-            if record is None:
-                raise NoSuchWorkitem(uid)
+        async def decide(attempt: Attempt) -> None:
+            record = await attempt.load(uid)
             change = Change(None, add_subscriptions=((ae, deletion_lock),))
             report = QueuedEvent(ev.STATE_REPORT, ev.state_report(record.dataset), only=(ae,))
-            await self.store.commit(uid, record.version, change, [report])
+            await attempt.commit(uid, record.version, change, [report])
 
-        await until_committed(uid, attempt, self.settings.max_attempts)
+        await until_committed(uid, self.store, decide, self.settings.max_attempts)
         log.info("subscribed", extra={"uid": uid, "ae": ae, "lock": deletion_lock})
         return ""
 

@@ -9,8 +9,11 @@ and started again on the same port.
 ``WsListener`` holds one WebSocket event channel (aiohttp) and records its text frames as parsed
 DICOM JSON objects.
 
-Both keep what they received in order and let a test wait, with a deadline, until enough has
-arrived; neither ever sleeps longer than it must.
+Both keep what they received in order and let a test wait until enough has arrived; the
+deadline (``HANG_GUARD``) only stops a test that would otherwise hang, it is never what a test
+asserts. To show that something did *not* arrive, a test drains the subscriber first
+(``Ups.drain``): a marker event queued after the change in question, and waited for, proves that
+anything the change produced would have arrived by now.
 
 ``Ups`` is the small UPS-RS client the event tests drive the gateway with.
 """
@@ -34,6 +37,10 @@ from tests.pynetdicom_client import NODELAY_HANDLER
 from tests.helpers import completion_payload, free_port, new_uid, state_payload, workitem
 
 STATE_REPORT, CANCEL_REQUESTED, PROGRESS_REPORT, SCP_STATUS_CHANGE, ASSIGNED = 1, 2, 3, 4, 5
+
+# How long a wait may take before the test is declared hung: generous, so that a slow or busy
+# machine never fails a test; a passing test waits only as long as delivery takes.
+HANG_GUARD = 60.0
 
 
 @dataclass
@@ -180,7 +187,7 @@ class EventReceiver:
         keep = _select(uid, event_type)
         return [r for r in self.reports if keep(r)]
 
-    def wait_for(self, count: int, timeout: float = 10.0, uid=None,
+    def wait_for(self, count: int, timeout: float = HANG_GUARD, uid=None,
                  event_type=None) -> list[Report]:
         """Block until at least ``count`` matching reports arrived; returns them (all of them,
         in arrival order). Fails the test on timeout, saying what did arrive."""
@@ -198,7 +205,7 @@ class EventReceiver:
                         f"{timeout}s; received {_describe(self._reports)}")
                 self._cond.wait(left)
 
-    async def wait(self, count: int, timeout: float = 10.0, uid=None,
+    async def wait(self, count: int, timeout: float = HANG_GUARD, uid=None,
                    event_type=None) -> list[Report]:
         """``wait_for`` for async tests: polls without blocking the event loop."""
         keep = _select(uid, event_type)
@@ -212,14 +219,6 @@ class EventReceiver:
                     f"{self.ae_title}: {len(found)} of {count} expected reports within "
                     f"{timeout}s; received {_describe(self.reports)}")
             await asyncio.sleep(0.01)
-
-    async def quiet(self, seconds: float, uid=None, event_type=None) -> list[Report]:
-        """Wait ``seconds`` and return the matching reports received meanwhile (to check that
-        nothing more arrives)."""
-        keep = _select(uid, event_type)
-        before = len(self.reports)
-        await asyncio.sleep(seconds)
-        return [r for r in self.reports[before:] if keep(r)]
 
 
 def _describe(reports: list[Report]) -> str:
@@ -297,7 +296,7 @@ class WsListener:
                 if (uids is None or frame_uid(f) in uids)
                 and (types is None or frame_type(f) in types)]
 
-    async def wait(self, count: int, timeout: float = 10.0, uid=None,
+    async def wait(self, count: int, timeout: float = HANG_GUARD, uid=None,
                    event_type=None) -> list[dict]:
         """Wait until at least ``count`` matching frames arrived; returns them in order."""
         deadline = time.monotonic() + timeout
@@ -317,14 +316,15 @@ class WsListener:
             except asyncio.TimeoutError:
                 pass
 
-    async def quiet(self, seconds: float, uid=None, event_type=None) -> list[dict]:
-        before = len(self.frames)
-        await asyncio.sleep(seconds)
-        later = self.received(uid, event_type)
-        return [f for f in later if any(f is g for g in self.frames[before:])]
-
 
 # ---- UPS-RS calls the event tests make ---------------------------------------------------
+
+def unassigned(**kw) -> dict:
+    """A workitem without Scheduled Station Name: its creation raises one State Report only."""
+    ds = workitem(**kw)
+    ds.pop("00404025")
+    return ds
+
 
 GLOBAL = "1.2.840.10008.5.1.4.34.5"
 FILTERED = "1.2.840.10008.5.1.4.34.5.1"
@@ -421,6 +421,23 @@ class Ups:
             if expect is not None:
                 assert r.status == expect, (r.status, await r.text(), r.headers.get("Warning"))
             return r
+
+    async def drain(self, subscriber: EventReceiver | WsListener, ae: str) -> str:
+        """Return once everything the gateway queued for ``ae`` so far has reached
+        ``subscriber`` (``ae``'s receiver or open WebSocket channel); the marker's UID.
+
+        The gateway queues events per subscriber AE and delivers each AE's events in the order
+        they were queued (conformance statement §7: later events wait, per-AE order holds). A
+        marker queued now for ``ae`` — the initial State Report of a subscription to a fresh
+        workitem — therefore arrives after every event queued before it, duplicates and strays
+        included: once the marker is there, an earlier event that has not arrived never will.
+        The marker subscription is removed again; the marker's own events stay in
+        ``subscriber``'s record (under the returned UID)."""
+        marker = await self.create(unassigned())
+        await self.subscribe(marker, ae)
+        await subscriber.wait(1, uid=marker)
+        await self.unsubscribe(marker, ae)
+        return marker
 
     async def status_of(self, uid: str) -> int:
         async with self.http.get(f"{self.base}/workitems/{uid}") as r:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import redis
 
 from gateway import testing
 from gateway.testing import free_port, merge
@@ -36,6 +42,76 @@ class GatewayProcess(testing.GatewayProcess):
         }, extra)
         super().__init__(workdir, config, rest_port=rest_port, dimse_port=dimse_port,
                          data_dir=data_dir, file_stem=f"gateway-{rest_port}")
+
+    # ---- its log, as records -------------------------------------------------------------
+
+    def records(self, msg: str | None = None, **fields: Any) -> list[dict]:
+        """The JSON log records so far (all runs of this process object), optionally only
+        those with message ``msg`` and the given field values."""
+        try:
+            lines = self.log_path.read_text().splitlines()
+        except OSError:
+            return []
+        found = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a traceback or a line still being written
+            if (msg is None or record.get("msg") == msg) and \
+                    all(record.get(k) == v for k, v in fields.items()):
+                found.append(record)
+        return found
+
+    async def wait_for_log(self, msg: str, count: int = 1, timeout: float = 60.0,
+                           **fields: Any) -> dict:
+        """The ``count``-th log record ``msg`` with ``fields``, once it is written; ``timeout``
+        only guards against a hang."""
+        deadline = time.monotonic() + timeout
+        while len(found := self.records(msg, **fields)) < count:
+            self.check_alive()
+            assert time.monotonic() < deadline, \
+                f"{len(found)} of {count} log records {msg!r} {fields}:\n{self.log()}"
+            await asyncio.sleep(0.02)
+        return found[count - 1]
+
+    # ---- a crash of the machine's processes, not of the machine --------------------------
+
+    def crash(self) -> None:
+        """SIGKILL the gateway together with its embedded redis-server (nothing gets to shut
+        down cleanly: no GOING DOWN, no final AOF flush, no redis shutdown save).
+
+        Why an acknowledged write still survives: the embedded Redis runs with ``appendonly
+        yes`` and ``appendfsync everysec`` (gateway/store/embedded.py). Redis write()s its AOF
+        buffer to the file before it sends the replies of the same event-loop turn, so a write
+        the gateway was told succeeded is already in the kernel's page cache, and killing a
+        process does not lose the page cache (``everysec`` bounds only what a crash of the
+        whole machine loses). The one exception: while the previous second's background fsync
+        is still running (a busy disk), Redis postpones that write() by up to 2 s. So first
+        wait until Redis reports an empty AOF buffer (``aof_buffer_length:0``, normally at
+        once): from then on everything acknowledged before is in the kernel. Then the gateway
+        is frozen (SIGSTOP, so it cannot react, and its death cannot hand redis-server the
+        SIGTERM that embedded.py arranges), redis-server is SIGKILLed, then the gateway."""
+        redis_pid = None
+        if self.config["redis"]["url"] is None:  # its own embedded Redis
+            redis_pid = self.redis_pid()
+            assert redis_pid, f"no redis.pid in {self.data_dir}"
+            self._wait_aof_written()
+        os.kill(self.pid, signal.SIGSTOP)
+        if redis_pid is not None:
+            os.kill(redis_pid, signal.SIGKILL)
+        self.kill()
+        assert self.proc.returncode == -signal.SIGKILL
+
+    def _wait_aof_written(self, timeout: float = 30.0) -> None:
+        client = redis.Redis(unix_socket_path=self.redis_url.removeprefix("unix://"))
+        try:
+            deadline = time.monotonic() + timeout
+            while client.info("persistence")["aof_buffer_length"] != 0:
+                assert time.monotonic() < deadline, "the embedded Redis never wrote its AOF"
+                time.sleep(0.01)
+        finally:
+            client.close()
 
 
 def element(vr: str, *values: Any) -> dict:

@@ -1,4 +1,5 @@
-"""The direct byte reader (gateway.dimse.binary) must give exactly what the pydicom path gives."""
+"""The direct byte reader (gateway.dimse.binary) must give exactly what the pydicom path gives,
+and the gateway must really use it for the datasets it can read."""
 
 import io
 
@@ -6,11 +7,13 @@ import pytest
 from pydicom import Dataset
 from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.dsutils import decode, encode
 
 from gateway.dimse import binary, convert
 from gateway.ups.dataset import normalize
-from tests.helpers import completion_payload, workitem
+from tests import dimse_util as d
+from tests.helpers import GatewayProcess, completion_payload, new_uid, workitem
 
 
 def _both(ds: Dataset, implicit: bool):
@@ -75,3 +78,33 @@ def test_iso_2022_character_sets_fall_back_to_pydicom():
 def test_big_endian_and_garbage_fall_back():
     assert binary.read(b"\x08\x00\x05\x00CS", binary.EXPLICIT_LE) is None
     assert binary.read(b"anything", "1.2.840.10008.1.2.2") is None
+
+
+# ---- the gateway really reads ordinary datasets with the binary reader ------------------------
+
+def test_gateway_reads_plain_datasets_with_the_binary_reader(tmp_path):
+    """The fast path is the one taken: the DEBUG log line of each DIMSE request says which
+    decoder read its dataset (conformance §9 "Decoding")."""
+    japanese = workitem(patient_name="Yamada^Tarou=山田^太郎=やまだ^たろう")
+    japanese["00080005"] = {"vr": "CS", "Value": ["", "ISO 2022 IR 87"]}  # code extensions
+    cases = [("explicit", ExplicitVRLittleEndian, workitem(), "binary"),
+             ("implicit", ImplicitVRLittleEndian, workitem(), "binary"),
+             ("iso 2022", ExplicitVRLittleEndian, japanese, "pydicom")]
+    proc = GatewayProcess(tmp_path, extra={"log": {"level": "DEBUG", "format": "json"}}).start()
+    try:
+        uids = {}
+        for name, syntax, json_ds, _ in cases:
+            uids[name] = new_uid()
+            with d.association(proc, contexts=(d.PUSH,), syntaxes=[syntax]) as assoc:
+                status, _ = d.n_create(assoc, json_ds, uids[name])
+                assert d.status_of(status) == 0x0000, (name, d.comment_of(status))
+        for name, _, _, decoder in cases:
+            [record] = proc.records("N-CREATE 0x0000", uid=uids[name])
+            assert record.get("decoder") == decoder, (name, record)
+        # and what pydicom read of the ISO 2022 name was stored as Unicode
+        with d.association(proc, contexts=(d.PULL,)) as assoc:
+            status, ds = d.n_get(assoc, uids["iso 2022"], [0x00100010])
+            assert d.status_of(status) == 0x0000, d.comment_of(status)
+            assert ds.PatientName.ideographic == "山田^太郎"
+    finally:
+        proc.stop()

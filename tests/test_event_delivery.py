@@ -8,16 +8,10 @@ from __future__ import annotations
 import threading
 import time
 
-from tests.event_receiver import GLOBAL, STATE_REPORT, EventReceiver, Ups
+from tests.event_receiver import GLOBAL, STATE_REPORT, EventReceiver, Ups, unassigned
 from tests.helpers import GatewayProcess, element, workitem
 
 SLOW_ANSWER_SECONDS = 2.5  # each of the first reports: three of them outlast the 6 s lease
-
-
-def unassigned(**kw) -> dict:
-    ds = workitem(**kw)
-    ds.pop("00404025")  # no Scheduled Station Name: creation raises one State Report only
-    return ds
 
 
 async def test_a_slow_peer_keeps_one_sender_and_gets_each_event_once(tmp_path, http):

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-
+from datetime import datetime
 
 from tests.event_receiver import (GLOBAL, MESSAGE_ID, PROGRESS_REPORT, SCP_STATUS_CHANGE,
                                   STATE_REPORT, EventReceiver, Ups, WsListener, frame_type,
-                                  frame_uid, frame_value)
-from tests.helpers import GatewayProcess, workitem
+                                  frame_uid, frame_value, unassigned)
+from tests.helpers import GatewayProcess
 
 FAST_RETRY = {"retry_initial_seconds": 0.2, "retry_max_seconds": 1.0}
+RETRY = "N-EVENT-REPORT failed; will retry"
 
 
-def unassigned(**kw) -> dict:
-    ds = workitem(**kw)
-    ds.pop("00404025")  # no Scheduled Station Name: creation raises one State Report only
-    return ds
+def seconds_between(earlier: str, later: str) -> float:
+    """Seconds between two log timestamps (``2026-11-25T10:00:00.123Z``)."""
+    parse = lambda ts: datetime.fromisoformat(ts.replace("Z", "+00:00"))  # noqa: E731
+    return (parse(later) - parse(earlier)).total_seconds()
 
 
 async def make_events(ups: Ups, workitems: int, progress_steps: int) -> dict[str, list[tuple]]:
@@ -75,20 +76,24 @@ async def test_receiver_down_during_50_events_gets_all_in_order(tmp_path, http):
             rcv.stop()
             expected = await make_events(ups, workitems=10, progress_steps=3)
             assert total(expected) == 50
-            await asyncio.sleep(0.5)  # the sender is now retrying against a closed port
+            # the sender retries against the closed port until its back-off has reached the
+            # cap (retry_max_seconds) and stayed there once
+            await proc.wait_for_log(RETRY, count=2, ae="RECEIVER", retry_in_s=1.0)
             assert rcv.received(uid=list(expected)) == []
+            associations = rcv.associations
             rcv.start()  # same port
-            back = time.monotonic()
-            reports = await rcv.wait(50, uid=list(expected), timeout=20)
-            drained = time.monotonic() - back
-            await asyncio.sleep(0.5)
+            await rcv.wait(50, uid=list(expected))
+            await ups.drain(rcv, "RECEIVER")
             reports = rcv.received(uid=list(expected))
             assert len(reports) == 50, "duplicates or missing"
             for uid, events in expected.items():
                 got = [summary(r.event_type, r.dataset) for r in reports if r.uid == uid]
                 assert got == events, uid
-            # retry back-off is capped at 1 s; 50 reports then go out on one association
-            assert drained < 5, drained
+            # retry back-off doubles from retry_initial_seconds up to retry_max_seconds; once
+            # the receiver is back, the 50 reports (and the marker) go out on one association
+            delays = [r["retry_in_s"] for r in proc.records(RETRY, ae="RECEIVER")]
+            assert delays[:5] == [0.2, 0.4, 0.8, 1.0, 1.0] and max(delays) == 1.0, delays
+            assert rcv.associations - associations == 1
         finally:
             proc.stop()
 
@@ -130,8 +135,9 @@ async def test_websocket_reconnect_gets_exactly_the_missed_20_in_order(tmp_path,
         listener = await WsListener.open(http, ups.ws_url("WATCHER"))
         try:
             frames = await listener.wait(20)
-            assert await listener.quiet(0.5) == []
-            assert len(listener.frames) == 20, [frame_summary(f) for f in listener.frames]
+            marker = await ups.drain(listener, "WATCHER")
+            missed = [f for f in listener.frames if frame_uid(f) != marker]
+            assert len(missed) == 20, [frame_summary(f) for f in missed]
             assert frame_uid(seen) not in {frame_uid(f) for f in listener.frames}
             for uid, events in expected.items():
                 assert [frame_summary(f) for f in frames if frame_uid(f) == uid] == events
@@ -155,13 +161,14 @@ async def test_websocket_abrupt_disconnect_then_reconnect(tmp_path, http):
         await listener.wait(1, uid=first)
         listener.ws._response.connection.transport.abort()  # TCP reset, no close frame
         await asyncio.gather(listener._task, return_exceptions=True)
-        await asyncio.sleep(0.3)  # let the server notice
+        await proc.wait_for_log("event channel closed", ae="WATCHER")  # the server noticed
         later = [await ups.create(unassigned()) for _ in range(5)]
         listener = await WsListener.open(http, ups.ws_url("WATCHER"))
         try:
             frames = await listener.wait(5)
             assert [frame_uid(f) for f in frames] == later
-            assert await listener.quiet(0.3) == []
+            marker = await ups.drain(listener, "WATCHER")
+            assert [frame_uid(f) for f in listener.frames if frame_uid(f) != marker] == later
         finally:
             await listener.close()
     finally:
@@ -205,11 +212,10 @@ async def test_sigkill_keeps_subscriptions_and_undelivered_events(tmp_path, http
             await listener.close()
             rcv.stop()
             expected = await make_events(ups, workitems=3, progress_steps=1)
-            await asyncio.sleep(1.1)  # the embedded Redis appends and fsyncs every second
-            proc.kill()  # SIGKILL: no GOING DOWN, no flush
+            proc.crash()  # gateway and redis-server SIGKILLed: no GOING DOWN, no flush
             proc.start()
             rcv.start()
-            reports = await rcv.wait(total(expected), uid=list(expected), timeout=20)
+            reports = await rcv.wait(total(expected), uid=list(expected))
             for uid, events in expected.items():
                 assert [summary(r.event_type, r.dataset) for r in reports if r.uid == uid] == events
             listener = await WsListener.open(http, ups.ws_url("WATCHER"))
@@ -221,7 +227,8 @@ async def test_sigkill_keeps_subscriptions_and_undelivered_events(tmp_path, http
                 later = await ups.create(unassigned())
                 await rcv.wait(1, uid=later)
                 await listener.wait(1, uid=later)
-                # the events queued before the kill were each delivered once
+                # the events queued before the kill were each delivered once (a repeat would
+                # have come before ``later``: per-AE order)
                 assert len(rcv.received(uid=list(expected))) == total(expected)
                 assert len(listener.received(uid=list(expected))) == total(expected)
             finally:
@@ -238,16 +245,19 @@ async def test_sigkill_restart_announces_restarted_warm_start(tmp_path, http):
         try:
             ups = Ups(http, proc.base)
             await ups.subscribe(GLOBAL, "RECEIVER")
-            await asyncio.sleep(1.1)
-            proc.kill()
+            proc.crash()
+            runs = len(proc.records("gateway started"))
             proc.start()
-            # the killed process's heartbeat entry is still there: the new process announces
-            # once that entry has not been refreshed for a heartbeat period
-            started = time.monotonic()
-            [restarted] = await rcv.wait(1, event_type=SCP_STATUS_CHANGE, timeout=15)
-            assert time.monotonic() - started < 10
+            [restarted] = await rcv.wait(1, event_type=SCP_STATUS_CHANGE)
             assert restarted.dataset.SCPStatus == "RESTARTED"
             assert restarted.dataset.SubscriptionListStatus == "WARM START"
+            # The killed process's heartbeat entry is still there: the new process announces
+            # once that entry has not been refreshed for a heartbeat period (5 s + 1), without
+            # waiting for it to expire (15 s after its last refresh). Timed on the gateway's
+            # own log clock, so the delivery to the receiver does not count.
+            started = proc.records("gateway started")[runs]["ts"]
+            [_, announced] = proc.records("SCP status RESTARTED announced")  # one per run
+            assert seconds_between(started, announced["ts"]) < 10
         finally:
             proc.stop()
 
@@ -270,13 +280,13 @@ async def test_surviving_process_delivers_what_a_killed_one_left(tmp_path, http)
             await rcv.wait(1, uid=first)
             rcv.stop()
             expected = await make_events(ups, workitems=3, progress_steps=2)
-            c.kill()
+            c.kill()  # c has no Redis of its own (it uses store's)
             rcv.start()
             back = time.monotonic()
-            reports = await rcv.wait(total(expected), uid=list(expected), timeout=25)
+            await rcv.wait(total(expected), uid=list(expected))
             print(f"takeover after SIGKILL: all {total(expected)} delivered "
                   f"{time.monotonic() - back:.2f}s after the receiver came back")
-            await asyncio.sleep(0.5)
+            await ups.drain(rcv, "RECEIVER")  # a repeat would have come before the marker
             reports = rcv.received(uid=list(expected))
             assert len(reports) == total(expected)
             for uid, events in expected.items():
@@ -304,8 +314,8 @@ async def test_backlog_overflow_is_announced_before_the_remaining_events(tmp_pat
 
         listener = await WsListener.open(http, ups.ws_url("WATCHER"))
         try:
-            frames = await listener.wait(2)
-            await listener.quiet(0.5)
+            # the newest event is always kept, and arrives last (per-AE order)
+            await listener.wait(1, uid=uids[-1])
             frames = listener.frames
             notice, rest = frames[0], frames[1:]
             assert frame_type(notice) == SCP_STATUS_CHANGE

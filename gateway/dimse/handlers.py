@@ -110,10 +110,12 @@ class Request:
     uid: str | None = None
     sop_class: str | None = None  # the message's SOP class when it is not a UPS one
     instance: str | None = None  # the Affected SOP Instance UID of the response
+    decoder: str | None = None  # what read the request's dataset: "binary" or "pydicom"
     started: float = field(default_factory=time.perf_counter)
 
     def log_extra(self, **more: Any) -> dict[str, Any]:
         return {"uid": self.uid, "ae": self.ae, "msg_id": self.msg_id, "op": self.op,
+                "decoder": self.decoder,
                 "ms": round((time.perf_counter() - self.started) * 1000, 2), **more}
 
 
@@ -407,6 +409,7 @@ def _canonical(req: Request, what: str) -> Dataset:
         return {}
     fast = binary.read(raw, req.syntax)
     if fast is not None:
+        req.decoder = "binary"
         return normalize(fast)
     return convert.to_canonical(_decoded(req, what), what)
 
@@ -417,6 +420,7 @@ def _decoded(req: Request, what: str) -> PydicomDataset | None:
     raw = req.message.dataset
     if not raw:
         return None
+    req.decoder = "pydicom"
     try:
         return decode(BytesIO(raw), req.syntax == binary.IMPLICIT_LE, True,
                       req.syntax == binary.DEFLATED_LE)

@@ -54,6 +54,10 @@ UPS_PULL = "1.2.840.10008.5.1.4.34.6.3"
 JSON = {"Content-Type": "application/dicom+json"}
 WAIT = 5.0  # seconds one event may take before it counts as missed
 WARMUP = 5  # unmeasured changes before each series
+# The in-memory references (bench/reference_ups.py), by model, and their results' key prefix:
+# py-ups-rs's way (pydicom datasets; the peer the targets compare with) and the floor (plain
+# DICOM JSON, orjson frames; for information).
+REFERENCES = {"pydicom": "pyd", "json": "ref"}
 PROFILE_SECONDS = 6
 PROFILE_CHANGES = 1500  # at most, per profiled series
 
@@ -335,25 +339,32 @@ async def _run(ctx: Context) -> ScenarioResult:
     r = ScenarioResult(5, "Event latency (change request → event arrival)")
     arrivals = Arrivals(asyncio.get_running_loop())
     receiver = await EventReceiver(arrivals.add).start()
-    ref_port = free_port()
+    ports = {model: free_port() for model in REFERENCES}
     results: dict[str, list[dict]] = {key: [] for key in (
-        "rest_dimse", "dimse_ws", "rest_ws", "ref_rest_ws", "fanout", "ref_fanout", "pubsub",
-        "pubsub_fanout", "dimse_transport")}
+        "rest_dimse", "dimse_ws", "rest_ws", "fanout", "pubsub", "pubsub_fanout",
+        "dimse_transport", *(f"{prefix}_{what}" for prefix in REFERENCES.values()
+                             for what in ("rest_ws", "fanout")))}
     notes: list[str] = []
-    reference = Module("bench.reference_ups", ["--port", str(ref_port)], ctx.workdir).start()
+    references = {model: Module("bench.reference_ups", ["--port", str(port), "--model", model],
+                                ctx.workdir).start()
+                  for model, port in ports.items()}
     try:
         with RedisServer(ctx.workdir, "s5-baseline-redis") as bare, \
                 Gateway(ctx.workdir, name="s5-gateway", peers={"RECEIVER": {
                     "host": "127.0.0.1", "port": receiver.port}}) as gw, \
                 ClientProcess("s5-client") as client:
-            wait_http(f"http://127.0.0.1:{ref_port}/health", reference.proc, 30)
-            servers = {
-                "gateway": Server("gateway", gw.base, gw.ws_base, [gw.pid, gw.redis_pid()]),
-                "reference": Server("reference", f"http://127.0.0.1:{ref_port}/dicom-web",
-                                    f"ws://127.0.0.1:{ref_port}/dicom-web", [reference.pid])}
+            servers = {"gateway": Server("gateway", gw.base, gw.ws_base,
+                                         [gw.pid, gw.redis_pid()])}
+            for model, module in references.items():
+                port = ports[model]
+                wait_http(f"http://127.0.0.1:{port}/health", module.proc, 30)
+                servers[REFERENCES[model]] = Server(
+                    f"reference ({model})", f"http://127.0.0.1:{port}/dicom-web",
+                    f"ws://127.0.0.1:{port}/dicom-web", [module.pid])
             await _measure(ctx, servers, gw, client, arrivals, receiver, bare, results, notes)
     finally:
-        reference.stop()
+        for module in references.values():
+            module.stop()
         await receiver.stop()
     if receiver.failures:
         notes.append(f"{receiver.failures} N-EVENT-REPORTs had undecodable event information")
@@ -366,7 +377,8 @@ async def _measure(ctx: Context, servers: dict[str, Server], gw: Gateway, client
                    results: dict, notes: list[str]) -> None:
     s = ctx.sizes
     n, m, reps, fan = s.events, s.fanout_changes, ctx.repeat, s.fanout_subscribers
-    gateway, ref = servers["gateway"], servers["reference"]
+    gateway = servers["gateway"]
+    refs = [(prefix, servers[prefix]) for prefix in REFERENCES.values()]
     client.call("prepare", count=500)
     profiling = ctx.profile_dir is not None
 
@@ -380,9 +392,10 @@ async def _measure(ctx: Context, servers: dict[str, Server], gw: Gateway, client
         "dimse_ws": await group(gateway, "dimse_ws", (WARMUP + n) * reps + 1),
         "rest_ws": await group(gateway, "rest_ws", (WARMUP + n) * reps),
         "fanout": await group(gateway, "fanout", (WARMUP + m) * reps),
-        "ref_rest_ws": await group(ref, "rest_ws", (WARMUP + n) * reps),
-        "ref_fanout": await group(ref, "fanout", (WARMUP + m) * reps),
     }
+    for prefix, ref in refs:
+        groups[f"{prefix}_rest_ws"] = await group(ref, "rest_ws", (WARMUP + n) * reps)
+        groups[f"{prefix}_fanout"] = await group(ref, "fanout", (WARMUP + m) * reps)
     if profiling:
         for name in ("profile_dimse", "profile_ws"):
             groups[name] = await group(gateway, name, PROFILE_CHANGES)
@@ -396,15 +409,16 @@ async def _measure(ctx: Context, servers: dict[str, Server], gw: Gateway, client
             return lambda uid: _rest_claim(http, server, uid)
 
         # DIMSE change → WebSocket; REST change → WebSocket, gateway and reference alternating
+        everyone = [gateway, *(ref for _, ref in refs)]
         sockets = []
-        for server in (gateway, ref):
+        for server in everyone:
             await _subscribe(http, server, "WSSUB")
             sockets.append(await http.ws_connect(f"{server.ws_base}/ws/subscribers/WSSUB"))
         readers = [asyncio.create_task(_ws_reader(ws, arrivals)) for ws in sockets]
         await asyncio.sleep(0.5)
         await _dimse_ws(ctx, gw, groups["dimse_ws"], arrivals, results, notes)
         for rep in range(reps):
-            order = [("rest_ws", gateway), ("ref_rest_ws", ref)]
+            order = [("rest_ws", gateway), *((f"{p}_rest_ws", ref) for p, ref in refs)]
             for key, server in order if rep % 2 == 0 else order[::-1]:
                 results[key].append(await _series(
                     ctx, f"rep {rep + 1} REST→WS {server.name}", rest(server),
@@ -417,20 +431,20 @@ async def _measure(ctx: Context, servers: dict[str, Server], gw: Gateway, client
             await ws.close()
         for task in readers:
             task.cancel()
-        for server in (gateway, ref):
+        for server in everyone:
             await _unsubscribe(http, server, "WSSUB")
 
         # Fan-out to 100 WebSocket subscribers on each server, alternating
         aes = [f"FAN{k:03d}" for k in range(fan)]
         sockets = []
-        for server in (gateway, ref):
+        for server in everyone:
             for ae in aes:
                 await _subscribe(http, server, ae)
                 sockets.append(await http.ws_connect(f"{server.ws_base}/ws/subscribers/{ae}"))
         readers = [asyncio.create_task(_ws_reader(ws, arrivals)) for ws in sockets]
         await asyncio.sleep(1.0)
         for rep in range(reps):
-            order = [("fanout", gateway), ("ref_fanout", ref)]
+            order = [("fanout", gateway), *((f"{p}_fanout", ref) for p, ref in refs)]
             for key, server in order if rep % 2 == 0 else order[::-1]:
                 results[key].append(await _series(
                     ctx, f"rep {rep + 1} fan-out {fan} {server.name}", rest(server),
@@ -443,7 +457,7 @@ async def _measure(ctx: Context, servers: dict[str, Server], gw: Gateway, client
             await ws.close()
         for task in readers:
             task.cancel()
-        for server in (gateway, ref):
+        for server in everyone:
             for ae in aes:  # or every later change would queue 100 events on the gateway
                 await _unsubscribe(http, server, ae)
 
@@ -518,10 +532,15 @@ def _report(r: ScenarioResult, ctx: Context, results: dict, notes: list[str]) ->
                      med(base_key, q, base_since) if base_key else None, base_name,
                      reps(key, q, since), reps(base_key, q, base_since) if base_key else [])
 
-    reference = "in-memory UPS-RS reference"
-    row("REST → WebSocket, from the request", "rest_ws", "request", "ref_rest_ws", reference)
+    reference = "in-memory UPS-RS, py-ups-rs's way (pydicom)"
+    floor = "in-memory UPS-RS floor (plain JSON)"
+    row("REST → WebSocket, from the request", "rest_ws", "request", "pyd_rest_ws", reference)
     row(f"fan-out to {fan} WebSockets (last), from the request", "fanout", "request",
-        "ref_fanout", reference)
+        "pyd_fanout", reference)
+    row("REST → WebSocket, from the request (vs the floor)", "rest_ws", "request",
+        "ref_rest_ws", floor)
+    row(f"fan-out to {fan} WebSockets (last), from the request (vs the floor)", "fanout",
+        "request", "ref_fanout", floor)
     row("REST → DIMSE receiver, from the request", "rest_dimse", "request", "rest_ws",
         "gateway REST → WebSocket")
     pubsub, pubsub_fan = "Redis pub/sub round trip", f"pub/sub to {fan} connections"
@@ -532,22 +551,24 @@ def _report(r: ScenarioResult, ctx: Context, results: dict, notes: list[str]) ->
     row("DIMSE change → WebSocket, from the response", "dimse_ws", "response", "pubsub", pubsub)
     row("pynetdicom N-EVENT-REPORT → receiver (info)", "dimse_transport", "request", "pubsub",
         pubsub)
-    r.metric("server CPU per change, REST → WebSocket (info)",
-             median(x.get("server_cpu_ms_per_change") for x in results["rest_ws"]), "ms",
-             median(x.get("server_cpu_ms_per_change") for x in results["ref_rest_ws"]),
-             reference + " (its process)")
+    for key, name in (("pyd_rest_ws", reference), ("ref_rest_ws", floor)):
+        r.metric("server CPU per change, REST → WebSocket (info)",
+                 median(x.get("server_cpu_ms_per_change") for x in results["rest_ws"]), "ms",
+                 median(x.get("server_cpu_ms_per_change") for x in results[key]),
+                 name + " (its process)")
 
     missed = {key: sum(x.get("missed", 0) for x in results[key]) for key in (
-        "rest_dimse", "dimse_ws", "rest_ws", "fanout", "ref_rest_ws", "ref_fanout")}
+        "rest_dimse", "dimse_ws", "rest_ws", "fanout", "pyd_rest_ws", "pyd_fanout",
+        "ref_rest_ws", "ref_fanout")}
 
     def complete(*keys: str) -> bool:
         return all(missed[key] == 0 for key in keys)
 
     for label, key, base_key, limit, rule in (
-            ("REST → WebSocket p50 vs reference", "rest_ws", "ref_rest_ws", 1.0,
-             "≤ 1.0 × in-memory reference, from the request"),
-            (f"fan-out {fan} p50 vs reference", "fanout", "ref_fanout", 1.0,
-             "≤ 1.0 × in-memory reference, from the request"),
+            ("REST → WebSocket p50 vs reference", "rest_ws", "pyd_rest_ws", 1.0,
+             "≤ 1.0 × in-memory reference (py-ups-rs's way), from the request"),
+            (f"fan-out {fan} p50 vs reference", "fanout", "pyd_fanout", 1.0,
+             "≤ 1.0 × in-memory reference (py-ups-rs's way), from the request"),
             ("REST → DIMSE p50 vs REST → WebSocket", "rest_dimse", "rest_ws", 2.0,
              "≤ 2.0 × gateway REST → WebSocket p50, from the request, same run")):
         value = ratio(med(key, "p50_ms"), med(base_key, "p50_ms"))

@@ -34,6 +34,7 @@ from gateway.rest.app import create_app
 from gateway.store import client
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.keys import Keys
+from gateway.store.lane import Lane
 from gateway.store.subscriptions import RedisSubscriptionStore
 from gateway.store.workitems import RedisWorkitemStore
 from gateway.supervisor import Supervisor
@@ -53,6 +54,7 @@ SHUTDOWN_DELIVERY_SECONDS = 2.0
 @dataclass
 class Core:
     keys: Keys
+    lane: Lane
     workitems: RedisWorkitemStore
     subscriptions: RedisSubscriptionStore
     service: UPSService
@@ -63,14 +65,16 @@ def make_core(cfg: Config, redis: aioredis.Redis) -> Core:
     through)."""
     keys = Keys(cfg.redis.key_prefix)
     tz = parse_offset(cfg.ups.timezone_offset)
-    workitems = RedisWorkitemStore(redis, keys, backlog=cfg.events.backlog, timezone_=tz,
+    lane = Lane(redis)
+    workitems = RedisWorkitemStore(redis, keys, lane=lane, backlog=cfg.events.backlog,
+                                   timezone_=tz,
                                    search_cache_bytes=int(cfg.ups.search_cache_mb * 2**20))
     subscriptions = RedisSubscriptionStore(redis, keys, backlog=cfg.events.backlog)
     service = UPSService(workitems, subscriptions, Settings(
         default_worklist_label=cfg.ups.default_worklist_label, timezone=tz,
         search_default_limit=cfg.ups.search_default_limit,
         search_max_limit=cfg.ups.search_max_limit, direct_event_aes=frozenset(cfg.peers)))
-    return Core(keys, workitems, subscriptions, service)
+    return Core(keys, lane, workitems, subscriptions, service)
 
 
 class Gateway:
@@ -80,6 +84,7 @@ class Gateway:
         self.embedded: EmbeddedRedis | None = None
         self.redis: aioredis.Redis | None = None
         self.service: UPSService | None = None
+        self.lane: Lane | None = None
         self.fanout: WebSocketFanout | None = None
         self.status: ServiceStatus | None = None
         self.sender: DimseEventSender | None = None
@@ -96,8 +101,9 @@ class Gateway:
         core = make_core(cfg, self.redis)
         keys, workitems, subscriptions = core.keys, core.workitems, core.subscriptions
         self.service = service = core.service
+        self.lane = core.lane
 
-        queues = EventQueues(self.redis, keys)
+        queues = EventQueues(self.redis, keys, core.lane)
         hub = EventHub(self.redis, keys)
         self.supervisor.start("event-hub", hub.run)
         try:  # what is published from here on must be heard
@@ -147,6 +153,8 @@ class Gateway:
         await self.supervisor.stop()
         if self.sender:
             await self.sender.close()
+        if self.lane:
+            await self.lane.close()
         if self.redis:
             await self.redis.aclose()
         if self.embedded:

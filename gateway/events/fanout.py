@@ -42,6 +42,10 @@ BATCH = 200  # events per channel per round; a longer backlog takes more rounds
 LEASE_MS = 15000  # a channel's hold on its AE's delivery, renewed every REFRESH_SECONDS
 REFRESH_SECONDS = 2.0
 POLL_SECONDS = 5.0  # every channel's queue is read this often even without a notification
+# Acknowledgements wait this long for those of the next rounds, and go to Redis together: one
+# script call for a burst of changes rather than one per change. A channel that closes, and a
+# connection that takes an AE over, write theirs first.
+ACK_SECONDS = 0.02
 
 
 class Channel(Protocol):
@@ -73,7 +77,10 @@ class WebSocketFanout:
         self._wanted: dict[Channel, None] = {}  # channels to serve in the next round (ordered)
         self._waiting: dict[Channel, list[asyncio.Future]] = {}  # ``deliver`` calls per channel
         self._wake = asyncio.Event()
-        self._keep = scripts.script(client, "keep_channels.lua")
+        self._acks: dict[tuple[str, str], list] = {}  # (AE, lease owner) → its latest advance
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._acking: set[asyncio.Task] = set()
+        self._keep = scripts.on_lane(queues.lane, "keep_channels.lua")
         self.redis = client
         hub.listen(self._notified)
 
@@ -85,6 +92,7 @@ class WebSocketFanout:
     async def open(self, channel: Channel) -> None:
         """Take over the AE's delivery from any older connection, in any process, and register
         the channel (``channel_open``); ``serve`` it once its connection is ready."""
+        await self.flush_acks()  # the older connection's, so that this one starts after them
         await self.queues.hold(channel.reader.lease, take=True)
         await self.redis.zadd(self.keys.channels(channel.ae),
                               {channel.id: time.time() + LEASE_MS / 1000})
@@ -102,6 +110,7 @@ class WebSocketFanout:
                 del self._channels[channel.ae]
         self._wanted.pop(channel, None)
         self._resolve(self._waiting.pop(channel, ()))
+        await self.flush_acks()  # while the lease is still ours: after, they would be refused
         await self.redis.zrem(self.keys.channels(channel.ae), channel.id)
         await self.queues.release(channel.reader.lease)
 
@@ -209,11 +218,29 @@ class WebSocketFanout:
                          "backlog", extra={"ae": channel.ae, "frames": len(frames)})
                 channel.sending = asyncio.create_task(
                     self._send_slowly(channel, frames, entries[-1], waiting.pop(channel)))
-        await self._acknowledge(acks)
+        self._note_acks(acks)
         for futures in waiting.values():
             self._resolve(futures)
 
-    async def _acknowledge(self, acks: list[list]) -> None:
+    def _note_acks(self, acks: list[list]) -> None:
+        """Note how far each channel got; ``flush_acks`` stores it (``ACK_SECONDS``)."""
+        for advance in acks:
+            self._acks[(advance[0], advance[1])] = advance  # cursors only move forward
+        if acks and self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_SECONDS,
+                                                                    self._flush_acks_later)
+
+    def _flush_acks_later(self) -> None:
+        self._ack_timer = None
+        task = asyncio.ensure_future(self.flush_acks())
+        self._acking.add(task)
+        task.add_done_callback(self._acking.discard)
+
+    async def flush_acks(self) -> None:
+        acks, self._acks = list(self._acks.values()), {}
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         if not acks:
             return
         try:  # a refused cursor means a lost lease: the keeper or the next read says so
@@ -229,7 +256,7 @@ class WebSocketFanout:
         try:
             await channel.send(frames)
             sent = True
-            await self._acknowledge([channel.reader.advance(last)])
+            self._note_acks([channel.reader.advance(last)])
         except (ConnectionError, RuntimeError) as exc:
             log.debug("event channel send failed", extra={"ae": channel.ae, "error": str(exc)})
         finally:

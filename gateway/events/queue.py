@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from gateway.store import scripts
 from gateway.store.codec import pack_for_lua, unpack
 from gateway.store.keys import Keys
+from gateway.store.lane import Lane
 from gateway.ups.dataset import Dataset
 
 OFFERS_KEPT = 256  # events offered per reader kept while it is busy; beyond, it reads the stream
@@ -54,12 +55,13 @@ class LeaseLost(Exception):
 class EventQueues:
     """The event queues of one Redis: leases, cursors, batched reads and acknowledgements."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys):
+    def __init__(self, client: aioredis.Redis, keys: Keys, lane: Lane | None = None):
         self.redis = client
         self.keys = keys
-        self._lease = scripts.script(client, "lease.lua")
-        self._release = scripts.script(client, "release_lease.lua")
-        self._cursor = scripts.script(client, "cursor.lua")
+        self.lane = lane = lane or Lane(client)
+        self._lease = scripts.on_lane(lane, "lease.lua")
+        self._release = scripts.on_lane(lane, "release_lease.lua")
+        self._cursor = scripts.on_lane(lane, "cursor.lua")
 
     def reader(self, transport: str, ae: str, lease_ms: int) -> QueueReader:
         return QueueReader(self, transport, ae, Lease(self.keys.lease(transport, ae), lease_ms))

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from gateway.store import keys
-from gateway.store.batch import ScriptBatch
+from gateway.store.lane import Lane, LaneScript
 
 
 @functools.cache
@@ -24,6 +24,7 @@ def script(client: aioredis.Redis, name: str) -> AsyncScript:
     return client.register_script(source(name))
 
 
-def batched(client: aioredis.Redis, name: str) -> ScriptBatch:
-    """A script whose calls made in the same loop turn go to Redis together (``batch``)."""
-    return ScriptBatch(script(client, name))
+def on_lane(lane: Lane, name: str) -> LaneScript:
+    """A script for the hot path: called on the process's lane (``lane``), its calls of one
+    loop turn go to Redis together with the lane's other commands."""
+    return lane.script(source(name))

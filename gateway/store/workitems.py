@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 
 from gateway.store import codec, indexes, scripts
 from gateway.store.keys import Keys
+from gateway.store.lane import Lane
 from gateway.store.results import RenderedResults
 from gateway.ups import tags as t
 from gateway.ups.dataset import Dataset
@@ -43,9 +44,11 @@ RECENT_RECORDS = 4096  # workitems remembered as last read or written (≈1.5 KB
 
 
 class RedisWorkitemStore:
-    def __init__(self, client: aioredis.Redis, keys: Keys, *, backlog: int = 1000,
-                 timezone_: timezone = UTC, search_cache_bytes: int = 32 * 2**20):
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, lane: Lane | None = None,
+                 backlog: int = 1000, timezone_: timezone = UTC,
+                 search_cache_bytes: int = 32 * 2**20):
         self.redis = client
+        lane = lane or Lane(client)
         self.keys = keys
         self.backlog = backlog  # events kept per subscriber AE (the queues' bound)
         self.tz = timezone_  # how DT values without an offset are read (scores)
@@ -53,11 +56,11 @@ class RedisWorkitemStore:
         # uid → (version, stored dataset, state, tx, performer), oldest first: ``load_recent``
         self._recent: OrderedDict[str, tuple[int, bytes, str, str | None, str | None]] = \
             OrderedDict()
-        self._commit = scripts.batched(client, "commit.lua")
-        self._load = scripts.batched(client, "load.lua")
-        self._page = scripts.batched(client, "page.lua")
+        self._commit = scripts.on_lane(lane, "commit.lua")
+        self._load = scripts.on_lane(lane, "load.lua")
+        self._page = scripts.on_lane(lane, "page.lua")
+        self._datasets = scripts.on_lane(lane, "datasets.lua")
         self._purge = scripts.script(client, "purge.lua")
-        self._datasets = scripts.script(client, "datasets.lua")
 
     # ---- single workitems --------------------------------------------------------------------
 

@@ -495,3 +495,41 @@ async def test_search_results_follow_a_rescheduled_start_and_a_relabelled_workli
     assert [d["00080018"]["Value"][0] for d in (await service.search(q())).items] == everything
     assert [d["00080018"]["Value"][0] for d in
             (await service.search(q(WorklistLabel="AGAIN", **{day: "20261201-"}))).items] == [uid]
+
+
+# ---- C-FIND identifiers through the service (both store tiers agree) ------------------------
+
+async def _stream(service, identifier: dict) -> list[dict]:
+    return [ds async for ds in service.search_stream(matching.from_identifier(identifier))]
+
+
+async def test_identifier_queries_shape_their_results_on_both_tiers(service):
+    both, other, empty = new_uid(), new_uid(), new_uid()
+    stations = element("SQ", code("CT1", meaning="one"), code("CT2", meaning="two"))
+    await service.create(normalize(workitem(both, label="IDQ", **{"00404025": stations})))
+    await service.create(normalize(workitem(other, label="IDQ", station="MR1")))
+    await service.create(normalize(workitem(empty, label="IDQ", **{"00404025": element("SQ")})))
+    template = {"00741202": element("LO", "IDQ"),
+                "00404025": element("SQ", {"00080100": element("SH", "CT2"),
+                                           "00080104": element("LO")})}
+    [found] = await _stream(service, template)
+    assert found["00080018"]["Value"] == [both]
+    assert found["00404025"] == element("SQ", {"00080100": element("SH", "CT2"),
+                                               "00080104": element("LO", "two")})
+    assert set(found) == {"00080016", "00080018", "00404025", "00741202"}
+    # An item of empty keys is universal: the workitem with an empty sequence is found too.
+    universal = {"00741202": element("LO", "IDQ"),
+                 "00404025": element("SQ", {"00080100": element("SH")})}
+    found = await _stream(service, universal)
+    assert sorted(d["00080018"]["Value"][0] for d in found) == sorted([both, other, empty])
+    by_uid = {d["00080018"]["Value"][0]: d for d in found}
+    assert by_uid[empty]["00404025"] == element("SQ")
+    assert by_uid[other]["00404025"] == element("SQ", {"00080100": element("SH", "MR1")})
+
+
+def test_a_sequence_key_of_only_empty_keys_is_universal():
+    query = matching.from_identifier({"00404034": element("SQ", {
+        "00404009": element("SQ", {"00080100": element("SH")}), "00404037": element("PN")})})
+    assert query.keys["00404034"].kind == "universal"
+    assert query.matches(item())  # no Scheduled Human Performers Sequence at all
+    assert indexes.plan(query).exact

@@ -63,6 +63,7 @@ UNRECOGNIZED_OPERATION = 0x0211
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 INVALID_OBJECT_INSTANCE = 0x0117
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
+QUERY_RETRIEVE_LEVEL = "00080052"
 OUT_OF_RESOURCES = 0xA700
 # Failures a C-FIND may answer (PS3.4 C.4.1.1.4, CC.2.8.4); anything else becomes 0xC000. Never
 # 0xC311/0xC312: UPS uses them for N-ACTION refusals (and pynetdicom for its own C-FIND errors).
@@ -289,12 +290,12 @@ class DimseHandlers:
         await self._respond(assoc, req, st.SUCCESS, "")
 
     def _find_query(self, identifier: Dataset) -> matching.Query:
-        unsupported = [k for k in identifier
-                       if k not in matching.MATCHABLE and k not in matching.NOT_MATCHED
-                       and k not in matching.NEVER_RETURNED]
-        if unsupported:
+        # Any attribute is a return key (and matched by the general rules); only a key that
+        # names another query model says the identifier is not one of this SOP class.
+        if QUERY_RETRIEVE_LEVEL in identifier:
             raise Refused(IDENTIFIER_DOES_NOT_MATCH,
-                          f"{describe(unsupported[0])} is not a UPS matching or return key")
+                          f"{describe(QUERY_RETRIEVE_LEVEL)} belongs to the Query/Retrieve "
+                          "model, not to a UPS identifier")
         return matching.from_identifier(identifier, default_tz=self.service.settings.timezone)
 
     def _find_result(self, ds: Dataset, syntax: str) -> bytes:

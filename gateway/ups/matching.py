@@ -49,6 +49,8 @@ MATCHABLE = DEFAULT_RETURN | frozenset((
     t.UnifiedProcedureStepPerformedProcedureSequence, t.OutputInformationSequence,
 ))
 NEVER_RETURNED = frozenset((t.TransactionUID,))
+# What every C-FIND response carries, asked for or not: which instance it is.
+IDENTIFYING = frozenset((t.SOPClassUID, t.SOPInstanceUID))
 # Keys an identifier carries that are not matching keys.
 NOT_MATCHED = frozenset((t.SpecificCharacterSet, t.TimezoneOffsetFromUTC))
 
@@ -77,7 +79,10 @@ class SeqKey:
 
     @property
     def kind(self) -> str:
-        return "sequence" if self.children else "universal"
+        # An item of only universal keys (the usual "return me this sequence" template) is
+        # universal for the sequence: it matches workitems whose sequence is empty or absent.
+        return ("sequence" if any(c.kind != "universal" for c in self.children.values())
+                else "universal")
 
 
 Node = Union[Key, SeqKey]
@@ -92,6 +97,9 @@ class Query:
     offset: int = 0
     limit: int | None = None
     store_tz: timezone = UTC  # how stored DT values without a UTC offset are read
+    # A C-FIND identifier (canonical form): when set, a result carries exactly its keys (and
+    # the SOP Class and Instance UIDs), sequences reduced to their matching items' requested attributes.
+    template: Dataset | None = None
     _returned: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def matches(self, ds: Dataset) -> bool:
@@ -108,8 +116,24 @@ class Query:
         if self.include_all:
             return None, NEVER_RETURNED
         if self._returned is None:
-            self._returned = (DEFAULT_RETURN | self.include | set(self.keys)) - NEVER_RETURNED
+            if self.template is not None:
+                self._returned = frozenset(
+                    set(self.template) - {t.SpecificCharacterSet}
+                    | IDENTIFYING) - NEVER_RETURNED
+            else:
+                self._returned = (DEFAULT_RETURN | self.include | set(self.keys)) - NEVER_RETURNED
         return self._returned, NEVER_RETURNED
+
+    def respond(self, ds: Dataset) -> Dataset:
+        """A (projected) match as the C-FIND response identifier: every key of the template with
+        the workitem's value or empty, a sequence key's items reduced to those that match it and
+        to the attributes its item asks for (all of them for an empty item or no item). Without
+        a template the match is returned as it is."""
+        if self.template is None:
+            return ds
+        out = _respond(self.template, self.keys, ds, self)
+        out.update((tag, ds[tag]) for tag in IDENTIFYING if tag in ds)
+        return dict(sorted(out.items()))
 
     def single_value(self, tag: str) -> str | None:
         """The value of a top-level single-value key (for index selection)."""
@@ -217,30 +241,35 @@ def add_term(query: Query, path: list[str], raw: str, tz: timezone, name: str) -
 
 def from_identifier(identifier: Dataset, *, default_tz: timezone = UTC) -> Query:
     """Build a query from a C-FIND identifier in canonical form: every element is a return key,
-    every element with a value a matching key."""
+    every element with a value a matching key. Any attribute of the data dictionary is matched
+    by the same rules (PS3.4 C.2.2.2), whether or not the UPS IOD has it; an attribute the
+    dictionary does not know (a private one) is only a return key."""
     offset = values(identifier, t.TimezoneOffsetFromUTC)
     try:
         tz = parse_offset(offset[0], default_tz) if offset else default_tz
     except ValueError:
         raise InvalidQuery("TimezoneOffsetFromUTC (0008,0201) is not +HHMM/-HHMM") from None
-    query = Query(store_tz=default_tz)
-    query.keys = _identifier_keys(identifier, tz, top_level=True)
+    query = Query(store_tz=default_tz, template=identifier)
+    query.keys = _identifier_keys(identifier, tz)
     return query
 
 
-def _identifier_keys(ds: Dataset, tz: timezone, top_level: bool) -> dict[str, Node]:
+def _identifier_keys(ds: Dataset, tz: timezone) -> dict[str, Node]:
     keys: dict[str, Node] = {}
     for tag, elem in ds.items():
         if tag in NOT_MATCHED or tag in NEVER_RETURNED:
             continue
-        if top_level and tag not in MATCHABLE:
-            raise InvalidQuery(f"{describe(tag)} is not a supported matching key")
+        known = dictionary_vr(tag)
+        if known is None:
+            continue  # private or unknown: returned (empty), never matched
         vr = elem.get("vr")
+        if vr == "UN" or vr is None:
+            vr = known.split(" or ")[0]
         if vr == "SQ":
             item_list = elem.get("Value") or []
             if len(item_list) > 1:
                 raise InvalidQuery(f"{describe(tag)}: a sequence matching key has one item")
-            children = _identifier_keys(item_list[0], tz, False) if item_list else {}
+            children = _identifier_keys(item_list[0], tz) if item_list else {}
             keys[tag] = SeqKey(tag, children)
             continue
         keys[tag] = leaf_key(tag, vr, _identifier_text(elem), tz)
@@ -252,6 +281,36 @@ def _identifier_text(elem: dict) -> str:
     if elem.get("vr") == "PN":
         vals = [person_name(v) for v in vals]
     return "\\".join(str(v) for v in vals)
+
+
+def _respond(template: Dataset, nodes: dict[str, Node], ds: Dataset, query: Query) -> Dataset:
+    out: Dataset = {}
+    for tag, elem in template.items():
+        if tag == t.SpecificCharacterSet or tag in NEVER_RETURNED:
+            continue
+        stored = ds.get(tag)
+        if elem.get("vr") != "SQ" or stored is None:
+            out[tag] = stored if stored is not None else {"vr": _empty_vr(tag, elem)}
+            continue
+        wanted = elem.get("Value") or []
+        if not wanted or not wanted[0]:
+            out[tag] = stored  # a zero-length sequence or item: the whole sequence
+            continue
+        node = nodes.get(tag)
+        children = node.children if isinstance(node, SeqKey) else {}
+        kept = [_respond(wanted[0], children, item, query)
+                for item in stored.get("Value") or () if isinstance(item, dict)
+                and all(_match(child, item, query) for child in children.values())]
+        out[tag] = {"vr": "SQ", "Value": kept} if kept else {"vr": "SQ"}
+    return dict(sorted(out.items()))
+
+
+def _empty_vr(tag: str, elem: dict) -> str:
+    vr = elem.get("vr")
+    if vr and vr != "UN":
+        return vr
+    known = dictionary_vr(tag)
+    return known.split(" or ")[0] if known else "UN"
 
 
 # ---- matching ------------------------------------------------------------------------------

@@ -302,8 +302,19 @@ class UPSService:
         return SearchResult(page.rendered, page.total, query.offset)
 
     def search_stream(self, query: Query) -> AsyncIterator[Dataset]:
-        """Every match in search order, projected — for C-FIND pending responses."""
-        return self.store.search_stream(query)
+        """Every match in search order, projected — for C-FIND pending responses (shaped to
+        the identifier's return keys when the query has one)."""
+        if query.template is None:
+            return self.store.search_stream(query)
+        return self._responses(query)
+
+    async def _responses(self, query: Query) -> AsyncIterator[Dataset]:
+        stream = self.store.search_stream(query)
+        try:
+            async for ds in stream:
+                yield query.respond(ds)
+        finally:
+            await stream.aclose()
 
     # ---- retention ---------------------------------------------------------------------
 

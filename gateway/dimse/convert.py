@@ -15,8 +15,11 @@ pydicom quirks fixed here (digest §8):
   never holds them.
 
 Outbound (``encode``: N-GET and C-FIND responses, N-EVENT-REPORTs), DS numbers are formatted to
-fit 16 characters, and a dataset holding any non-ASCII text is sent as UTF-8 (Specific Character
-Set ``ISO_IR 192``): canonical text is Unicode, whatever character set it arrived in.
+fit 16 characters, and the character set is chosen here, the one place that does it (conformance
+§9, Character sets): canonical text is Unicode and carries no Specific Character Set of its own;
+a reply that is all ASCII declares none; otherwise it is written in the requester's character
+set when that is one of ``REPLY_CHARSETS`` and can represent every text value, else in UTF-8
+(``ISO_IR 192``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset as PydicomDataset
 from pydicom.valuerep import format_number_as_ds
 from pynetdicom import dsutils
@@ -102,58 +106,70 @@ def _fix_pn(value: Any) -> Any:
 
 # ---- outbound --------------------------------------------------------------------------------
 
-def encode(ds: Dataset, transfer_syntax: str) -> bytes | None:
+def encode(ds: Dataset, transfer_syntax: str, charsets: list[str] | None = None) -> bytes | None:
     """A canonical dataset as the bytes of a DIMSE message in ``transfer_syntax`` (Explicit,
-    Implicit or Deflated VR Little Endian: what the gateway negotiates); None when pydicom
+    Implicit or Deflated VR Little Endian: what the gateway negotiates), its text in a character
+    set that represents it (the requester's ``charsets`` when they can); None when pydicom
     cannot write it."""
-    return dsutils.encode(from_canonical(ds), transfer_syntax == IMPLICIT_LE, True,
+    return dsutils.encode(from_canonical(ds, charsets), transfer_syntax == IMPLICIT_LE, True,
                           transfer_syntax == DEFLATED_LE)
 
 
-def from_canonical(ds: Dataset) -> PydicomDataset:
-    """A canonical dataset as a pydicom ``Dataset`` ready for pynetdicom to encode."""
-    prepared, non_ascii = _prepare(ds)
-    if non_ascii:
-        _set_utf8(prepared)
+def from_canonical(ds: Dataset, charsets: list[str] | None = None) -> PydicomDataset:
+    """A canonical dataset as a pydicom ``Dataset`` ready for pynetdicom to encode (pydicom
+    writes its text in the Specific Character Set declared at its top)."""
+    texts: set[str] = set()
+    prepared = _prepare(ds, texts)
+    if texts:
+        prepared[SPECIFIC_CHARACTER_SET] = {"vr": "CS", "Value": [reply_charset(texts, charsets)]}
+        prepared = dict(sorted(prepared.items()))
     return PydicomDataset.from_json(prepared)
 
 
-def _set_utf8(ds: Dataset) -> None:
-    """Declare UTF-8 at the top level and in every item that declares its own character set."""
-    ds[SPECIFIC_CHARACTER_SET] = {"vr": "CS", "Value": [UTF8]}
-    for elem in ds.values():
-        if elem.get("vr") == "SQ":
-            for item in elem.get("Value") or ():
-                if SPECIFIC_CHARACTER_SET in item:
-                    _set_utf8(item)
+# Character sets a reply is written in when the requester declared one of them (single-valued,
+# no code extensions), each with the Python codec pydicom writes it with.
+REPLY_CHARSETS = {term: python_encoding[term] for term in (
+    "ISO_IR 100", "ISO_IR 101", "ISO_IR 109", "ISO_IR 110", "ISO_IR 126", "ISO_IR 127",
+    "ISO_IR 138", "ISO_IR 144", "ISO_IR 148", "ISO_IR 166", "ISO_IR 192", "GB18030")}
 
 
-def _prepare(ds: Dataset) -> tuple[Dataset, bool]:
+def reply_charset(texts: set[str], charsets: list[str] | None) -> str:
+    """The Specific Character Set of a reply holding the non-ASCII ``texts``."""
+    terms = [c.strip() for c in charsets or () if c and c.strip()]
+    if len(terms) == 1 and (codec := REPLY_CHARSETS.get(terms[0])):
+        try:
+            for text in texts:
+                text.encode(codec)
+            return terms[0]
+        except UnicodeEncodeError:
+            pass
+    return UTF8
+
+
+def _prepare(ds: Dataset, texts: set[str]) -> Dataset:
+    """``ds`` ready for ``PydicomDataset.from_json``: DS values as text, no character set of its
+    own at any level; the non-ASCII text values are collected in ``texts``."""
     out: Dataset = {}
-    non_ascii = False
     for key, elem in ds.items():
+        if key == SPECIFIC_CHARACTER_SET:
+            continue  # (kept by earlier versions) the reply declares its own, at the top
         vr = elem.get("vr")
         vals = elem.get("Value")
         if not vals:
             out[key] = elem
             continue
         if vr == "SQ":
-            items = []
-            for item in vals:
-                fixed, flag = _prepare(item or {})
-                items.append(fixed)
-                non_ascii = non_ascii or flag
-            out[key] = {"vr": vr, "Value": items}
+            out[key] = {"vr": vr, "Value": [_prepare(item or {}, texts) for item in vals]}
             continue
         if vr == "DS":
             vals = [_ds_text(v) for v in vals]
         elif vr == "PN":
-            non_ascii = non_ascii or any(not g.isascii() for v in vals if isinstance(v, dict)
-                                         for g in v.values() if isinstance(g, str))
+            texts.update(g for v in vals if isinstance(v, dict) for g in v.values()
+                         if isinstance(g, str) and not g.isascii())
         else:
-            non_ascii = non_ascii or any(isinstance(v, str) and not v.isascii() for v in vals)
+            texts.update(v for v in vals if isinstance(v, str) and not v.isascii())
         out[key] = {**elem, "Value": vals}
-    return out, non_ascii
+    return out
 
 
 def _ds_text(value: Any) -> Any:

@@ -132,6 +132,27 @@ def person_name(value: dict | None) -> str:
     return value.get("Alphabetic") or value.get("Ideographic") or value.get("Phonetic") or ""
 
 
+CHARACTER_SET = "00080005"  # Specific Character Set
+
+
+def without_character_sets(ds: Dataset) -> Dataset:
+    """``ds`` without any Specific Character Set, at any level: canonical text is Unicode, so
+    the character set a request arrived in says nothing about the workitem (each reply declares
+    the one it is written in). Returns ``ds`` itself when it has none."""
+    if CHARACTER_SET not in ds and not any(e.get("vr") == "SQ" and e.get("Value")
+                                           for e in ds.values()):
+        return ds
+    out: Dataset = {}
+    for tag_key, elem in ds.items():
+        if tag_key == CHARACTER_SET:
+            continue
+        if elem.get("vr") == "SQ" and elem.get("Value"):
+            elem = {**elem, "Value": [without_character_sets(item) if isinstance(item, dict)
+                                      else item for item in elem["Value"]]}
+        out[tag_key] = elem
+    return out
+
+
 def select(ds: Dataset, keys: Iterable[str]) -> Dataset:
     return {k: ds[k] for k in sorted(keys) if k in ds}
 

@@ -21,7 +21,7 @@ from gateway.ups import rules, statemachine
 from gateway.ups import status as st
 from gateway.ups import tags as t
 from gateway.ups.dataset import (Dataset, code_item, describe, element, first, has_value, items,
-                                 new_uid, put, select)
+                                 new_uid, put, select, without_character_sets)
 from gateway.ups.dicomtime import UTC, format_dt
 from gateway.ups.errors import InvalidDataset, NoSuchWorkitem, UPSError, WorkitemGone
 from gateway.ups.matching import Query, Terms
@@ -97,6 +97,7 @@ class UPSService:
             raise InvalidDataset(f"{describe(t.SOPInstanceUID)} {payload_uid} differs from the "
                                  f"workitem UID {uid} of the request")
         uid = uid or payload_uid
+        ds = without_character_sets(ds)
         outcome = Outcome(uid or "", uid_assigned=not uid)
         if not uid:
             outcome.uid = uid = new_uid()
@@ -154,7 +155,7 @@ class UPSService:
     async def update(self, uid: str, mods: Dataset, tx: str | None = None, *,
                      requester: str | None = None) -> Outcome:
         """Apply an N-SET modification list / Update Workitem payload."""
-        mods = dict(mods)
+        mods = dict(without_character_sets(mods))
         payload_tx = first(mods, t.TransactionUID)
         mods.pop(t.TransactionUID, None)
         if tx and payload_tx and tx != payload_tx:
@@ -168,11 +169,10 @@ class UPSService:
             statemachine.check_update(record.state, tx, record.tx)
             rules.check_update(mods)
             before = record.dataset
+            # Text is Unicode and no character set is kept (a workitem stored by an earlier
+            # version may still hold one: it goes, so nothing can end up multi-valued).
             after = {**before, **mods}
-            if t.SpecificCharacterSet in mods and t.SpecificCharacterSet in before:
-                merged = list(dict.fromkeys(before[t.SpecificCharacterSet].get("Value", []) +
-                                            mods[t.SpecificCharacterSet].get("Value", [])))
-                after[t.SpecificCharacterSet] = element("CS", *merged)
+            after.pop(t.SpecificCharacterSet, None)
             put(after, t.ScheduledProcedureStepModificationDateTime, "DT", format_dt())
             after = dict(sorted(after.items()))
             events = []

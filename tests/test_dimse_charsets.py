@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 
 from gateway.dimse import convert
 from tests import dimse_util as d
-from tests.helpers import element, new_uid, workitem
+from tests.helpers import code, element, new_uid, workitem
 
 LATIN1_NAME = "Müller^Jürgen"
 
@@ -41,6 +41,7 @@ def create_in(assoc, charset, name: str, performer: str | None = None, **kw) -> 
     ds.PatientName = name
     if performer:
         item = Dataset()
+        item.HumanPerformerCodeSequence = [d.dataset(code("P1", meaning="Performer"))]
         item.HumanPerformerName = performer
         ds.ScheduledHumanPerformersSequence = [item]
     uid = new_uid()

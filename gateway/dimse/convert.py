@@ -11,8 +11,10 @@ pydicom quirks fixed here (digest §8):
 * an empty sequence comes out as ``"Value": []``; canonical is ``{"vr": "SQ"}``;
 * a PN with only Ideographic/Phonetic groups gets ``"Alphabetic": ""``;
 * empty values inside a multi-valued attribute come out as ``""`` instead of ``null``;
-* command (group 0000) and group-length (gggg,0000) elements are emitted if present; a workitem
-  never holds them.
+* command (group 0000) and group-length (gggg,0000) elements are emitted if present: group
+  lengths are dropped; command elements are kept in an attribute list for ``normalize`` to refuse
+  (a workitem never holds them, and dropping them silently would hide the requester's error),
+  and dropped from identifiers.
 
 Outbound (``encode``: N-GET and C-FIND responses, N-EVENT-REPORTs), DS numbers are formatted to
 fit 16 characters, and the character set is chosen here, the one place that does it (conformance
@@ -43,8 +45,9 @@ UTF8 = "ISO_IR 192"
 # ---- inbound ---------------------------------------------------------------------------------
 
 def to_canonical(ds: PydicomDataset | None, what: str = "dataset") -> Dataset:
-    """A decoded DIMSE dataset as a validated canonical workitem dataset (``normalize``d)."""
-    return normalize(_to_json(ds, what))
+    """A decoded DIMSE dataset as a validated canonical workitem dataset (``normalize``d; a
+    command element in it is refused there, as in a UPS-RS payload)."""
+    return normalize(_to_json(ds, what, keep_commands=True))
 
 
 def identifier_to_canonical(ds: PydicomDataset | None, what: str = "identifier") -> Dataset:
@@ -52,7 +55,7 @@ def identifier_to_canonical(ds: PydicomDataset | None, what: str = "identifier")
     return _to_json(ds, what)
 
 
-def _to_json(ds: PydicomDataset | None, what: str) -> Dataset:
+def _to_json(ds: PydicomDataset | None, what: str, keep_commands: bool = False) -> Dataset:
     if ds is None:
         return {}
     out: Dataset = {}
@@ -62,17 +65,19 @@ def _to_json(ds: PydicomDataset | None, what: str) -> Dataset:
         raise InvalidDataset(f"cannot decode the {what}: {_reason(exc)}") from None
     for tag in tags:
         key = f"{int(tag):08X}"
-        if key.startswith("0000") or key[4:] == "0000":
-            continue  # command and group-length elements: never part of a workitem
+        if key[4:] == "0000":
+            continue  # group-length elements (the command group's too): never in a workitem
+        if key.startswith("0000") and not keep_commands:
+            continue
         try:
             elem = ds[tag].to_json_dict(None, 1024)
         except Exception as exc:
             raise InvalidDataset(f"{_name(key)}: cannot decode: {_reason(exc)}") from None
-        out[key] = _fix_element(elem)
+        out[key] = _fix_element(elem, keep_commands)
     return out
 
 
-def _fix_element(elem: dict[str, Any]) -> dict[str, Any]:
+def _fix_element(elem: dict[str, Any], keep_commands: bool = False) -> dict[str, Any]:
     vr = elem.get("vr")
     if "Value" not in elem:
         return elem
@@ -80,7 +85,7 @@ def _fix_element(elem: dict[str, Any]) -> dict[str, Any]:
     if vr == "SQ":
         if not vals:
             return {"vr": "SQ"}
-        return {"vr": "SQ", "Value": [_fix_item(item) for item in vals]}
+        return {"vr": "SQ", "Value": [_fix_item(item, keep_commands) for item in vals]}
     if vr == "PN":
         vals = [_fix_pn(v) for v in vals]
     elif len(vals) > 1:
@@ -90,11 +95,12 @@ def _fix_element(elem: dict[str, Any]) -> dict[str, Any]:
     return {"vr": vr, "Value": vals}
 
 
-def _fix_item(item: Any) -> Any:
+def _fix_item(item: Any, keep_commands: bool = False) -> Any:
     if not isinstance(item, dict):
         return item
-    return {k: _fix_element(v) for k, v in item.items()
-            if not (k.startswith("0000") or k[4:] == "0000") and isinstance(v, dict)}
+    return {k: _fix_element(v, keep_commands) for k, v in item.items()
+            if isinstance(v, dict) and k[4:] != "0000"
+            and (keep_commands or not k.startswith("0000"))}
 
 
 def _fix_pn(value: Any) -> Any:

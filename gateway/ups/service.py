@@ -21,7 +21,7 @@ from gateway.ups import rules, statemachine
 from gateway.ups import status as st
 from gateway.ups import tags as t
 from gateway.ups.dataset import (Dataset, code_item, describe, element, first, has_value, items,
-                                 new_uid, put, select, without_character_sets)
+                                 dictionary_vr, new_uid, put, select, without_character_sets)
 from gateway.ups.dicomtime import UTC, format_dt
 from gateway.ups.errors import InvalidDataset, NoSuchWorkitem, UPSError, WorkitemGone
 from gateway.ups.matching import Query, Terms
@@ -144,11 +144,18 @@ class UPSService:
     # ---- retrieve ----------------------------------------------------------------------
 
     async def retrieve(self, uid: str, keys: list[str] | None = None) -> Dataset:
-        """The workitem (N-GET / Retrieve Workitem); never includes the Transaction UID."""
+        """The workitem (N-GET / Retrieve Workitem); never includes the Transaction UID.
+        With ``keys`` (an N-GET Attribute Identifier List), those attributes: one the workitem
+        lacks comes back empty (zero-length), as C-FIND return keys do."""
         record = await self.store.load(uid)
         if record is None:
             raise NoSuchWorkitem(uid)
-        return select(record.dataset, keys) if keys else record.dataset
+        if not keys:
+            return record.dataset
+        ds = record.dataset
+        return {key: ds[key] if key in ds else element(_empty_vr(key))
+                for key in sorted(set(keys)) if key != t.TransactionUID
+                and not key.startswith("0000") and key[4:] != "0000"}  # never in a dataset
 
     # ---- update ------------------------------------------------------------------------
 
@@ -167,11 +174,11 @@ class UPSService:
         async def decide(attempt: Attempt) -> None:
             record = await attempt.load(uid)
             statemachine.check_update(record.state, tx, record.tx)
-            rules.check_update(mods)
             before = record.dataset
+            applied = rules.check_update(mods, before)  # what an echo leaves out is no change
             # Text is Unicode and no character set is kept (a workitem stored by an earlier
             # version may still hold one: it goes, so nothing can end up multi-valued).
-            after = {**before, **mods}
+            after = {**before, **applied}
             after.pop(t.SpecificCharacterSet, None)
             put(after, t.ScheduledProcedureStepModificationDateTime, "DT", format_dt())
             after = dict(sorted(after.items()))
@@ -362,3 +369,9 @@ class UPSService:
         ds[t.ProcedureStepProgressInformationSequence] = element(
             "SQ", dict(sorted(item.items())), *progress[1:])
         return [f"filled {name}" for name in filled]
+
+
+def _empty_vr(key: str) -> str:
+    """The VR of an empty attribute: the dictionary's (its first, when it allows several)."""
+    vr = dictionary_vr(key)
+    return vr.split(" or ")[0] if vr else "UN"

@@ -533,3 +533,96 @@ def test_a_sequence_key_of_only_empty_keys_is_universal():
     assert query.keys["00404034"].kind == "universal"
     assert query.matches(item())  # no Scheduled Human Performers Sequence at all
     assert indexes.plan(query).exact
+
+
+# ---- issue 16: DT ranges with offsets, the workitem's own offset, person names -------------
+
+@pytest.mark.parametrize("query,hit", [
+    ("20261125050000-0500-20261125060000-0500", True),   # 10:00-11:00 UTC, both ends offset
+    ("20261125060000-0500-20261125070000-0500", False),  # 11:00-12:00 UTC
+    ("20261125110000+0100-20261125060000-0500", True),   # mixed offsets
+    ("-20261125060000-0500", True),                      # open low end, offset high end
+    ("-20261125040000-0500", False),
+    ("20261125050000-0500-", True),                      # offset low end, open high end
+    ("20261125060000-0500-", False),
+    ("20261125100000-0500", False),                      # one value: 15:00 UTC
+    ("20261125050000-0500", True),                       # one value: 10:00 UTC
+    ("2026-2027", True),                                 # year-only range, not -2027
+    ("2025-2025", False),
+    ("2026-20261125", True),
+    ("202611-202611", True),
+    ("20261126-20261130", False),
+])
+def test_dt_ranges_with_offsets_on_either_end(query, hit):
+    assert q(ScheduledProcedureStepStartDateTime=query).matches(_dt("20261125100000")) is hit
+
+
+@pytest.mark.parametrize("query", ["20261125-1500", "2027-2026", "20261125100000-0500-2025"])
+def test_dt_ranges_that_end_before_they_start_are_refused(query):
+    with pytest.raises(InvalidQuery):
+        q(ScheduledProcedureStepStartDateTime=query)
+
+
+def test_the_workitems_own_timezone_offset_governs_its_dt_values():
+    local = _dt("20261125100000")
+    local["00080201"] = element("SH", "+0200")  # 10:00 there is 08:00 UTC
+    assert q(ScheduledProcedureStepStartDateTime="20261125080000").matches(local)
+    assert not q(ScheduledProcedureStepStartDateTime="20261125100000").matches(local)
+    explicit = _dt("20261125100000+0000")
+    explicit["00080201"] = element("SH", "+0200")  # an explicit offset wins
+    assert q(ScheduledProcedureStepStartDateTime="20261125100000").matches(explicit)
+    # the configured offset only for values that have neither
+    tz = parse_offset("-0100")
+    plain = matching.Query(store_tz=tz)
+    matching.add_term(plain, ["00404005"], "20261125110000", matching.UTC, "x")
+    assert plain.matches(_dt("20261125100000")) and not plain.matches(local)
+    assert matching.search_order(local) == matching.search_order(_dt("20261125080000"))
+
+
+async def test_workitem_offsets_agree_between_index_plans_and_matching(service):
+    label = f"TZ-{new_uid()[-6:]}"
+    east, plain = new_uid(), new_uid()
+    east_ds = workitem(east, label=label, start="20261125100000")
+    east_ds["00080201"] = element("SH", "+0200")  # 08:00 UTC
+    await service.create(normalize(east_ds))
+    await service.create(normalize(workitem(plain, label=label, start="20261125090000")))
+    everything = await service.search(q(WorklistLabel=label))
+    assert [d["00080018"]["Value"][0] for d in everything.items] == [east, plain]  # order
+    for params in ([("WorklistLabel", label)], [("ProcedureStepState", "SCHEDULED"),
+                                                 ("WorklistLabel", label)],
+                   [("WorklistLabel", label), ("PatientID", "PID1")]):
+        window = qp(params + [("ScheduledProcedureStepStartDateTime",
+                               "20261125075900-20261125081000")])
+        found = await service.search(window)
+        assert [d["00080018"]["Value"][0] for d in found.items] == [east], params
+        streamed = [d async for d in service.search_stream(window)]
+        assert [d["00080018"]["Value"][0] for d in streamed] == [east]
+
+
+@pytest.mark.parametrize("value,hit", [
+    ("DOE^JOHN^^^", True), ("doe^john", True), ("Doe^John^", True),
+    ("*^JOHN", True), ("D*^J?HN", True), ("DOE*", True), ("D?E^J*", True),
+    ("*N", False),        # a wildcard stays within its component: the family name is DOE
+    ("DOE", False), ("DOE^JOHN^M", False), ("*^JOHN^X*", False),
+])
+def test_person_names_component_by_component(value, hit):
+    stored = item(patient_name="Doe^John^^^")  # as some modalities send it
+    assert q(PatientName=value).matches(stored) is hit
+    assert q(PatientName=value).matches(item(patient_name="Doe^John")) is hit
+
+
+@pytest.mark.parametrize("value,hit", [
+    ("Yamada^Tarou=山田^太郎", True), ("yamada^tarou=山田^太郎=", True),
+    ("Yamada^Tarou=山田^次郎", False), ("=山田^太郎", True), ("=山田*", True),
+    ("山田^太郎", True),  # one group: any group of the name
+    ("Yamada*=やまだ*", False),
+])
+def test_person_names_with_several_component_groups(value, hit):
+    ds = item()
+    ds["00100010"] = element("PN", {"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎"})
+    assert q(PatientName=value).matches(ds) is hit
+    identifier = {"00100010": element("PN", dict(zip(
+        ("Alphabetic", "Ideographic", "Phonetic"), value.split("="))))}
+    identifier["00100010"]["Value"][0] = {g: v for g, v in
+                                          identifier["00100010"]["Value"][0].items() if v}
+    assert matching.from_identifier(identifier).matches(ds) is hit

@@ -162,3 +162,31 @@ def test_event_information_is_encoded_by_the_same_conversion():
     plain = convert.from_canonical({"00741000": element("CS", "IN PROGRESS"),
                                     "00080005": element("CS", "ISO_IR 100")})
     assert "SpecificCharacterSet" not in plain
+
+
+@pytest.mark.parametrize("charset,name,escape", [
+    (["ISO 2022 IR 6", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎", b"\x1b$B"),
+    (["", "ISO 2022 IR 149"], "Kim^Hee-Jung=김^희중", b"\x1b$)C"),
+])
+def test_a_requester_with_code_extensions_gets_them_back_when_they_hold_the_reply(
+        gateway, charset, name, escape):
+    with d.association(gateway) as assoc:
+        uid = create_in(assoc, charset, name)
+        status, got = d.n_get(assoc, uid, [0x00100010, 0x00741204])
+        assert d.status_of(status) == 0x0000
+        assert list(got.SpecificCharacterSet) == charset
+        assert escape in raw_value(got, 0x00100010)
+        assert str(got.PatientName) == name
+        # A reply they cannot hold (Latin-1 text as well) comes in UTF-8.
+        label = Dataset()
+        label.SpecificCharacterSet = charset
+        label.ProcedureStepLabel = "Größe"
+        mods_tx = new_uid()
+        status, _ = d.change_state(assoc, uid, "IN PROGRESS", mods_tx)
+        assert d.status_of(status) == 0x0000
+        label.TransactionUID = mods_tx
+        status, _ = assoc.send_n_set(label, d.PUSH, uid, meta_uid=d.PULL)
+        assert d.status_of(status) == 0x0000, d.comment_of(status)
+        status, got = d.n_get(assoc, uid, [0x00100010, 0x00741204])
+    assert got.SpecificCharacterSet == "ISO_IR 192"
+    assert got.ProcedureStepLabel == "Größe" and str(got.PatientName) == name

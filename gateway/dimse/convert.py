@@ -27,9 +27,10 @@ set when that is one of ``REPLY_CHARSETS`` and can represent every text value, e
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
-from pydicom.charset import python_encoding
+from pydicom.charset import decode_bytes, encode_string, python_encoding
 from pydicom.dataset import Dataset as PydicomDataset
 from pydicom.valuerep import format_number_as_ds
 from pynetdicom import dsutils
@@ -127,7 +128,7 @@ def from_canonical(ds: Dataset, charsets: list[str] | None = None) -> PydicomDat
     texts: set[str] = set()
     prepared = _prepare(ds, texts)
     if texts:
-        prepared[SPECIFIC_CHARACTER_SET] = {"vr": "CS", "Value": [reply_charset(texts, charsets)]}
+        prepared[SPECIFIC_CHARACTER_SET] = {"vr": "CS", "Value": reply_charset(texts, charsets)}
         prepared = dict(sorted(prepared.items()))
     return PydicomDataset.from_json(prepared)
 
@@ -139,17 +140,57 @@ REPLY_CHARSETS = {term: python_encoding[term] for term in (
     "ISO_IR 138", "ISO_IR 144", "ISO_IR 148", "ISO_IR 166", "ISO_IR 192", "GB18030")}
 
 
-def reply_charset(texts: set[str], charsets: list[str] | None) -> str:
-    """The Specific Character Set of a reply holding the non-ASCII ``texts``."""
-    terms = [c.strip() for c in charsets or () if c and c.strip()]
+def reply_charset(texts: set[str], charsets: list[str] | None) -> list[str]:
+    """The Specific Character Set of a reply holding the non-ASCII ``texts``: the requester's
+    ``charsets`` when they represent every one of them, else UTF-8."""
+    terms = [(c or "").strip() for c in charsets or ()]
     if len(terms) == 1 and (codec := REPLY_CHARSETS.get(terms[0])):
         try:
             for text in texts:
                 text.encode(codec)
-            return terms[0]
+            return terms
         except UnicodeEncodeError:
             pass
-    return UTF8
+    elif terms and any(term.startswith("ISO 2022 ") for term in terms) \
+            and _code_extensions_hold(texts, terms):
+        return terms
+    return [UTF8]
+
+
+_DEFAULT_REPERTOIRE = frozenset(("", "ISO_IR 6", "ISO 2022 IR 6"))
+_DELIMITERS = frozenset("^=\\\r\n\t\f")
+
+
+def _code_extensions_hold(texts: set[str], terms: list[str]) -> bool:
+    """Whether ISO 2022 code extensions (``ISO 2022 IR 6\\ISO 2022 IR 87`` …) represent every
+    text: each character in one of the sets (the default repertoire is ASCII, whatever codec
+    pydicom reads it with), and pydicom's escape-sequence encoding reads back unchanged."""
+    if any(not term and i for i, term in enumerate(terms)) or \
+            not all(term in _DEFAULT_REPERTOIRE or term.startswith("ISO 2022 ") for term in terms):
+        return False
+    if not all(term in python_encoding for term in terms):
+        return False
+    strict = ["ascii" if term in _DEFAULT_REPERTOIRE else python_encoding[term] for term in terms]
+    encodings = [python_encoding[term] for term in terms]
+    for text in texts:
+        if not all(any(_encodes(ch, codec) for codec in strict) for ch in text):
+            return False
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # pydicom warns (and replaces) when it cannot
+            try:
+                if decode_bytes(encode_string(text, encodings), encodings, _DELIMITERS) != text:
+                    return False
+            except (UserWarning, UnicodeError, ValueError, LookupError):
+                return False
+    return True
+
+
+def _encodes(ch: str, codec: str) -> bool:
+    try:
+        ch.encode(codec)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _prepare(ds: Dataset, texts: set[str]) -> Dataset:

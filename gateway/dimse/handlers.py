@@ -424,8 +424,8 @@ def _canonical(req: Request, what: str) -> Dataset:
 def _noting_charsets(req: Request, ds: Dataset) -> Dataset:
     """``ds``, after noting the character set it declares as the requester's: its replies on
     this association are written in it when they can be (``convert.reply_charset``)."""
-    declared = [v for v in (ds.get(t.SpecificCharacterSet) or {}).get("Value") or () if v]
-    if declared and req.assoc is not None:
+    declared = [v or "" for v in (ds.get(t.SpecificCharacterSet) or {}).get("Value") or ()]
+    if any(declared) and req.assoc is not None:  # an empty first value: the default repertoire
         req.assoc.charsets = declared
     return ds
 

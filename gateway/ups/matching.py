@@ -99,7 +99,8 @@ class Query:
     limit: int | None = None
     store_tz: timezone = UTC  # how stored DT values without a UTC offset are read
     # A C-FIND identifier (canonical form): when set, a result carries exactly its keys (and
-    # the SOP Class and Instance UIDs), sequences reduced to their matching items' requested attributes.
+    # the SOP Class and Instance UIDs), a sequence reduced to its matching items and to the
+    # attributes the identifier's item asks for.
     template: Dataset | None = None
     _returned: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -317,7 +318,7 @@ def _respond(template: Dataset, nodes: dict[str, Node], ds: Dataset, query: Quer
             out[tag] = stored if stored is not None else {"vr": _empty_vr(tag, elem)}
             continue
         wanted = elem.get("Value") or []
-        if not wanted or not wanted[0]:
+        if not wanted or not set(wanted[0]) - {t.SpecificCharacterSet}:
             out[tag] = stored  # a zero-length sequence or item: the whole sequence
             continue
         node = nodes.get(tag)

@@ -139,9 +139,8 @@ def without_character_sets(ds: Dataset) -> Dataset:
     """``ds`` without any Specific Character Set, at any level: canonical text is Unicode, so
     the character set a request arrived in says nothing about the workitem (each reply declares
     the one it is written in). Returns ``ds`` itself when it has none."""
-    if CHARACTER_SET not in ds and not any(e.get("vr") == "SQ" and e.get("Value")
-                                           for e in ds.values()):
-        return ds
+    if not _has_character_set(ds):
+        return ds  # the usual case: nothing copied
     out: Dataset = {}
     for tag_key, elem in ds.items():
         if tag_key == CHARACTER_SET:
@@ -151,6 +150,12 @@ def without_character_sets(ds: Dataset) -> Dataset:
                                       else item for item in elem["Value"]]}
         out[tag_key] = elem
     return out
+
+
+def _has_character_set(ds: Dataset) -> bool:
+    return CHARACTER_SET in ds or any(
+        isinstance(item, dict) and _has_character_set(item)
+        for elem in ds.values() if elem.get("vr") == "SQ" for item in elem.get("Value") or ())
 
 
 def select(ds: Dataset, keys: Iterable[str]) -> Dataset:

@@ -626,3 +626,14 @@ def test_person_names_with_several_component_groups(value, hit):
     identifier["00100010"]["Value"][0] = {g: v for g, v in
                                           identifier["00100010"]["Value"][0].items() if v}
     assert matching.from_identifier(identifier).matches(ds) is hit
+
+
+@pytest.mark.parametrize("offset,valid", [("+1245", True), ("+1400", True), ("-1200", True),
+                                          ("-0930", True), ("+1401", False), ("-1230", False),
+                                          ("+0060", False), ("-1300", False)])
+def test_utc_offsets_are_read_within_their_range(offset, valid):
+    if valid:
+        assert parse_offset(offset) is not None
+    else:
+        with pytest.raises(ValueError):
+            parse_offset(offset)

@@ -30,7 +30,8 @@ def parse_offset(text: str | None, default: timezone = UTC) -> timezone:
     if len(digits) != 4 or not digits.isdigit():
         raise ValueError(f"invalid UTC offset {text!r}")
     hours, minutes = int(digits[:2]), int(digits[2:])
-    if minutes >= 60 or hours > (12 if sign < 0 else 14) or (hours in (12, 14) and minutes):
+    limit = 12 if sign < 0 else 14
+    if minutes >= 60 or hours > limit or (hours == limit and minutes):
         raise ValueError(f"UTC offset {text!r} is out of range (-1200 to +1400)")
     return timezone(sign * timedelta(hours=hours, minutes=minutes))
 

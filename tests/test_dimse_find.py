@@ -128,3 +128,16 @@ def test_query_retrieve_level_still_says_the_identifier_is_for_another_model(ass
     status, results, final = d.c_find(assoc, ds(QueryRetrieveLevel="STUDY", PatientID=""))
     assert status == 0xA900 and not results
     assert "QueryRetrieveLevel" in final.ErrorComment
+
+
+def test_a_workitems_own_timezone_offset_comes_with_its_date_times(assoc):
+    uid = create(assoc, start="20261125100000", **{"00080201": element("SH", "+0200")})
+    # 10:00 at +0200 is 08:00 UTC: the query (UTC) finds it there, and the response says how
+    # its DT values are to be read.
+    found = find(assoc, ds(SOPInstanceUID=uid,
+                           ScheduledProcedureStepStartDateTime="20261125080000"))
+    assert len(found) == 1
+    assert found[0].ScheduledProcedureStepStartDateTime == "20261125100000"
+    assert found[0].TimezoneOffsetFromUTC == "+0200"
+    assert not find(assoc, ds(SOPInstanceUID=uid,
+                              ScheduledProcedureStepStartDateTime="20261125100000"))

@@ -50,8 +50,9 @@ MATCHABLE = DEFAULT_RETURN | frozenset((
     t.UnifiedProcedureStepPerformedProcedureSequence, t.OutputInformationSequence,
 ))
 NEVER_RETURNED = frozenset((t.TransactionUID,))
-# What every C-FIND response carries, asked for or not: which instance it is.
-IDENTIFYING = frozenset((t.SOPClassUID, t.SOPInstanceUID))
+# What every C-FIND response carries when the workitem has it, asked for or not: which instance
+# it is, and the offset its DT values without one are read in.
+ALWAYS_RETURNED = frozenset((t.SOPClassUID, t.SOPInstanceUID, t.TimezoneOffsetFromUTC))
 # Keys an identifier carries that are not matching keys.
 NOT_MATCHED = frozenset((t.SpecificCharacterSet, t.TimezoneOffsetFromUTC))
 
@@ -99,7 +100,7 @@ class Query:
     limit: int | None = None
     store_tz: timezone = UTC  # how stored DT values without a UTC offset are read
     # A C-FIND identifier (canonical form): when set, a result carries exactly its keys (and
-    # the SOP Class and Instance UIDs), a sequence reduced to its matching items and to the
+    # ALWAYS_RETURNED), a sequence reduced to its matching items and to the
     # attributes the identifier's item asks for.
     template: Dataset | None = None
     _returned: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
@@ -127,7 +128,7 @@ class Query:
             if self.template is not None:
                 self._returned = frozenset(
                     set(self.template) - {t.SpecificCharacterSet}
-                    | IDENTIFYING) - NEVER_RETURNED
+                    | ALWAYS_RETURNED) - NEVER_RETURNED
             else:
                 self._returned = (DEFAULT_RETURN | self.include | set(self.keys)) - NEVER_RETURNED
         return self._returned, NEVER_RETURNED
@@ -140,7 +141,7 @@ class Query:
         if self.template is None:
             return ds
         out = _respond(self.template, self.keys, ds, self, workitem_tz(ds, self.store_tz))
-        out.update((tag, ds[tag]) for tag in IDENTIFYING if tag in ds)
+        out.update((tag, ds[tag]) for tag in ALWAYS_RETURNED if tag in ds)
         return dict(sorted(out.items()))
 
     def single_value(self, tag: str) -> str | None:

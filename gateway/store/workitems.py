@@ -174,12 +174,13 @@ class RedisWorkitemStore:
 
     async def _matches(self, query: Query, plan: indexes.Plan
                        ) -> AsyncIterator[tuple[str, codec.RawDataset]]:
-        matched_part = codec.decoder(query.keys)  # matching decodes only what it compares
+        matched_part = codec.decoder(query.compared())  # decode only what matching reads
         uid_key = query.keys.get(t.SOPInstanceUID)
         if uid_key is not None and uid_key.kind == "uids":
             # An explicit UID list is short: sort its matches into search order here.
             found = await self._raw_datasets(sorted(uid_key.uids))
-            keyed = [(search_order(codec.parse(raw, (t.ScheduledProcedureStepStartDateTime,)),
+            keyed = [(search_order(codec.parse(raw, (t.ScheduledProcedureStepStartDateTime,
+                                                     t.TimezoneOffsetFromUTC)),
                                    self.tz), uid, raw) for uid, raw in found]
             for _, uid, raw in sorted(keyed, key=lambda k: (k[0], k[1])):
                 if query.matches(matched_part(raw)):

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from gateway.config import Config, ConfigError
 from gateway.dimse.event_sender import DimseEventSender
 from gateway.dimse.handlers import DimseHandlers
+from gateway.dimse.mwl import MwlFind
 from gateway.dimse.server import DimseServer
 from gateway.events.fanout import WebSocketFanout
 from gateway.events.hub import EventHub
@@ -38,6 +39,7 @@ from gateway.store.lane import Lane
 from gateway.store.subscriptions import RedisSubscriptionStore
 from gateway.store.workitems import RedisWorkitemStore
 from gateway.supervisor import Supervisor
+from gateway.ups import mwl
 from gateway.ups.dicomtime import parse_offset
 from gateway.ups.service import Settings, UPSService
 
@@ -58,6 +60,7 @@ class Core:
     workitems: RedisWorkitemStore
     subscriptions: RedisSubscriptionStore
     service: UPSService
+    worklist: mwl.ModalityWorklist
 
 
 def make_core(cfg: Config, redis: aioredis.Redis) -> Core:
@@ -74,7 +77,9 @@ def make_core(cfg: Config, redis: aioredis.Redis) -> Core:
         default_worklist_label=cfg.ups.default_worklist_label, timezone=tz,
         search_default_limit=cfg.ups.search_default_limit,
         search_max_limit=cfg.ups.search_max_limit, direct_event_aes=frozenset(cfg.peers)))
-    return Core(keys, lane, workitems, subscriptions, service)
+    worklist = mwl.ModalityWorklist(workitems.search_stream, mwl.Settings(
+        default_modality=cfg.mwl.default_modality, rules=cfg.mwl.rules, timezone=tz))
+    return Core(keys, lane, workitems, subscriptions, service, worklist)
 
 
 class Gateway:
@@ -116,8 +121,9 @@ class Gateway:
 
         await self._start_rest(create_app(cfg.rest, service, self.fanout, self.health))
         if cfg.dimse.enabled:
-            self.dimse = DimseServer(cfg.dimse, cfg.ae_title,
-                                     DimseHandlers(service, cfg.dimse.request_timeout))
+            extensions = [MwlFind(core.worklist)] if cfg.mwl.enabled else []
+            self.dimse = DimseServer(cfg.dimse, cfg.ae_title, DimseHandlers(
+                service, cfg.dimse.request_timeout, extensions))
             await self.dimse.start()
         self.sender = DimseEventSender(cfg.ae_title, cfg.peers, cfg.events, queues, hub)
         for name, worker in self.sender.workers.items():

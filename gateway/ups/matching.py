@@ -215,25 +215,28 @@ def add_term(query: Query, path: list[str], raw: str, tz: timezone, name: str) -
     merge(query.keys, tag, node, name)
 
 
-def from_identifier(identifier: Dataset, *, default_tz: timezone = UTC) -> Query:
+def from_identifier(identifier: Dataset, *, default_tz: timezone = UTC,
+                    allowed: frozenset[str] | None = MATCHABLE) -> Query:
     """Build a query from a C-FIND identifier in canonical form: every element is a return key,
-    every element with a value a matching key."""
+    every element with a value a matching key. ``allowed``: the top-level attributes that may be
+    keys (the UPS IOD's; None: any, as for Modality Worklist entries)."""
     offset = values(identifier, t.TimezoneOffsetFromUTC)
     try:
         tz = parse_offset(offset[0], default_tz) if offset else default_tz
     except ValueError:
         raise InvalidQuery("TimezoneOffsetFromUTC (0008,0201) is not +HHMM/-HHMM") from None
     query = Query(store_tz=default_tz)
-    query.keys = _identifier_keys(identifier, tz, top_level=True)
+    query.keys = _identifier_keys(identifier, tz, top_level=True, allowed=allowed)
     return query
 
 
-def _identifier_keys(ds: Dataset, tz: timezone, top_level: bool) -> dict[str, Node]:
+def _identifier_keys(ds: Dataset, tz: timezone, top_level: bool,
+                     allowed: frozenset[str] | None = MATCHABLE) -> dict[str, Node]:
     keys: dict[str, Node] = {}
     for tag, elem in ds.items():
         if tag in NOT_MATCHED or tag in NEVER_RETURNED:
             continue
-        if top_level and tag not in MATCHABLE:
+        if top_level and allowed is not None and tag not in allowed:
             raise InvalidQuery(f"{describe(tag)} is not a supported matching key")
         vr = elem.get("vr")
         if vr == "SQ":

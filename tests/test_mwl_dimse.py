@@ -1,0 +1,142 @@
+"""The Modality Worklist SCP on the DIMSE listener, queried by independent clients — pynetdicom
+and DCMTK's ``findscu -W`` — for workitems an order system created over UPS-RS."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom.sop_class import ModalityWorklistInformationFind as MWL
+
+from gateway.ups import mwl
+from tests import dimse_util as d
+from tests.helpers import GatewayProcess, code, element, new_uid, workitem
+
+JSON = {"Content-Type": "application/dicom+json"}
+# DCMTK's findscu (the Debian package); a ``findscu`` earlier on PATH may be pynetdicom's.
+FINDSCU = next((p for p in ("/usr/bin/findscu", "/usr/local/bin/findscu") if Path(p).exists()),
+               None)
+
+
+def _order(station: str, start: str, **kw) -> dict:
+    ds = workitem(station=station, start=start, accession=kw.pop("accession", "ACC1"),
+                  study_uid=new_uid(), label="CT", **kw)
+    ds["00404026"] = element("SQ", code("CT", "DCM", "Computed Tomography"))
+    return ds
+
+
+async def _create(http, gateway, ds: dict) -> str:
+    uid = new_uid()
+    async with http.post(f"{gateway.base}/workitems?workitem={uid}", json=ds, headers=JSON) as r:
+        assert r.status == 201, await r.text()
+    return uid
+
+
+def _mwl_identifier(station: str = "", date: str = "", **top) -> Dataset:
+    ds = Dataset()
+    ds.PatientName = ""
+    ds.PatientID = ""
+    ds.AccessionNumber = ""
+    ds.StudyInstanceUID = ""
+    for keyword, value in top.items():
+        setattr(ds, keyword, value)
+    step = Dataset()
+    step.ScheduledStationAETitle = station
+    step.ScheduledProcedureStepStartDate = date
+    step.ScheduledProcedureStepStartTime = ""
+    step.Modality = ""
+    step.ScheduledProcedureStepID = ""
+    step.ScheduledProcedureStepDescription = ""
+    ds.ScheduledProcedureStepSequence = [step]
+    return ds
+
+
+async def test_pynetdicom_mwl_find_by_station_and_date(gateway, http):
+    station = f"CT{new_uid()[-10:]}"
+    first = await _create(http, gateway, _order(station, "20261125083000",
+                                                patient_name="Müller^Jörg"))
+    second = await _create(http, gateway, _order(station, "20261126090000", patient_id="PID9"))
+    await _create(http, gateway, _order(f"MR{station[2:]}", "20261125083000"))
+
+    def query(identifier):
+        with d.association(gateway, contexts=(MWL,)) as assoc:
+            return d.c_find(assoc, identifier, MWL)
+
+    status, results, _ = await asyncio.to_thread(query, _mwl_identifier(station))
+    assert status == 0x0000
+    steps = [r.ScheduledProcedureStepSequence[0] for r in results]
+    assert [s.ScheduledProcedureStepID for s in steps] == [mwl.step_id(first), mwl.step_id(second)]
+    assert {s.ScheduledStationAETitle for s in steps} == {station}
+    assert {s.Modality for s in steps} == {"CT"}
+    assert str(results[0].PatientName) == "Müller^Jörg"  # as on the UPS side: UTF-8
+    assert results[0].SpecificCharacterSet == "ISO_IR 192"
+    assert results[0].AccessionNumber == "ACC1"
+    assert steps[0].ScheduledProcedureStepStartDate == "20261125"
+    assert steps[0].ScheduledProcedureStepStartTime == "083000"
+
+    status, results, _ = await asyncio.to_thread(query, _mwl_identifier(station, "20261126"))
+    assert status == 0x0000
+    assert [r.PatientID for r in results] == ["PID9"]
+
+
+async def test_a_bad_mwl_key_gets_a_failure_with_a_comment(gateway):
+    def query():
+        with d.association(gateway, contexts=(MWL,)) as assoc:
+            return d.c_find(assoc, _mwl_identifier("CT1", "2026-11-25"), MWL)
+
+    status, results, final = await asyncio.to_thread(query)
+    assert status == 0xC000 and results == []
+    assert "ScheduledProcedureStepStartDate" in d.comment_of(final)
+
+
+@pytest.mark.skipif(FINDSCU is None, reason="DCMTK findscu is not installed "
+                    "(apt-get install dcmtk; .ci/run installs it)")
+async def test_dcmtk_findscu_worklist_query(gateway, http, tmp_path):
+    station = f"CT{new_uid()[-10:]}"
+    today = await _create(http, gateway, _order(station, "20261127101500"))
+    await _create(http, gateway, _order(station, "20261128101500"))
+
+    def findscu(*keys: str) -> list[Dataset]:
+        out = tmp_path / f"q{len(list(tmp_path.iterdir()))}"
+        out.mkdir()
+        args = [FINDSCU, "-W", "-aec", "UPS_GATEWAY", "-aet", "CT_SCANNER", "-X", "-od", str(out),
+                "-k", "PatientName", "-k", "PatientID", "-k", "AccessionNumber",
+                "-k", "(0040,0100)[0].ScheduledStationAETitle=" + station,
+                "-k", "(0040,0100)[0].ScheduledProcedureStepID",
+                "-k", "(0040,0100)[0].Modality",
+                *[arg for key in keys for arg in ("-k", key)],
+                "127.0.0.1", str(gateway.dimse_port)]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return [dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+
+    results = await asyncio.to_thread(findscu)
+    assert len(results) == 2
+    results = await asyncio.to_thread(
+        findscu, "(0040,0100)[0].ScheduledProcedureStepStartDate=20261127")
+    assert [r.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID for r in results] == [
+        mwl.step_id(today)]
+    assert results[0].ScheduledProcedureStepSequence[0].Modality == "CT"
+    assert results[0].AccessionNumber == "ACC1"
+    results = await asyncio.to_thread(
+        findscu, "(0040,0100)[0].ScheduledProcedureStepStartDate=20261201-")
+    assert results == []
+
+
+def test_mwl_disabled_refuses_the_context(workdir):
+    proc = GatewayProcess(workdir, extra={"mwl": {"enabled": False}}).start()
+    try:
+        assoc = d.associate(proc, contexts=(MWL,))
+        try:
+            accepted = [cx.abstract_syntax for cx in assoc.accepted_contexts]
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        assert MWL not in accepted
+    finally:
+        proc.stop()

@@ -286,10 +286,12 @@ class ModalityWorklist:
         self.settings = settings
         self.rules = compile_rules(settings.rules, settings.timezone)
 
-    def is_projected(self, ds: Dataset) -> bool:
-        if first(ds, t.ProcedureStepState) != SCHEDULED:
-            return False
+    def selected(self, ds: Dataset) -> bool:
+        """Whether ``mwl.rules`` make the workitem one for modalities (whatever its state)."""
         return not self.rules or any(rule.matches(ds) for rule in self.rules)
+
+    def is_projected(self, ds: Dataset) -> bool:
+        return first(ds, t.ProcedureStepState) == SCHEDULED and self.selected(ds)
 
     def entry(self, ds: Dataset) -> Dataset:
         return project(ds, self.settings.default_modality)

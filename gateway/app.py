@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from gateway.config import Config, ConfigError
 from gateway.dimse.event_sender import DimseEventSender
 from gateway.dimse.handlers import DimseHandlers
+from gateway.dimse.mpps import MppsScp
 from gateway.dimse.mwl import MwlFind
 from gateway.dimse.server import DimseServer
 from gateway.events.fanout import WebSocketFanout
@@ -39,7 +40,7 @@ from gateway.store.lane import Lane
 from gateway.store.subscriptions import RedisSubscriptionStore
 from gateway.store.workitems import RedisWorkitemStore
 from gateway.supervisor import Supervisor
-from gateway.ups import mwl
+from gateway.ups import mpps, mwl
 from gateway.ups.dicomtime import parse_offset
 from gateway.ups.service import Settings, UPSService
 
@@ -61,6 +62,7 @@ class Core:
     subscriptions: RedisSubscriptionStore
     service: UPSService
     worklist: mwl.ModalityWorklist
+    mpps: mpps.MppsService
 
 
 def make_core(cfg: Config, redis: aioredis.Redis) -> Core:
@@ -79,7 +81,9 @@ def make_core(cfg: Config, redis: aioredis.Redis) -> Core:
         search_max_limit=cfg.ups.search_max_limit, direct_event_aes=frozenset(cfg.peers)))
     worklist = mwl.ModalityWorklist(workitems.search_stream, mwl.Settings(
         default_modality=cfg.mwl.default_modality, rules=cfg.mwl.rules, timezone=tz))
-    return Core(keys, lane, workitems, subscriptions, service, worklist)
+    performed = mpps.MppsService(workitems, worklist, mpps.Settings(
+        retention_seconds=int(cfg.ups.retention_hours * 3600)))
+    return Core(keys, lane, workitems, subscriptions, service, worklist, performed)
 
 
 class Gateway:
@@ -121,7 +125,8 @@ class Gateway:
 
         await self._start_rest(create_app(cfg.rest, service, self.fanout, self.health))
         if cfg.dimse.enabled:
-            extensions = [MwlFind(core.worklist)] if cfg.mwl.enabled else []
+            extensions = ([MwlFind(core.worklist)] if cfg.mwl.enabled else []) + (
+                [MppsScp(core.mpps)] if cfg.mpps.enabled else [])
             self.dimse = DimseServer(cfg.dimse, cfg.ae_title, DimseHandlers(
                 service, cfg.dimse.request_timeout, extensions))
             await self.dimse.start()

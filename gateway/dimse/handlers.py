@@ -396,7 +396,8 @@ class DimseHandlers:
                     extra=req.log_extra(status=f"0x{code:04X}", **more))
 
     # What the extensions (``dimse/mwl.py``, ``dimse/mpps.py``) share of the plumbing.
-    done, respond, find_failure, run = _done, _respond, _find_failure, _run
+    done, respond, find_failure, classify, core = (_done, _respond, _find_failure, _classify,
+                                                   _core)
 
 
 # ---- helpers -----------------------------------------------------------------------------------

@@ -128,15 +128,22 @@ async def test_dcmtk_findscu_worklist_query(gateway, http, tmp_path):
     assert results == []
 
 
-def test_mwl_disabled_refuses_the_context(workdir):
-    proc = GatewayProcess(workdir, extra={"mwl": {"enabled": False}}).start()
+def _accepted(proc, contexts) -> list[str]:
+    assoc = d.associate(proc, contexts=contexts)
     try:
-        assoc = d.associate(proc, contexts=(MWL,))
-        try:
-            accepted = [cx.abstract_syntax for cx in assoc.accepted_contexts]
-        finally:
-            if assoc.is_established:
-                assoc.release()
-        assert MWL not in accepted
+        return [cx.abstract_syntax for cx in assoc.accepted_contexts]
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def test_mwl_and_mpps_are_switched_by_configuration(gateway, workdir):
+    from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
+    assert {MWL, MPPS} <= set(_accepted(gateway, (MWL, MPPS)))  # on by default
+    proc = GatewayProcess(workdir, extra={"mwl": {"enabled": False},
+                                          "mpps": {"enabled": False}}).start()
+    try:
+        accepted = _accepted(proc, (MWL, MPPS))
     finally:
         proc.stop()
+    assert MWL not in accepted and MPPS not in accepted

@@ -31,6 +31,8 @@ from gateway.events.fanout import WebSocketFanout
 from gateway.events.hub import EventHub
 from gateway.events.queue import EventQueues
 from gateway.events.status import ServiceStatus
+from gateway.rest import mpps as rest_mpps
+from gateway.rest import mwl as rest_mwl
 from gateway.rest import websocket
 from gateway.rest.app import create_app
 from gateway.store import client
@@ -123,7 +125,8 @@ class Gateway:
         self.supervisor.start("websocket-fanout", self.fanout.run)
         self.supervisor.start("websocket-upkeep", self.fanout.keep)
 
-        await self._start_rest(create_app(cfg.rest, service, self.fanout, self.health))
+        await self._start_rest(create_app(cfg.rest, service, self.fanout, self.health, [
+            rest_mwl.installer(core.worklist), rest_mpps.installer(core.mpps)]))
         if cfg.dimse.enabled:
             extensions = ([MwlFind(core.worklist)] if cfg.mwl.enabled else []) + (
                 [MppsScp(core.mpps)] if cfg.mpps.enabled else [])

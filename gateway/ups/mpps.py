@@ -72,6 +72,15 @@ LOCAL_SCHEME = "99UPSGW"  # coding scheme of the codes the gateway makes from MP
 PERFORMED_AS_MPPS = ("MPPS", LOCAL_SCHEME, "Performed as reported by MPPS")
 
 
+class FinalMpps(UPSError):
+    """An N-SET of an MPPS already COMPLETED or DISCONTINUED (PS3.4 F.7.2.2.4: processing
+    failure, the instance may no longer be updated)."""
+
+    def __init__(self, current: str):
+        super().__init__(st.PROCESSING_FAILURE,
+                         f"The MPPS is already {current}: it may no longer be updated")
+
+
 @dataclass
 class Settings:
     max_attempts: int = 64
@@ -165,8 +174,7 @@ class MppsService:
                 raise UPSError(st.NO_SUCH_INSTANCE, f"No MPPS instance {uid}")
             current = first(stored.dataset, PerformedProcedureStepStatus)
             if current in MPPS_FINAL:
-                raise UPSError(st.PROCESSING_FAILURE,
-                               f"The MPPS is already {current}: it may no longer be updated")
+                raise FinalMpps(current)
             after = dict(sorted({**stored.dataset, **mods}.items()))
             new_status = first(after, PerformedProcedureStepStatus)
             final = new_status in MPPS_FINAL

@@ -153,3 +153,17 @@ async def test_refusals(service, mpps):
     with pytest.raises(UPSError) as unknown:
         await mpps.update(new_uid(), mpps_completed(new_uid()))
     assert unknown.value.status == st.NO_SUCH_INSTANCE
+
+
+async def test_an_unlinked_mpps_links_at_a_later_n_set(service, mpps):
+    accession, study = f"A{new_uid()[-12:]}", new_uid()
+    created = await mpps.create(mpps_create(study=study, accession=accession))
+    assert created.workitem is None
+    uid = new_uid()  # the order arrives after the modality started
+    await service.create(normalize(_scheduled(study, accession)), uid)
+    updated = await mpps.update(created.uid, mpps_completed(study), requester="CT01")
+    assert updated.workitem == uid
+    record = await service.store.load(uid)
+    assert (record.state, record.performer) == ("COMPLETED", "CT01")
+    kept = await mpps.retrieve(created.uid)
+    assert kept[m.LINKED_WORKITEM]["Value"] == [uid]

@@ -191,6 +191,15 @@ class MppsService:
                 record.tx = None
                 record.note = (f"workitem {stored.workitem} is {state} without this MPPS's "
                                "claim: not changed")
+            elif not stored.workitem:
+                # Not linked when it was created: the workitem may have been scheduled since.
+                target, how = await self.link(after)
+                workitem = await self._load(attempt, target) if target else None
+                if workitem is not None and workitem.state == SCHEDULED:
+                    record.workitem, record.tx = target, new_uid()
+                    record.note = f"claimed workitem {target} ({how}, at an N-SET)"
+                    await self._drive(attempt, workitem, record, new_status, claim_by=requester)
+                    return MppsOutcome(uid, record.workitem, record.note)
             await self.store.save_mpps(record)
             return MppsOutcome(uid, record.workitem, record.note)
 
@@ -199,32 +208,38 @@ class MppsService:
                                         "status": status, "note": result.note})
         return result
 
-    async def _drive(self, attempt: Attempt, workitem, record: MppsRecord, status: str) -> None:
-        """The claimed workitem follows the MPPS: performed information, then its final state."""
+    async def _drive(self, attempt: Attempt, workitem, record: MppsRecord, status: str, *,
+                     claim_by: str | None = None) -> None:
+        """The workitem follows the MPPS, in one commit with it: claimed first (``claim_by``:
+        an MPPS linked only now), its performed information, then its final state."""
         wi = workitem.dataset
-        final = status in MPPS_FINAL
-        wi[t.UnifiedProcedureStepPerformedProcedureSequence] = element(
-            "SQ", performed_item(record.dataset, wi, final=final))
         events = []
-        tx = record.tx
+        performer = workitem.performer
+        if workitem.state == SCHEDULED:
+            put(wi, t.ProcedureStepState, "CS", IN_PROGRESS)
+            events.append(QueuedEvent(ev.STATE_REPORT, ev.state_report(wi)))
+            performer = claim_by
+        wi[t.UnifiedProcedureStepPerformedProcedureSequence] = element(
+            "SQ", performed_item(record.dataset, wi, final=status in MPPS_FINAL))
         if status == MPPS_COMPLETED:
-            put(wi, t.ProcedureStepState, "CS", COMPLETED)
-            unmet = rules.unmet_for_completed(wi)
-            if unmet:  # the modality did perform: keep its MPPS, leave the workitem as it was
+            done = {**wi, t.ProcedureStepState: element("CS", COMPLETED)}
+            unmet = rules.unmet_for_completed(done)
+            if unmet:  # the modality did perform: keep its MPPS, the workitem stays IN PROGRESS
                 record.note = "workitem not completed: missing " + ", ".join(unmet)
-                await self.store.save_mpps(record)
-                return
-            record.note, tx = f"completed workitem {workitem.uid}", None
+            else:
+                wi = done
+                record.note, record.tx = f"completed workitem {workitem.uid}", None
         elif status == MPPS_DISCONTINUED:
             put(wi, t.ProcedureStepState, "CS", CANCELED)
             reason = record.dataset.get(PerformedProcedureStepDiscontinuationReasonCodeSequence)
-            _fill_cancellation(wi, {t.ProcedureStepDiscontinuationReasonCodeSequence: reason} if reason else {})
-            record.note, tx = f"canceled workitem {workitem.uid} (discontinued)", None
-        if final:
-            record.tx = None
+            _fill_cancellation(wi, {t.ProcedureStepDiscontinuationReasonCodeSequence: reason}
+                               if reason else {})
+            record.note, record.tx = f"canceled workitem {workitem.uid} (discontinued)", None
+        if record.tx is None:  # it reached its final state
             events.append(QueuedEvent(ev.STATE_REPORT, ev.state_report(wi)))
         put(wi, t.ScheduledProcedureStepModificationDateTime, "DT", format_dt())
-        change = _change(wi, tx=tx, performer=workitem.performer, mpps=record)
+        change = _change(dict(sorted(wi.items())), tx=record.tx, performer=performer,
+                         mpps=record)
         await attempt.commit(workitem.uid, workitem.version, change, events)
 
     # ---- N-GET ---------------------------------------------------------------------------------

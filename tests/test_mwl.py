@@ -131,6 +131,10 @@ async def test_station_modality_date_and_patient_matching(service):
                                           SPS: element("SQ")})
     assert uids(by_accession) == {mwl.step_id(ct)}
     assert await _find(worklist, _step_key(**{mwl.ScheduledStationAETitle: ("AE", "NONE")})) == []
+    # A binary key is a return key only (dcmjs-dimse sends Pregnancy Status 0 for "return it").
+    with_zero = await _find(worklist, {"001021C0": element("US", 0),
+                                       **_step_key(**{mwl.ScheduledStationAETitle: ("AE", "CT01")})})
+    assert uids(with_zero) == {mwl.step_id(ct)}
 
 
 async def test_rules_select_the_workitems_for_modalities(service):

@@ -299,8 +299,8 @@ class ModalityWorklist:
     def from_identifier(self, identifier: Dataset) -> MwlQuery:
         """A C-FIND identifier (canonical structure): every element is a return key, every
         element with a value a matching key (on the projected entry)."""
-        match = matching.from_identifier(identifier, default_tz=self.settings.timezone,
-                                         allowed=None)
+        match = matching.from_identifier(_return_only_binary(identifier),
+                                         default_tz=self.settings.timezone, allowed=None)
         return MwlQuery(match, identifier, self._preselect(match))
 
     def from_terms(self, terms: list[tuple[list[str], str, str]], offset: int = 0,
@@ -354,6 +354,26 @@ class ModalityWorklist:
             matching.add_term(select, [t.ReferencedRequestSequence, t.AccessionNumber],
                               accession.value, tz, "accession")
         return select
+
+
+# No Annex K matching key has a binary VR (Pregnancy Status, the one such attribute of an entry,
+# is a return key only); some SCUs cannot send such a key empty and send 0 (dcmjs-dimse).
+_BINARY_VRS = frozenset(("US", "SS", "UL", "SL", "FL", "FD", "SV", "UV"))
+
+
+def _return_only_binary(identifier: Dataset) -> Dataset:
+    """The identifier with the values of binary-VR keys dropped: return keys, never matched."""
+    out: Dataset = {}
+    for tag, elem in identifier.items():
+        vr = elem.get("vr")
+        if vr in _BINARY_VRS:
+            out[tag] = {"vr": vr}
+        elif vr == "SQ" and elem.get("Value"):
+            out[tag] = {"vr": "SQ", "Value": [_return_only_binary(item) if isinstance(item, dict)
+                                              else item for item in elem["Value"]]}
+        else:
+            out[tag] = elem
+    return out
 
 
 def shape(entry: Dataset, identifier: Dataset) -> Dataset:

@@ -68,7 +68,6 @@ def run(ctx: Context) -> ScenarioResult:
 
 def find_latency(port: int, queries: list[tuple[str, str]]) -> dict:
     """Runs in the client process: each query over UPS and over MWL, alternately."""
-    from pydicom import Dataset
     from pynetdicom import AE
 
     from bench.pynetdicom_fixes import NODELAY_HANDLER, guard_responses

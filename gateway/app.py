@@ -84,7 +84,8 @@ def make_core(cfg: Config, redis: aioredis.Redis) -> Core:
     worklist = mwl.ModalityWorklist(workitems.search_stream, mwl.Settings(
         default_modality=cfg.mwl.default_modality, rules=cfg.mwl.rules, timezone=tz))
     performed = mpps.MppsService(workitems, worklist, mpps.Settings(
-        retention_seconds=int(cfg.ups.retention_hours * 3600)))
+        retention_seconds=int(cfg.ups.retention_hours * 3600),
+        open_retention_seconds=int(cfg.mpps.open_retention_hours * 3600)))
     return Core(keys, lane, workitems, subscriptions, service, worklist, performed)
 
 

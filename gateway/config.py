@@ -95,6 +95,9 @@ class Mwl:
 @dataclass
 class Mpps:
     enabled: bool = True  # Modality Performed Procedure Step SOP Class on the DIMSE listener
+    # An MPPS never COMPLETED or DISCONTINUED is dropped this long after its last change (a
+    # COMPLETED/DISCONTINUED one after ups.retention_hours).
+    open_retention_hours: float = 168.0
 
 
 @dataclass
@@ -258,6 +261,8 @@ def _check(config: Config) -> None:
             raise ConfigError(f"ups.{name}: must be at least 1")
     if config.ups.search_cache_mb < 0:
         raise ConfigError("ups.search_cache_mb: must be 0 or more")
+    if config.mpps.open_retention_hours <= 0:
+        raise ConfigError("mpps.open_retention_hours: must be more than 0")
     if not config.mwl.default_modality or len(config.mwl.default_modality) > 16:
         raise ConfigError(f"mwl.default_modality: {config.mwl.default_modality!r} is not a "
                           "Modality (CS, 1-16 characters)")

@@ -167,3 +167,13 @@ async def test_an_unlinked_mpps_links_at_a_later_n_set(service, mpps):
     assert (record.state, record.performer) == ("COMPLETED", "CT01")
     kept = await mpps.retrieve(created.uid)
     assert kept[m.LINKED_WORKITEM]["Value"] == [uid]
+
+
+async def test_mpps_instances_expire_open_ones_later_than_final_ones(store, redis_client, keys):
+    worklist = mwl.ModalityWorklist(store.search_stream, mwl.Settings())
+    service = m.MppsService(store, worklist, m.Settings(retention_seconds=3600,
+                                                        open_retention_seconds=7200))
+    created = await service.create(mpps_create(step_id="NOTHING"))
+    assert 3600 < await redis_client.ttl(keys.mpps(created.uid)) <= 7200
+    await service.update(created.uid, mpps_completed(new_uid()))
+    assert 0 < await redis_client.ttl(keys.mpps(created.uid)) <= 3600

@@ -4,7 +4,6 @@ and DCMTK's ``findscu -W`` — for workitems an order system created over UPS-RS
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 from pathlib import Path
 

@@ -84,7 +84,11 @@ class FinalMpps(UPSError):
 @dataclass
 class Settings:
     max_attempts: int = 64
-    retention_seconds: int | None = 86400  # how long a COMPLETED/DISCONTINUED MPPS is kept
+    retention_seconds: int = 86400  # how long a COMPLETED/DISCONTINUED MPPS is kept
+    open_retention_seconds: int = 7 * 86400  # … and any other, after its last change
+
+    def ttl(self, status: str | None) -> int:
+        return self.retention_seconds if status in MPPS_FINAL else self.open_retention_seconds
 
 
 @dataclass
@@ -125,7 +129,8 @@ class MppsService:
         async def decide(attempt: Attempt) -> MppsOutcome:
             if await self.store.load_mpps(uid) is not None:
                 raise UPSError(st.DUPLICATE_INSTANCE, f"An MPPS with UID {uid} already exists")
-            record = MppsRecord(uid, 0, ds, target, None, note)
+            record = MppsRecord(uid, 0, ds, target, None, note,
+                                self.settings.ttl(MPPS_IN_PROGRESS))
             if target is not None:
                 workitem = await self._load(attempt, target)
                 if workitem is None:
@@ -177,10 +182,8 @@ class MppsService:
                 raise FinalMpps(current)
             after = dict(sorted({**stored.dataset, **mods}.items()))
             new_status = first(after, PerformedProcedureStepStatus)
-            final = new_status in MPPS_FINAL
             record = MppsRecord(uid, stored.version, after, stored.workitem, stored.tx,
-                                stored.note,
-                                self.settings.retention_seconds if final else None)
+                                stored.note, self.settings.ttl(new_status))
             if stored.workitem and stored.tx:
                 workitem = await self._load(attempt, stored.workitem)
                 if workitem is not None and workitem.state == IN_PROGRESS \

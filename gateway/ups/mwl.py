@@ -24,7 +24,6 @@ from gateway.ups import matching
 from gateway.ups import tags as t
 from gateway.ups.dataset import Dataset, element, first, items, resolve
 from gateway.ups.dicomtime import UTC
-from gateway.ups.errors import InvalidQuery
 from gateway.ups.uids import SCHEDULED
 
 MWL_FIND = "1.2.840.10008.5.1.4.31"  # Modality Worklist Information Model - FIND

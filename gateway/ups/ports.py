@@ -53,7 +53,7 @@ class MppsRecord:
     workitem: str | None = None
     tx: str | None = None
     note: str = ""
-    ttl_seconds: int | None = None  # a final instance is kept this long (None: no limit)
+    ttl_seconds: int | None = None  # kept this long after this change (None: no limit)
 
 
 @dataclass

@@ -146,3 +146,29 @@ def test_mwl_and_mpps_are_switched_by_configuration(gateway, workdir):
     finally:
         proc.stop()
     assert MWL not in accepted and MPPS not in accepted
+
+
+async def test_mwl_c_cancel_stops_with_fe00(gateway, http):
+    station = f"CN{new_uid()[-10:]}"
+    total = 200
+    await asyncio.gather(*(_create(http, gateway, _order(station, "20261125080000"))
+                           for _ in range(total)))
+
+    def find_and_cancel():
+        with d.association(gateway, contexts=(MWL,)) as assoc:
+            context = assoc._get_valid_context(MWL, "", "scu")
+            results, final = [], None
+            for status, ds in assoc.send_c_find(_mwl_identifier(station), MWL, msg_id=91):
+                if status.Status == 0xFF00:
+                    results.append(ds)
+                    if len(results) == 1:
+                        assoc.send_c_cancel(91, context_id=context.context_id)
+                else:
+                    final = status
+            again = d.c_find(assoc, _mwl_identifier(station), MWL)
+            return results, final, again
+
+    results, final, (status, all_results, _) = await asyncio.to_thread(find_and_cancel)
+    assert final is not None and final.Status == 0xFE00
+    assert 1 <= len(results) < total
+    assert status == 0x0000 and len(all_results) == total  # the association is still in step

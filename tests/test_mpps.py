@@ -177,3 +177,16 @@ async def test_mpps_instances_expire_open_ones_later_than_final_ones(store, redi
     assert 3600 < await redis_client.ttl(keys.mpps(created.uid)) <= 7200
     await service.update(created.uid, mpps_completed(new_uid()))
     assert 0 < await redis_client.ttl(keys.mpps(created.uid)) <= 3600
+
+
+async def test_concurrent_mpps_for_one_workitem_claim_it_once(service, mpps):
+    import asyncio
+
+    uid, _ = await _scheduled_uid(service)
+    outcomes = await asyncio.gather(*(mpps.create(mpps_create(step_id=mwl.step_id(uid)),
+                                                  requester=f"CT{k}") for k in range(8)))
+    claimed = [o for o in outcomes if o.note.startswith("claimed")]
+    assert len(claimed) == 1
+    assert all("not taken over" in o.note for o in outcomes if o not in claimed)
+    record = await service.store.load(uid)
+    assert record.tx == (await service.store.load_mpps(claimed[0].uid)).tx

@@ -148,9 +148,10 @@ class MppsService:
                                          [QueuedEvent(ev.STATE_REPORT, ev.state_report(wi))])
                     return _outcome(outcome, record)
                 else:
-                    how = " (claimed over UPS)" if workitem.state == IN_PROGRESS else ""
-                    record.note = (f"workitem {target} is {workitem.state}{how}: not taken over; "
-                                   "the MPPS is kept and changes nothing")
+                    how = (" (claimed by another performer, over UPS or MPPS)"
+                           if workitem.state == IN_PROGRESS else "")
+                    record.note = (f"workitem {target} is already {workitem.state}{how}: not "
+                                   "taken over; the MPPS is kept and changes nothing")
             await self.store.save_mpps(record)
             return _outcome(outcome, record)
 

@@ -70,7 +70,7 @@ def find_latency(port: int, queries: list[tuple[str, str]]) -> dict:
     """Runs in the client process: each query over UPS and over MWL, alternately."""
     from pynetdicom import AE
 
-    from bench.pynetdicom_fixes import NODELAY_HANDLER, guard_responses
+    from gateway.testing_peers import NODELAY_HANDLER, guard_responses
 
     ae = AE(ae_title="BENCH_MODALITY")
     for sop_class in (UPS_PULL, MWL_FIND):

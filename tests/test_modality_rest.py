@@ -134,6 +134,11 @@ async def test_rest_mpps_create_update_retrieve_drive_the_workitem(gateway, http
     assert rest["00411001"]["Value"] == [workitem_uid]
     async with http.get(url, params={"includefield": "PerformedProcedureStepStatus"}) as r:
         assert set((await r.json())[0]) == {"00400252"}
+    async with http.get(url, headers={"Accept": "application/dicom+xml"}) as r:
+        assert r.status == 200 and r.content_type == "application/dicom+xml"
+        root = ET.fromstring(await r.read())
+    status = root.find("DicomAttribute[@keyword='PerformedProcedureStepStatus']/Value")
+    assert status.text == "COMPLETED"
 
     def over_dimse():
         with d.association(gateway, contexts=(MPPS,)) as assoc:

@@ -83,6 +83,7 @@ async def test_pynetdicom_mwl_find_by_station_and_date(gateway, http):
     assert [r.PatientID for r in results] == ["PID9"]
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # an invalid DA on purpose
 async def test_a_bad_mwl_key_gets_a_failure_with_a_comment(gateway):
     def query():
         with d.association(gateway, contexts=(MWL,)) as assoc:

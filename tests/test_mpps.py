@@ -153,6 +153,9 @@ async def test_refusals(service, mpps):
     with pytest.raises(UPSError) as unknown:
         await mpps.update(new_uid(), mpps_completed(new_uid()))
     assert unknown.value.status == st.NO_SUCH_INSTANCE
+    with pytest.raises(UPSError) as disagreeing:  # never silently overwritten
+        await mpps.create({**mpps_create(), "00080018": element("UI", new_uid())}, new_uid())
+    assert disagreeing.value.status == st.INVALID_ATTRIBUTE_VALUE
 
 
 async def test_an_unlinked_mpps_links_at_a_later_n_set(service, mpps):

@@ -119,6 +119,14 @@ class MppsService:
         if not items(ds, ScheduledStepAttributesSequence):
             raise UPSError(st.MISSING_ATTRIBUTE,
                            "Scheduled Step Attributes Sequence (0040,0270) is required")
+        payload_uid = first(ds, t.SOPInstanceUID)
+        if uid and payload_uid and payload_uid != uid:
+            raise InvalidDataset(f"SOP Instance UID (0008,0018) {payload_uid} differs from the "
+                                 f"MPPS UID {uid} of the request")
+        if first(ds, t.SOPClassUID, MPPS_CLASS) != MPPS_CLASS:
+            raise InvalidDataset("SOP Class UID (0008,0016) is not Modality Performed Procedure "
+                                 "Step")
+        uid = uid or payload_uid
         outcome = MppsOutcome(uid or new_uid(), uid_assigned=not uid)
         uid = outcome.uid
         put(ds, t.SOPClassUID, "UI", MPPS_CLASS)

@@ -75,6 +75,8 @@ async def test_in_progress_claims_and_completed_completes_with_the_performed_inf
     assert (record.state, record.performer) == ("IN PROGRESS", "CT01")
     stored = await service.store.load_mpps(created.uid)
     assert stored.tx == record.tx and stored.tx  # the claim's Transaction UID, kept for it
+    claimed = await service.retrieve(uid)
+    assert list(claimed) == sorted(claimed)  # stored in canonical form
 
     await mpps.update(created.uid, mpps_completed(study), requester="CT01")
     ds = await service.retrieve(uid)

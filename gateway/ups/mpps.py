@@ -151,6 +151,7 @@ class MppsService:
                     wi[t.UnifiedProcedureStepPerformedProcedureSequence] = element(
                         "SQ", performed_item(ds, wi, final=False))
                     put(wi, t.ScheduledProcedureStepModificationDateTime, "DT", format_dt())
+                    wi = dict(sorted(wi.items()))  # canonical: keys in ascending order
                     change = _change(wi, tx=record.tx, performer=requester, mpps=record)
                     await attempt.commit(target, workitem.version, change,
                                          [QueuedEvent(ev.STATE_REPORT, ev.state_report(wi))])

@@ -130,9 +130,11 @@ Outcome = tuple[int, str, bytes | None]
 
 
 class DimseHandlers:
-    def __init__(self, service: UPSService, request_timeout: float):
+    def __init__(self, service: UPSService, request_timeout: float, extensions=()):
         self.service = service
         self.timeout = request_timeout
+        # Other SOP classes' handlers (MWL, MPPS): ``sop_class`` and ``serve(self, assoc, req)``.
+        self.extensions = {extension.sop_class: extension for extension in extensions}
         self._bodies: dict[int, Callable[[Request], Awaitable[Outcome]]] = {
             N_CREATE: self.n_create, N_SET: self.n_set, N_GET: self.n_get,
             N_ACTION: self.n_action, N_EVENT_REPORT: self.n_event_report}
@@ -148,6 +150,8 @@ class DimseHandlers:
         if field_ == C_ECHO:
             self._done(req, st.SUCCESS, "")
             await self._respond(assoc, req, st.SUCCESS, "")
+        elif extension := self.extensions.get(req.context_class):
+            await extension.serve(self, assoc, req)
         elif field_ == C_FIND:
             await self.c_find(assoc, req)
         elif field_ in self._bodies:
@@ -397,6 +401,10 @@ class DimseHandlers:
         if log.isEnabledFor(level):
             log.log(level, f"{req.op} 0x{code:04X}" + (f": {message}" if message else ""),
                     extra=req.log_extra(status=f"0x{code:04X}", **more))
+
+    # What the extensions (``dimse/mwl.py``, ``dimse/mpps.py``) share of the plumbing.
+    done, respond, find_failure, classify, core = (_done, _respond, _find_failure, _classify,
+                                                   _core)
 
 
 # ---- helpers -----------------------------------------------------------------------------------

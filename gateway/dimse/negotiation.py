@@ -84,10 +84,11 @@ class Agreement:
 class Policy:
     max_pdu: int  # ours: the largest P-DATA-TF variable field we receive (0: no limit)
     allowed_calling_aes: frozenset[str] = frozenset()  # empty: anyone
+    extra_sop_classes: tuple[str, ...] = ()  # served besides UPS (Modality Worklist, MPPS)
 
     def supported(self) -> list[PresentationContext]:
         contexts = []
-        for abstract in (*UPS_SOP_CLASSES, VERIFICATION):
+        for abstract in (*UPS_SOP_CLASSES, *self.extra_sop_classes, VERIFICATION):
             cx = PresentationContext()
             cx.abstract_syntax = abstract
             for syntax in TRANSFER_SYNTAXES:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -88,9 +88,11 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(settings: Rest, service: UPSService, fanout: WebSocketFanout,
-               health: Health) -> web.Application:
+               health: Health, extensions: Sequence[Callable[[web.Application], None]] = ()
+               ) -> web.Application:
     """The REST/WebSocket front end: UPS-RS on ``service``, event channels on ``fanout``,
-    /health answered by ``health()``."""
+    /health answered by ``health()``; each of ``extensions`` adds its own routes (the PS3.18
+    Modality Worklist and MPPS services, ``rest/mwl.py``, ``rest/mpps.py``)."""
     app = web.Application(client_max_size=settings.max_body_bytes,
                           middlewares=[errors_middleware])
     app[SETTINGS] = settings
@@ -99,6 +101,8 @@ def create_app(settings: Rest, service: UPSService, fanout: WebSocketFanout,
     app[HEALTH] = health
     app[ORIGIN] = _origin_function(settings.public_url)
     app.router.add_get("/health", health_route)
+    for install in extensions:
+        install(app)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
 

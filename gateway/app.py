@@ -31,11 +31,16 @@ from gateway.events.queue import EventQueues
 from gateway.events.status import ServiceStatus
 from gateway.rest import websocket
 from gateway.rest.app import create_app
+from gateway.rest.origin import allowed_origins
+from gateway.rest.state import Security
+from gateway.security import tls
+from gateway.security.credentials import Authenticator
 from gateway.store import client
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.keys import Keys
 from gateway.store.lane import Lane
 from gateway.store.subscriptions import RedisSubscriptionStore
+from gateway.store.tickets import RedisTickets
 from gateway.store.workitems import RedisWorkitemStore
 from gateway.supervisor import Supervisor
 from gateway.ups.dicomtime import parse_offset
@@ -90,6 +95,7 @@ class Gateway:
         self.sender: DimseEventSender | None = None
         self.dimse: DimseServer | None = None
         self.runner: web.AppRunner | None = None
+        self.authenticator: Authenticator | None = None
         self._started = False
         self._stopping = asyncio.Event()
 
@@ -114,7 +120,12 @@ class Gateway:
         self.supervisor.start("websocket-fanout", self.fanout.run)
         self.supervisor.start("websocket-upkeep", self.fanout.keep)
 
-        await self._start_rest(create_app(cfg.rest, service, self.fanout, self.health))
+        self.authenticator = self._authenticator()
+        await self.authenticator.tokens.refresh()
+        security = Security(self.authenticator, RedisTickets(self.redis, keys),
+                            cfg.auth.ticket_ttl_seconds,
+                            allowed_origins(cfg.rest.cors_allow_origins, cfg.rest.public_url))
+        await self._start_rest(create_app(cfg.rest, service, self.fanout, self.health, security))
         if cfg.dimse.enabled:
             self.dimse = DimseServer(cfg.dimse, cfg.ae_title,
                                      DimseHandlers(service, cfg.dimse.request_timeout))
@@ -211,11 +222,25 @@ class Gateway:
         await _check_redis_settings(redis)
         return redis
 
+    def _authenticator(self) -> Authenticator:
+        try:
+            return Authenticator(self.config.auth)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"auth.jwt: the keys cannot be read: {exc}") from None
+
     async def _start_rest(self, app: web.Application) -> None:
         cfg = self.config.rest
+        context = None
+        if cfg.tls.cert_file:
+            try:
+                context = tls.server_context(cfg.tls.cert_file, cfg.tls.key_file,
+                                             cfg.tls.client_ca_file,
+                                             require_client_cert=bool(cfg.tls.client_ca_file))
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"rest.tls: {exc}") from None
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
+        site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True, ssl_context=context)
         try:
             await site.start()
         except OSError as exc:

@@ -21,6 +21,7 @@ Layout (``p`` = the key prefix, ``redis.key_prefix``, default ``ups:``):
   p cur:{transport}:{ae} string that transport's delivery cursor, "entry-id n"
   p procs                zset   live gateway processes → heartbeat expiry
   p notify               pubsub wake-ups (and the events themselves) for the deliverers
+  p tkt:{digest}         string a WebSocket ticket (SHA-256 of it) → who and which AE (TTL)
 
 The Lua scripts get the same names as functions (``lua_functions``), generated from the methods
 below, so a key's name cannot differ between the two languages.
@@ -85,6 +86,9 @@ class Keys:
 
     def notify(self) -> str:
         return f"{self.prefix}notify"
+
+    def ticket(self, digest: str) -> str:
+        return f"{self.prefix}tkt:{digest}"
 
 
 _HOLE = "\x00"

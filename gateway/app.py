@@ -130,7 +130,10 @@ class Gateway:
             self.dimse = DimseServer(cfg.dimse, cfg.ae_title,
                                      DimseHandlers(service, cfg.dimse.request_timeout))
             await self.dimse.start()
-        self.sender = DimseEventSender(cfg.ae_title, cfg.peers, cfg.events, queues, hub)
+        try:
+            self.sender = DimseEventSender(cfg.ae_title, cfg.peers, cfg.events, queues, hub)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"peers: a TLS file cannot be read: {exc}") from None
         for name, worker in self.sender.workers.items():
             self.supervisor.start(name, worker.run)
 

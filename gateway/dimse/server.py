@@ -17,6 +17,7 @@ from gateway.config import ConfigError, Dimse
 from gateway.dimse import negotiation
 from gateway.dimse.handlers import DimseHandlers
 from gateway.dimse.upper_layer import Association
+from gateway.security import tls
 
 log = logging.getLogger("gateway.dimse")
 
@@ -52,9 +53,17 @@ class DimseServer:
         cfg = self.config
         self.listener = listener = Listener(cfg, self.handlers)
         loop = asyncio.get_running_loop()
+        context = None
+        if cfg.tls.cert_file:  # the port then serves only TLS (PS3.15 B.1)
+            try:
+                context = tls.server_context(cfg.tls.cert_file, cfg.tls.key_file,
+                                             cfg.tls.ca_file, cfg.tls.require_client_cert)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"dimse.tls: {exc}") from None
         try:
-            self.server = await loop.create_server(lambda: Association(listener),
-                                                   cfg.host, cfg.port, reuse_address=True)
+            self.server = await loop.create_server(
+                lambda: Association(listener), cfg.host, cfg.port, reuse_address=True,
+                ssl=context, ssl_handshake_timeout=(cfg.acse_timeout or None) if context else None)
         except OSError as exc:
             reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
             raise ConfigError(f"dimse.port: {cfg.host}:{cfg.port} {reason}") from None

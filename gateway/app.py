@@ -34,6 +34,7 @@ from gateway.rest.app import create_app
 from gateway.rest.origin import allowed_origins
 from gateway.rest.state import Security
 from gateway.security import tls
+from gateway.security.associations import AssociationAccess
 from gateway.security.credentials import Authenticator
 from gateway.store import client
 from gateway.store.embedded import EmbeddedRedis
@@ -127,8 +128,10 @@ class Gateway:
                             allowed_origins(cfg.rest.cors_allow_origins, cfg.rest.public_url))
         await self._start_rest(create_app(cfg.rest, service, self.fanout, self.health, security))
         if cfg.dimse.enabled:
+            access = AssociationAccess(self.authenticator, cfg.dimse.ae_scopes,
+                                       cfg.dimse.require_identity)
             self.dimse = DimseServer(cfg.dimse, cfg.ae_title,
-                                     DimseHandlers(service, cfg.dimse.request_timeout))
+                                     DimseHandlers(service, cfg.dimse.request_timeout), access)
             await self.dimse.start()
         try:
             self.sender = DimseEventSender(cfg.ae_title, cfg.peers, cfg.events, queues, hub)

@@ -25,7 +25,7 @@ from pynetdicom.dsutils import decode
 from redis.exceptions import RedisError
 
 from gateway import logs
-from gateway.dimse import binary, convert, responses
+from gateway.dimse import access, binary, convert, responses
 from gateway.dimse import messages as m
 from gateway.ups import matching
 from gateway.ups import status as st
@@ -67,7 +67,8 @@ OUT_OF_RESOURCES = 0xA700
 # Failures a C-FIND may answer (PS3.4 C.4.1.1.4, CC.2.8.4); anything else becomes 0xC000. Never
 # 0xC311/0xC312: UPS uses them for N-ACTION refusals (and pynetdicom for its own C-FIND errors).
 _FIND_FAILURES = frozenset((SOP_CLASS_NOT_SUPPORTED, UNRECOGNIZED_OPERATION, OUT_OF_RESOURCES,
-                            IDENTIFIER_DOES_NOT_MATCH, st.UNABLE_TO_PROCESS))
+                            IDENTIFIER_DOES_NOT_MATCH, st.UNABLE_TO_PROCESS,
+                            access.NOT_AUTHORIZED))
 
 # Core statuses that name a bad argument; N-ACTION's status table says it with 0x0115.
 _ACTION_ARGUMENT_STATUSES = frozenset((st.INVALID_ATTRIBUTE_VALUE, st.MISSING_ATTRIBUTE,
@@ -111,6 +112,7 @@ class Request:
     sop_class: str | None = None  # the message's SOP class when it is not a UPS one
     instance: str | None = None  # the Affected SOP Instance UID of the response
     decoder: str | None = None  # what read the request's dataset: "binary" or "pydicom"
+    principal: Any = None  # who the association acts as (``access``); None: unchecked
     started: float = field(default_factory=time.perf_counter)
 
     def log_extra(self, **more: Any) -> dict[str, Any]:
@@ -226,6 +228,8 @@ class DimseHandlers:
         if len(receiving_ae) > 16 or "\\" in receiving_ae:
             raise Refused(st.INVALID_ARGUMENT_VALUE,
                           f"Receiving AE (0074,1234) {receiving_ae!r} is not an AE title")
+        if refusal := access.denied_watch(req.principal, receiving_ae):
+            raise Refused(*refusal)
         if action == 4:
             return await self._core(self.service.unsubscribe(uid, receiving_ae))
         if action == 5:
@@ -323,7 +327,7 @@ class DimseHandlers:
         op = COMMANDS.get(message.command_field, f"DIMSE 0x{message.command_field:04X}")
         syntax = agreement.transfer_syntaxes.get(message.context_id, binary.IMPLICIT_LE)
         req = Request(op, ae, msg_id, context_class, message, syntax, offered,
-                      instance=message.sop_instance)
+                      instance=message.sop_instance, principal=agreement.principal)
         sop_class = message.sop_class
         if sop_class not in UPS_CLASSES:
             req.sop_class = sop_class or ""
@@ -338,6 +342,8 @@ class DimseHandlers:
         if not req.offered & OPERATIONS[req.op]:
             where = CLASS_NAMES.get(req.context_class, req.context_class)
             raise Refused(UNRECOGNIZED_OPERATION, f"{req.op} is not offered on a {where} context")
+        if refusal := access.denied(req.principal, req.op, req.message.us(m.ACTION_TYPE)):
+            raise Refused(*refusal)
 
     async def _run(self, req: Request, body: Callable[[Request], Awaitable[Outcome]]) -> Outcome:
         """Run one DIMSE-N request body: (status, comment, dataset), never an exception."""

@@ -39,7 +39,7 @@ class TokenVerifier:
         if config.jwks_file:
             self.keys = _key_set(Path(config.jwks_file).read_bytes(), config.jwks_file)
         elif config.public_key_file:
-            key = import_key(Path(config.public_key_file).read_bytes())
+            key = _pem_key(Path(config.public_key_file).read_bytes(), config.public_key_file)
             if key.is_private:
                 raise ValueError(f"{config.public_key_file}: a public key is expected")
             self.keys = KeySet([key])
@@ -88,7 +88,9 @@ class TokenVerifier:
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenRejected("the token is too long")
         try:
-            decoded = jwt.decode(token, self.keys, algorithms=list(self.config.algorithms))
+            # One PEM key verifies whatever "kid" the token names; a JWKS is looked up by it.
+            key = self.keys.keys[0] if self.config.public_key_file else self.keys
+            decoded = jwt.decode(token, key, algorithms=list(self.config.algorithms))
         except JoseError as exc:
             raise TokenRejected(_why(exc)) from None
         except (ValueError, TypeError, KeyError):
@@ -121,6 +123,15 @@ def _why(exc: JoseError) -> str:
     if name in ("InvalidClaimError", "MissingClaimError"):
         return f"the token's claims are not accepted: {exc.description or name}"
     return f"the token is not accepted ({exc.description or name})"
+
+
+def _pem_key(raw: bytes, where: str):
+    for kind in ("RSA", "EC"):
+        try:
+            return import_key(raw, kind)
+        except (ValueError, TypeError, JoseError):
+            continue
+    raise ValueError(f"{where}: not an RSA or EC public key in PEM")
 
 
 def _fetch(url: str) -> bytes:

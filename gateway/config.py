@@ -152,6 +152,24 @@ class Log:
 
 
 @dataclass
+class Syslog:
+    host: str
+    port: int = 514
+    transport: str = "udp"  # udp | tcp | tls (RFC 5425)
+    ca_file: str | None = None  # tls: CAs the collector is verified against (null: system)
+    cert_file: str | None = None  # tls: the gateway's client certificate
+    key_file: str | None = None
+
+
+@dataclass
+class Audit:
+    file: str | None = None  # one DICOM audit message (XML) per line
+    syslog: Syslog | None = None
+    buffer: int = 10000  # messages held per sink while it is unavailable; more are dropped
+    source_id: str | None = None  # AuditSourceID; null: the ae_title
+
+
+@dataclass
 class Config:
     ae_title: str = "UPS_GATEWAY"
     data_dir: str = "./data"
@@ -164,6 +182,7 @@ class Config:
     events: Events = field(default_factory=Events)
     log: Log = field(default_factory=Log)
     auth: Auth = field(default_factory=Auth)
+    audit: Audit = field(default_factory=Audit)
     source: str = field(default="", repr=False, metadata={"internal": True})
 
 
@@ -342,6 +361,16 @@ def _check_security(config: Config) -> None:
         if origin != "*" and (origin.endswith("/") or "://" not in origin):
             raise ConfigError(f"rest.cors_allow_origins: {origin!r} is not an origin "
                               "(scheme://host[:port], no path)")
+
+
+    syslog = config.audit.syslog
+    if syslog is not None:
+        if syslog.transport not in ("udp", "tcp", "tls"):
+            raise ConfigError(f"audit.syslog.transport: {syslog.transport!r} must be udp, tcp "
+                              "or tls")
+        _port("audit.syslog.port", syslog.port)
+    if config.audit.buffer < 1:
+        raise ConfigError("audit.buffer: must be at least 1")
 
 
 def _scopes(name: str, scopes: list[str]) -> None:

@@ -113,6 +113,7 @@ class Request:
     instance: str | None = None  # the Affected SOP Instance UID of the response
     decoder: str | None = None  # what read the request's dataset: "binary" or "pydicom"
     principal: Any = None  # who the association acts as (``access``); None: unchecked
+    address: str | None = None  # the peer's, for the audit trail
     started: float = field(default_factory=time.perf_counter)
 
     def log_extra(self, **more: Any) -> dict[str, Any]:
@@ -129,6 +130,8 @@ class DimseHandlers:
     def __init__(self, service: UPSService, request_timeout: float):
         self.service = service
         self.timeout = request_timeout
+        # Told of every answered request (gateway.dimse.audit_hook), when auditing is on.
+        self.audit: Callable[[Request, int, str], None] | None = None
         self._bodies: dict[int, Callable[[Request], Awaitable[Outcome]]] = {
             N_CREATE: self.n_create, N_SET: self.n_set, N_GET: self.n_get,
             N_ACTION: self.n_action, N_EVENT_REPORT: self.n_event_report}
@@ -327,7 +330,8 @@ class DimseHandlers:
         op = COMMANDS.get(message.command_field, f"DIMSE 0x{message.command_field:04X}")
         syntax = agreement.transfer_syntaxes.get(message.context_id, binary.IMPLICIT_LE)
         req = Request(op, ae, msg_id, context_class, message, syntax, offered,
-                      instance=message.sop_instance, principal=agreement.principal)
+                      instance=message.sop_instance, principal=agreement.principal,
+                      address=assoc.address)
         sop_class = message.sop_class
         if sop_class not in UPS_CLASSES:
             req.sop_class = sop_class or ""
@@ -391,6 +395,8 @@ class DimseHandlers:
         return st.PROCESSING_FAILURE, f"Internal error; see the gateway log (msg {req.msg_id})"
 
     def _done(self, req: Request, code: int, message: str, **more: Any) -> None:
+        if self.audit is not None:
+            self.audit(req, code, message)
         failed = code not in (st.SUCCESS, st.PENDING, st.CANCEL) and not st.is_warning(code)
         level = logging.INFO if failed or st.is_warning(code) else logging.DEBUG
         if log.isEnabledFor(level):

@@ -42,6 +42,12 @@ class Listener:
         self.supported = self.policy.supported()
         self.handlers = handlers
         self.connections: set[Association] = set()
+        self.audit = None  # (calling AE, address, Agreement | Rejection) -> None, when auditing
+
+    def associated(self, calling_ae: str, address: str, outcome) -> None:
+        """An A-ASSOCIATE-RQ was answered with ``outcome``."""
+        if self.audit is not None:
+            self.audit(calling_ae, address, outcome)
 
     def negotiate(self, rq) -> negotiation.Agreement | negotiation.Rejection:
         established = [a for a in self.connections if a.is_established]
@@ -64,17 +70,19 @@ class Listener:
 
 class DimseServer:
     def __init__(self, config: Dimse, ae_title: str, handlers: DimseHandlers,
-                 access: AssociationAccess | None = None):
+                 access: AssociationAccess | None = None, audit=None):
         self.config = config
         self.ae_title = ae_title
         self.handlers = handlers
         self.access = access
+        self.audit = audit  # told of every association answered (see Listener.associated)
         self.server: asyncio.AbstractServer | None = None
         self.listener: Listener | None = None
 
     async def start(self) -> None:
         cfg = self.config
         self.listener = listener = Listener(cfg, self.handlers, self.ae_title, self.access)
+        listener.audit = self.audit
         loop = asyncio.get_running_loop()
         context = None
         if cfg.tls.cert_file:  # the port then serves only TLS (PS3.15 B.1)

@@ -17,6 +17,7 @@ from gateway import logs
 from gateway.config import Rest
 from gateway.events.fanout import WebSocketFanout
 from gateway.rest import paths, subscriptions, tickets, workitems
+from gateway.rest.audit_hook import Record, audit_middleware, channel_opened
 from gateway.rest.auth import security_middleware
 from gateway.rest.messages import error_response, problem
 from gateway.rest.state import (FANOUT, HEALTH, ORIGIN, REQUEST_ID, SECURITY, SERVICE, SETTINGS,
@@ -112,11 +113,17 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(settings: Rest, service: UPSService, fanout: WebSocketFanout,
-               health: Health, security: Security) -> web.Application:
+               health: Health, security: Security, audit: Record | None = None
+               ) -> web.Application:
     """The REST/WebSocket front end: UPS-RS on ``service``, event channels on ``fanout``,
-    /health answered by ``health()``, callers checked as ``security`` says."""
-    app = web.Application(client_max_size=settings.max_body_bytes,
-                          middlewares=[errors_middleware, security_middleware(scope_of)])
+    /health answered by ``health()``, callers checked as ``security`` says, what happened
+    told to ``audit`` (when auditing is on)."""
+    middlewares = [errors_middleware, security_middleware(scope_of)]
+    if audit is not None:
+        middlewares.insert(0, audit_middleware(audit))
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
+    if audit is not None:
+        app.on_response_prepare.append(channel_opened(audit))
     app[SECURITY] = security
     app[SETTINGS] = settings
     app[SERVICE] = service

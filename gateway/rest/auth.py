@@ -83,6 +83,7 @@ async def _check(request: web.Request, security: Security, resource: paths.Resou
     except BadCredential as exc:
         _refused(request, "authentication failed", str(exc))
         return _unauthorized(request, realm, str(exc), error="invalid_token"), None
+    request[PRINCIPAL] = principal  # known now, refused or not (the audit trail says who)
     scope = scope_of(resource, request.method)
     if scope is not None and not principal.may(scope):
         _refused(request, "access refused: scope", scope, principal)

@@ -16,6 +16,7 @@ from joserfc.jwk import ECKey, KeySet, OctKey, RSAKey
 
 from gateway.rest.app import ROUTES, SCOPES
 from tests.event_receiver import WsListener
+from gateway.testing import free_port
 from tests.helpers import GatewayProcess, new_uid, workitem
 
 GLOBAL = "1.2.840.10008.5.1.4.34.5"
@@ -371,3 +372,41 @@ async def test_cross_site_requests_are_refused_with_auth_off(gateway, http):
                                    origin=EVIL) == 403
     assert await _handshake_status(http, f"{gateway.ws_base}/ws/subscribers/VICTIM",
                                    origin="null") == 403
+
+
+# ---- JWKS from a URL, with key rotation -------------------------------------------------------
+
+async def test_jwks_url_is_read_and_followed_on_rotation(tmp_path, http):
+    from aiohttp import web
+
+    published = {"keys": [RSA.as_dict(private=False)]}
+
+    async def jwks(request):
+        return web.json_response(published)
+
+    app = web.Application()
+    app.router.add_get("/certs", jwks)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        extra = {"auth": {"enabled": True, "jwt": {
+            "jwks_url": f"http://127.0.0.1:{port}/certs", "issuer": ISSUER,
+            "audience": AUDIENCE}}}
+        with GatewayProcess(tmp_path, dimse=False, extra=extra) as gw:
+            async def search(value):
+                async with http.get(f"{gw.base}/workitems?limit=1",
+                                    headers=bearer(value)) as r:
+                    return r.status
+            assert await search(token()) in (200, 204)
+            rotated = RSAKey.generate_key(2048, parameters={"kid": "rsa2"}, private=True)
+            assert await search(token(key=rotated)) == 401  # not published yet
+            published["keys"].append(rotated.as_dict(private=False))
+            deadline = time.monotonic() + 60
+            while await search(token(key=rotated)) == 401:  # read again on an unknown kid,
+                assert time.monotonic() < deadline  # at most every 10 s
+                await asyncio.sleep(0.5)
+            assert await search(token()) in (200, 204)
+    finally:
+        await runner.cleanup()

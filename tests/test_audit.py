@@ -212,7 +212,7 @@ async def test_operations_are_audited_to_file_and_tls_syslog(tmp_path, tls_colle
             identifier = Dataset()
             identifier.SOPInstanceUID = ""
             d.c_find(assoc, identifier)
-            status, _ = d.n_create(assoc, workitem(), new_uid())
+            status, _ = d.n_create(assoc, workitem(patient_id="PID-DIMSE"), new_uid())
             assert d.status_of(status) == 0x0000
         assert not d.associate(gw, ae_title="AUDIT_SCU", called="NOT_US").is_established
 
@@ -238,7 +238,8 @@ async def test_operations_are_audited_to_file_and_tls_syslog(tmp_path, tls_colle
     assert matching(found, id="110113", user="apikey:viewer", outcome="4")  # refused
     assert matching(found, id="110114", alt="AETITLES=AUDIT_SCU", outcome="0")  # accepted
     assert matching(found, id="110112", alt="AETITLES=AUDIT_SCU")  # C-FIND
-    assert matching(found, id="110111", action="C", alt="AETITLES=AUDIT_SCU")
+    assert matching(found, id="110111", action="C", alt="AETITLES=AUDIT_SCU",
+                    patient="PID-DIMSE", patient_name="Doe^John")
     # The same messages went to syslog over TLS.
     over_syslog = await wait_until(lambda: len(tls_collector.frames) >= len(found) and
                                    syslog_messages(tls_collector.frames), "syslog")

@@ -28,7 +28,13 @@ def request_event(req: Any, code: int, message: str) -> a.AuditEvent | None:
     action = _ACTIONS.get(req.op)
     if action is None:
         return None
-    return a.AuditEvent(a.PROCEDURE_RECORD, action, outcome, workitem=req.uid, **common)
+    event = a.AuditEvent(a.PROCEDURE_RECORD, action, outcome, workitem=req.uid, **common)
+    patient_id, name = getattr(req, "patient", None) or (None, None)
+    if isinstance(name, dict):
+        name = name.get("Alphabetic")
+    event.patient_id = patient_id if isinstance(patient_id, str) else None
+    event.patient_name = name if isinstance(name, str) else None
+    return event
 
 
 def association_event(calling_ae: str, address: str, outcome: Any) -> a.AuditEvent:

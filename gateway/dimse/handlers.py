@@ -114,6 +114,7 @@ class Request:
     decoder: str | None = None  # what read the request's dataset: "binary" or "pydicom"
     principal: Any = None  # who the association acts as (``access``); None: unchecked
     address: str | None = None  # the peer's, for the audit trail
+    patient: tuple[Any, Any] | None = None  # (Patient ID, Patient's Name) a request carried
     started: float = field(default_factory=time.perf_counter)
 
     def log_extra(self, **more: Any) -> dict[str, Any]:
@@ -163,6 +164,7 @@ class DimseHandlers:
         uid = req.uid = _uid_param(req.message.text(m.AFFECTED_SOP_INSTANCE),
                                    "Affected SOP Instance UID")
         ds = _canonical(req, "Attribute List")
+        req.patient = (first(ds, t.PatientID), first(ds, t.PatientName))
         outcome = await self._core(self.service.create(ds, uid, requester=req.ae))
         req.uid = outcome.uid
         if outcome.uid_assigned:

@@ -227,7 +227,7 @@ async def test_operations_are_audited_to_file_and_tls_syslog(tmp_path, tls_colle
     assert created["workitem"] == uid and created["patient"] == "PID-AUDIT"
     assert created["patient_name"] == "Roe^Rita" and created["user"] == "apikey:ris"
     assert created["address"] == "127.0.0.1" and created["outcome"] == "0"
-    assert matching(found, id="110111", action="R", workitem=uid)
+    assert matching(found, id="110111", action="R", workitem=uid, patient="PID-AUDIT")
     assert matching(found, id="110111", action="U", workitem=uid)  # the claim
     assert matching(found, id="110111", action="U", workitem=GLOBAL)  # the subscription
     [query] = matching(found, id="110112", user="apikey:ris")

@@ -193,6 +193,7 @@ def _hmac_with_public_key() -> str:
 @pytest.mark.parametrize("make,why", [
     (lambda: token(exp=int(time.time()) - 120), "expired"),
     (lambda: token(nbf=int(time.time()) + 120), "not valid yet"),
+    (lambda: token(exp=None), "claims"),
     (lambda: token(iss="https://other.idp"), "claims"),
     (lambda: token(iss=None), "claims"),
     (lambda: token(aud="someone-else"), "claims"),
@@ -200,7 +201,7 @@ def _hmac_with_public_key() -> str:
     (_none_token, "not accepted"),
     (_hmac_with_public_key, "not accepted"),
     (lambda: token()[:-4] + "AAAA", "signature"),
-], ids=["expired", "nbf", "issuer", "no-issuer", "audience", "unknown-key", "alg-none",
+], ids=["expired", "nbf", "no-exp", "issuer", "no-issuer", "audience", "unknown-key", "alg-none",
         "hs256-confusion", "tampered"])
 async def test_bad_tokens_are_401(secure, http, make, why):
     r = await _search(http, secure, make())

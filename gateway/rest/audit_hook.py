@@ -76,8 +76,10 @@ async def _event(request: web.Request, response: web.StreamResponse) -> a.AuditE
         return None
     event = _base(request, a.PROCEDURE_RECORD, action, outcome, description=warning)
     event.workitem = resource.uid or _created_uid(response)
-    if resource.kind in ("workitems", "workitem") and request.method != "GET":
-        event.patient_id, event.patient_name = await _patient(request)
+    if resource.kind == "workitem" and request.method == "GET":
+        event.patient_id, event.patient_name = _patient_of(getattr(response, "body", None))
+    elif resource.kind in ("workitems", "workitem"):
+        event.patient_id, event.patient_name = _patient_of(await _body(request))
     return event
 
 
@@ -95,11 +97,21 @@ def _created_uid(response: web.StreamResponse) -> str | None:
     return location.rsplit("/", 1)[-1] or None if "/workitems/" in location else None
 
 
-async def _patient(request: web.Request) -> tuple[str | None, str | None]:
-    """Patient ID and Name from the request's payload (already read: aiohttp keeps it)."""
+async def _body(request: web.Request) -> bytes | None:
+    """The request's payload (already read by the handler: aiohttp keeps it)."""
     try:
-        body = orjson.loads(await request.read())
-    except (orjson.JSONDecodeError, ValueError, web.HTTPException):
+        return await request.read()
+    except (web.HTTPException, ConnectionError):
+        return None
+
+
+def _patient_of(raw) -> tuple[str | None, str | None]:
+    """Patient ID and Name of a DICOM JSON dataset (or one-element array) in ``raw``."""
+    if not isinstance(raw, (bytes, bytearray)) or not raw:
+        return None, None
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
         return None, None
     if isinstance(body, list) and len(body) == 1:
         body = body[0]

@@ -1,7 +1,8 @@
 """OAuth2 bearer tokens (JWT, RFC 7519) verified against the configured public keys: a JWKS file
 or URL, or one PEM public key. Only asymmetric signatures are accepted (``auth.jwt.algorithms``,
 RS256/ES256 by default); ``none`` and HMAC never are, whatever the token's header says. ``exp``
-and ``nbf`` are checked with ``leeway_seconds``, ``iss`` and ``aud`` when configured."""
+and ``nbf`` are checked with ``leeway_seconds`` (``exp`` is required), ``iss`` and ``aud`` when
+configured."""
 
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ class TokenVerifier:
             raise TokenRejected(_why(exc)) from None
         except (ValueError, TypeError, KeyError):
             raise TokenRejected("the token is malformed") from None
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = {"exp": {"essential": True}}  # no token lives for ever
         if self.config.issuer:
             options["iss"] = {"essential": True, "value": self.config.issuer}
         if self.config.audience:

@@ -411,3 +411,29 @@ async def test_jwks_url_is_read_and_followed_on_rotation(tmp_path, http):
             assert await search(token()) in (200, 204)
     finally:
         await runner.cleanup()
+
+
+async def test_a_failed_handshake_leaves_the_live_channel_alone(gateway, http):
+    ae = "LIVE_" + new_uid()[-8:]
+    async with http.post(f"{gateway.base}/workitems/{GLOBAL}/subscribers/{ae}") as r:
+        assert r.status == 201
+    listener = await WsListener.open(http, f"{gateway.ws_base}/ws/subscribers/{ae}")
+    try:
+        bad = [{"Upgrade": "websocket", "Connection": "Upgrade"},  # no key, no version
+               {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "99",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}]
+        for headers in bad:
+            async with http.get(f"{gateway.base}/ws/subscribers/{ae}", headers=headers) as r:
+                assert r.status in (400, 426), r.status
+        assert await _handshake_status(http, f"{gateway.ws_base}/ws/subscribers/{ae}",
+                                       origin=EVIL) == 403
+        uid = new_uid()
+        async with http.post(f"{gateway.base}/workitems?workitem={uid}", json=workitem(),
+                             headers={"Content-Type": "application/dicom+json"}) as r:
+            assert r.status == 201
+        await listener.wait(1, uid=uid)
+        assert not listener.closed
+    finally:
+        await listener.close()
+        async with http.delete(f"{gateway.base}/workitems/{GLOBAL}/subscribers/{ae}") as r:
+            assert r.status == 200

@@ -15,7 +15,7 @@ from pynetdicom.pdu_primitives import UserIdentityNegotiation
 
 from tests import dimse_util as d
 from tests.helpers import GatewayProcess, new_uid, workitem
-from tests.pynetdicom_client import NODELAY_HANDLER, guard_responses
+from gateway.testing_peers import NODELAY_HANDLER, guard_responses
 
 GLOBAL = "1.2.840.10008.5.1.4.34.5"
 NOT_AUTHORIZED = 0x0124

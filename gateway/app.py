@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gateway.config import Config, ConfigError
+from gateway.config import Config, ConfigError, sentinel_target
 from gateway.dimse.event_sender import DimseEventSender
 from gateway.dimse.handlers import DimseHandlers
 from gateway.dimse.server import DimseServer
@@ -35,6 +35,7 @@ from gateway.store import client
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.keys import Keys
 from gateway.store.lane import Lane
+from gateway.store.replication import Replication
 from gateway.store.subscriptions import RedisSubscriptionStore
 from gateway.store.workitems import RedisWorkitemStore
 from gateway.supervisor import Supervisor
@@ -66,10 +67,13 @@ def make_core(cfg: Config, redis: aioredis.Redis) -> Core:
     keys = Keys(cfg.redis.key_prefix)
     tz = parse_offset(cfg.ups.timezone_offset)
     lane = Lane(redis)
+    replication = Replication(cfg.redis.min_replicas_ack, cfg.redis.replica_ack_timeout)
     workitems = RedisWorkitemStore(redis, keys, lane=lane, backlog=cfg.events.backlog,
                                    timezone_=tz,
-                                   search_cache_bytes=int(cfg.ups.search_cache_mb * 2**20))
-    subscriptions = RedisSubscriptionStore(redis, keys, backlog=cfg.events.backlog)
+                                   search_cache_bytes=int(cfg.ups.search_cache_mb * 2**20),
+                                   replication=replication)
+    subscriptions = RedisSubscriptionStore(redis, keys, backlog=cfg.events.backlog, lane=lane,
+                                           replication=replication)
     service = UPSService(workitems, subscriptions, Settings(
         default_worklist_label=cfg.ups.default_worklist_label, timezone=tz,
         search_default_limit=cfg.ups.search_default_limit,
@@ -136,7 +140,7 @@ class Gateway:
         log.info("gateway started", extra={
             "ae": cfg.ae_title, "rest": f"{cfg.rest.host}:{cfg.rest.port}{cfg.rest.base_path}",
             "dimse": f"{cfg.dimse.host}:{cfg.dimse.port}" if cfg.dimse.enabled else "disabled",
-            "redis": "embedded" if self.embedded else _redact(cfg.redis.url)})
+            "redis": "embedded" if self.embedded else redis_location(cfg)})
 
     async def stop(self) -> None:
         log.info("gateway stopping")
@@ -193,21 +197,14 @@ class Gateway:
     async def _connect_redis(self) -> aioredis.Redis:
         cfg = self.config
         url = cfg.redis.url
-        if url is None:
+        if url is None and sentinel_target(cfg.redis) is None:
             self.embedded = EmbeddedRedis(cfg.data_dir)
             try:
                 await self.embedded.start()
             except (RuntimeError, OSError) as exc:
                 raise ConfigError(f"data_dir: cannot start the embedded Redis: {exc}") from None
             url = self.embedded.url
-        redis = client.connect(url, socket_connect_timeout=cfg.redis.connect_timeout,
-                               health_check_interval=30, max_connections=512)
-        try:
-            await asyncio.wait_for(redis.ping(), cfg.redis.connect_timeout + 1)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            await redis.aclose()
-            raise ConfigError(f"redis.url: cannot reach Redis at {_redact(url)}: "
-                              f"{exc or type(exc).__name__}") from None
+        redis = await open_redis(cfg, url)
         await _check_redis_settings(redis)
         return redis
 
@@ -234,6 +231,41 @@ class Gateway:
             except RedisError as exc:
                 log.warning("purge skipped: redis unavailable", extra={"error": str(exc)})
             await asyncio.sleep(ups.purge_interval_seconds)
+
+
+def redis_client(cfg: Config, url: str | None = None) -> aioredis.Redis:
+    """The Redis client of ``cfg``: through its Sentinels when it has them, else at ``url``
+    (``cfg.redis.url``, or the embedded Redis's socket)."""
+    options = dict(socket_connect_timeout=cfg.redis.connect_timeout, health_check_interval=30,
+                   max_connections=512)
+    target = sentinel_target(cfg.redis)
+    if target is not None:
+        return client.connect_sentinel(target.master, target.hosts, password=target.password,
+                                       db=target.db, **options)
+    return client.connect(url or cfg.redis.url, **options)
+
+
+def redis_location(cfg: Config, url: str | None = None) -> str:
+    """Where ``cfg``'s Redis is, for messages (credentials masked)."""
+    target = sentinel_target(cfg.redis)
+    if target is not None:
+        hosts = ",".join(f"{host}:{port}" for host, port in target.hosts)
+        return f"master {target.master!r} of the Sentinels at {hosts}"
+    return _redact(url or cfg.redis.url)
+
+
+async def open_redis(cfg: Config, url: str | None = None) -> aioredis.Redis:
+    """A client of ``cfg``'s Redis that has answered a PING; ConfigError (naming the key) when
+    it cannot be reached."""
+    redis = redis_client(cfg, url)
+    try:
+        await asyncio.wait_for(redis.ping(), cfg.redis.connect_timeout + 1)
+    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        await redis.aclose()
+        key = "redis.sentinel" if cfg.redis.sentinel.master else "redis.url"
+        raise ConfigError(f"{key}: cannot reach Redis at {redis_location(cfg, url)}: "
+                          f"{exc or type(exc).__name__}") from None
+    return redis
 
 
 async def _check_redis_settings(redis: aioredis.Redis) -> None:

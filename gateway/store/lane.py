@@ -45,6 +45,22 @@ class Lane:
             loop.call_soon(self._flush)  # after the callbacks already due in this turn
         return await future
 
+    async def call_together(self, *commands: Sequence) -> list[Any]:
+        """Run several commands written together, in order, on one connection (so a WAIT after
+        a write waits for that very write); their replies. The first error reply is raised,
+        after every command has had its reply."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in commands]
+        was_empty = not self._queued
+        self._queued.extend(zip(commands, futures))
+        if was_empty:
+            loop.call_soon(self._flush)
+        replies = await asyncio.gather(*futures, return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies
+
     def script(self, source: str) -> "LaneScript":
         return LaneScript(self, source)
 
@@ -128,6 +144,23 @@ class LaneScript:
         except NoScriptError:
             await self.lane.call("SCRIPT", "LOAD", self.source)
             return await self._run(keys, args)
+
+    async def call_replicated(self, keys: Sequence, args: Sequence, replicas: int,
+                              timeout_ms: int) -> tuple[Any, int]:
+        """Run the script and a ``WAIT replicas timeout_ms`` written with it on the same
+        connection: its reply and how many replicas have the write. (A WAIT sent on its own
+        after the reply could go out on a new connection — to a promoted replica after a
+        failover — and confirm nothing.)"""
+        wait = ("WAIT", replicas, timeout_ms)
+        try:
+            reply, acked = await self.lane.call_together(self._evalsha(keys, args), wait)
+        except NoScriptError:
+            await self.lane.call("SCRIPT", "LOAD", self.source)
+            reply, acked = await self.lane.call_together(self._evalsha(keys, args), wait)
+        return reply, int(acked)
+
+    def _evalsha(self, keys: Sequence, args: Sequence) -> tuple:
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)
 
     async def _run(self, keys: Sequence, args: Sequence) -> Any:
         return await self.lane.call("EVALSHA", self.sha, len(keys), *keys, *args)

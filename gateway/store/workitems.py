@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from gateway.store import codec, indexes, scripts
 from gateway.store.keys import Keys
 from gateway.store.lane import Lane
+from gateway.store.replication import Replication
 from gateway.store.results import RenderedResults
 from gateway.ups import tags as t
 from gateway.ups.dataset import Dataset
@@ -46,8 +47,10 @@ RECENT_RECORDS = 4096  # workitems remembered as last read or written (≈1.5 KB
 class RedisWorkitemStore:
     def __init__(self, client: aioredis.Redis, keys: Keys, *, lane: Lane | None = None,
                  backlog: int = 1000, timezone_: timezone = UTC,
-                 search_cache_bytes: int = 32 * 2**20):
+                 search_cache_bytes: int = 32 * 2**20,
+                 replication: Replication = Replication()):
         self.redis = client
+        self.replication = replication
         lane = lane or Lane(client)
         self.keys = keys
         self.backlog = backlog  # events kept per subscriber AE (the queues' bound)
@@ -105,7 +108,8 @@ class RedisWorkitemStore:
         else:
             blob, score, index_names = (codec.pack_dataset(ds), search_order(ds, self.tz),
                                         indexes.index_names(ds))
-        result = await self._commit(keys=[self.keys.workitem(uid)], args=[
+        keys = [self.keys.workitem(uid)]
+        args = [
             self.keys.prefix, uid, version, blob, change.state, change.tx or "",
             change.performer or "", repr(score), codec.pack_for_lua(index_names),
             "" if change.final_at_ms is None else change.final_at_ms,
@@ -115,8 +119,17 @@ class RedisWorkitemStore:
             codec.pack_for_lua([[e.type, codec.pack(e.info), list(e.extra), e.needs_recipient,
                                  list(e.only)] for e in events]),
             self.backlog, now_ms(),
-            codec.pack(change.state_report) if change.state_report else b""])
+            codec.pack(change.state_report) if change.state_report else b""]
+        acked = 0
+        if self.replication.replicas:
+            result, acked = await self._commit.call_replicated(
+                keys, args, self.replication.replicas, self.replication.timeout_ms)
+        else:
+            result = await self._commit(keys=keys, args=args)
         code = int(result[0])
+        if code == 1 and acked < self.replication.replicas:
+            self._recent.pop(uid, None)
+            self.replication.check(acked, f"The change of workitem {uid}")
         if code == 1:
             version = int(result[1])
             if ds is not None:

@@ -108,6 +108,37 @@ class RedisSubscriptionStore:
     async def subscribers(self) -> list[str]:
         return sorted(ae.decode() for ae in await self.redis.smembers(self.keys.subscribers()))
 
+    async def overview(self) -> list[dict]:
+        """Every subscriber AE (for ``ups-gateway subscriptions list``): its worklist
+        subscription (none, global or filtered, with its deletion lock and filter), how many
+        workitems it is subscribed to, and whether an event channel of it is open. Reads only."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(self.keys.subscribers())
+            pipe.hgetall(self.keys.globals())
+            members, entries = await pipe.execute()
+        worklist = {ae.decode(): codec.unpack(blob) for ae, blob in entries.items()}
+        aes = sorted({ae.decode() for ae in members} | set(worklist))
+        now = time.time()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for ae in aes:
+                pipe.scard(self.keys.subscriptions_of(ae))
+                pipe.zcount(self.keys.channels(ae), now, "+inf")
+            counts = await pipe.execute()
+        found = []
+        for i, ae in enumerate(aes):
+            sub = worklist.get(ae)
+            terms = sub.get("filter") if sub else None
+            if isinstance(terms, dict):  # written by an earlier version
+                terms = legacy_terms(terms)
+            found.append({
+                "ae": ae,
+                "worklist": None if sub is None else ("filtered" if terms else "global"),
+                "deletion_lock": None if sub is None else bool(sub["lock"]),
+                "filter": terms or None,
+                "workitems": int(counts[2 * i]),
+                "channel_open": bool(counts[2 * i + 1])})
+        return found
+
     # ---- events outside a workitem commit ----------------------------------------------------
 
     async def broadcast(self, aes: Iterable[str], event_type: int, uid: str, info: Dataset) -> int:

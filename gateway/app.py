@@ -241,6 +241,7 @@ def redis_client(cfg: Config, url: str | None = None) -> aioredis.Redis:
     target = sentinel_target(cfg.redis)
     if target is not None:
         return client.connect_sentinel(target.master, target.hosts, password=target.password,
+                                       sentinel_password=target.sentinel_password,
                                        db=target.db, **options)
     return client.connect(url or cfg.redis.url, **options)
 

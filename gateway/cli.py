@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 import yaml
+from redis.exceptions import RedisError
 
 from gateway import __version__, logs
 from gateway.config import ConfigError, effective, load
@@ -43,6 +44,19 @@ def _event_loop_runner(config):
         import uvloop
         return uvloop.run
     return asyncio.run
+
+
+def _positive(kind, zero: bool = False):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} must be {'0 or more' if zero else 'more than 0'}")
+        return value
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     listing = actions.add_parser("list", parents=[common, output], help="list workitems")
     listing.add_argument("--state", help="only workitems in this state (e.g. SCHEDULED)")
     listing.add_argument("--label", help="only workitems on this Worklist Label")
-    listing.add_argument("--limit", type=int, default=None, help="at most this many")
+    listing.add_argument("--limit", type=_positive(int), default=None, help="at most this many")
     show = actions.add_parser("show", parents=[common, output], help="one workitem, whole")
     show.add_argument("uid")
     cancel = actions.add_parser("cancel", parents=[common, output],
@@ -76,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     cancel.add_argument("--reason", help="Reason For Cancellation")
     purge = actions.add_parser("purge", parents=[common, output],
                                help="run the retention purge now")
-    purge.add_argument("--retention-hours", type=float, default=None,
+    purge.add_argument("--retention-hours", type=_positive(float, zero=True), default=None,
                        help="purge final workitems older than this (default: ups.retention_hours)")
 
     subscriptions = commands.add_parser("subscriptions", help="list subscriptions")
@@ -146,6 +160,9 @@ async def _command(args: argparse.Namespace, config) -> int:
     except Refused as error:
         print(f"ups-gateway: 0x{error.status:04X}: {error.message}", file=sys.stderr)
         return REFUSED
+    except (RedisError, OSError) as exc:  # lost after connecting (a failover, a restart)
+        print(f"ups-gateway: redis: {exc or type(exc).__name__}; try again", file=sys.stderr)
+        return BAD_CONFIG
     finally:
         await admin.close()
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 import yaml
 
@@ -54,7 +55,8 @@ class Rest:
 class Sentinel:
     master: str | None = None  # the monitored master's name; null: no Sentinel
     hosts: list[str] = field(default_factory=list)  # "host:port" of the Sentinels
-    password: str | None = None  # of the Sentinels and of the Redis servers they watch
+    password: str | None = None  # of the Redis servers (master and replicas)
+    sentinel_password: str | None = None  # of the Sentinels themselves; null: they need none
 
 
 @dataclass
@@ -295,12 +297,14 @@ def _check_redis(redis: Redis) -> None:
 
 @dataclass
 class SentinelTarget:
-    """Where a Sentinel-managed Redis is: the master's name, the Sentinels, password, db."""
+    """Where a Sentinel-managed Redis is: the master's name, the Sentinels, the servers' and the
+    Sentinels' passwords, the database."""
 
     master: str
     hosts: list[tuple[str, int]]
     password: str | None = None
     db: int = 0
+    sentinel_password: str | None = None
 
 
 def sentinel_target(redis: Redis) -> SentinelTarget | None:
@@ -311,13 +315,20 @@ def sentinel_target(redis: Redis) -> SentinelTarget | None:
     if redis.sentinel.master is not None:
         return SentinelTarget(redis.sentinel.master,
                               [_host_port(h) for h in redis.sentinel.hosts],
-                              redis.sentinel.password)
+                              redis.sentinel.password,
+                              sentinel_password=redis.sentinel.sentinel_password)
     return None
 
 
 def parse_sentinel_url(url: str) -> SentinelTarget:
-    """``redis+sentinel://[:password@]host:port[,host:port…]/master[/db]``."""
-    rest = url[len(SENTINEL_SCHEME):]
+    """``redis+sentinel://[:password@]host:port[,host:port…]/master[/db][?sentinel_password=…]``
+    (``password``: the servers'; ``sentinel_password``: the Sentinels')."""
+    rest, _, query = url[len(SENTINEL_SCHEME):].partition("?")
+    options = parse_qs(query, keep_blank_values=True)
+    unknown = sorted(set(options) - {"sentinel_password"})
+    if unknown:
+        raise ValueError(f"unknown option {unknown[0]!r} (only sentinel_password)")
+    sentinel_password = options.get("sentinel_password", [None])[-1] or None
     password = None
     if "@" in rest:
         credentials, rest = rest.rsplit("@", 1)
@@ -332,7 +343,8 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     hosts = [_host_port(h) for h in hosts_part.split(",") if h]
     if not hosts:
         raise ValueError("a redis+sentinel:// URL lists at least one Sentinel as host:port")
-    return SentinelTarget(unquote(parts[0]), hosts, password, int(parts[1]) if len(parts) == 2 else 0)
+    return SentinelTarget(unquote(parts[0]), hosts, password,
+                          int(parts[1]) if len(parts) == 2 else 0, sentinel_password)
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -357,6 +369,7 @@ def is_secret(name: str) -> bool:
 
 def mask_url(url: str) -> str:
     """``url`` with the password of its credentials (``user:password@``) masked."""
+    url = re.sub(r"([?&][^=&]*password=)[^&]*", r"\1***", url)
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest:
         return url

@@ -85,18 +85,21 @@ def test_check_config_prints_every_key_with_secrets_masked(tmp_path):
 def test_check_config_masks_the_sentinel_password_and_a_sentinel_url(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"redis": {"sentinel": {
-        "master": "ups", "hosts": ["s1:26379", "s2:26379"], "password": "sentinel-pw"}}}))
+        "master": "ups", "hosts": ["s1:26379", "s2:26379"], "password": "server-pw",
+        "sentinel_password": "sentinel-pw"}}}))
     result = cli("check-config", "--config", str(path))
     assert result.returncode == 0, result.stderr
-    assert "sentinel-pw" not in result.stdout
-    assert yaml.safe_load(result.stdout)["redis"]["sentinel"]["password"] == "***"
+    assert "server-pw" not in result.stdout and "sentinel-pw" not in result.stdout
+    sentinel = yaml.safe_load(result.stdout)["redis"]["sentinel"]
+    assert sentinel["password"] == sentinel["sentinel_password"] == "***"
+    assert sentinel["hosts"] == ["s1:26379", "s2:26379"]
     path.write_text(yaml.safe_dump({"redis": {
-        "url": "redis+sentinel://:url-pw@s1:26379,s2:26379/ups/2"}}))
+        "url": "redis+sentinel://:url-pw@s1:26379,s2:26379/ups/2?sentinel_password=s-pw"}}))
     result = cli("check-config", "--config", str(path))
     assert result.returncode == 0, result.stderr
-    assert "url-pw" not in result.stdout
+    assert "url-pw" not in result.stdout and "s-pw" not in result.stdout
     assert yaml.safe_load(result.stdout)["redis"]["url"] == \
-        "redis+sentinel://:***@s1:26379,s2:26379/ups/2"
+        "redis+sentinel://:***@s1:26379,s2:26379/ups/2?sentinel_password=***"
 
 
 @pytest.mark.parametrize("config,key", [
@@ -104,6 +107,7 @@ def test_check_config_masks_the_sentinel_password_and_a_sentinel_url(tmp_path):
     ({"redis": {"sentinel": {"master": "ups"}}}, "redis.sentinel.hosts"),
     ({"redis": {"sentinel": {"master": "ups", "hosts": ["nohost"]}}}, "redis.sentinel.hosts[0]"),
     ({"redis": {"url": "redis+sentinel://s1:26379"}}, "redis.url"),
+    ({"redis": {"url": "redis+sentinel://s1:26379/m?password=x"}}, "redis.url"),
     ({"redis": {"min_replicas_ack": 1}}, "redis.min_replicas_ack"),
     ({"redis": {"url": "redis://x:1/0", "sentinel": {"master": "m", "hosts": ["s:1"]}}},
      "redis.sentinel.master"),
@@ -141,6 +145,16 @@ def test_check_config_connect_refuses_more_replica_acks_than_replicas(gw, tmp_pa
     result = cli("check-config", "--config", str(path), "--connect")
     assert result.returncode == 2
     assert "redis.min_replicas_ack" in result.stderr and "has 0" in result.stderr
+
+
+@pytest.mark.parametrize("args,text", [
+    (["workitems", "list", "--limit", "0"], "--limit: '0' must be more than 0"),
+    (["workitems", "purge", "--retention-hours", "-1"], "'-1' must be 0 or more"),
+    (["workitems", "frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_bad_arguments_exit_2_saying_which(args, text):
+    result = cli(*args)
+    assert result.returncode == 2 and text in result.stderr and "Traceback" not in result.stderr
 
 
 def test_admin_commands_without_a_running_gateway_say_so(tmp_path):

@@ -205,3 +205,18 @@ def test_health_without_dimse(tmp_path):
         assert body["components"]["redis"] == "up"
     finally:
         proc.stop()
+
+
+def test_a_sentinel_url_and_the_sentinel_keys_say_the_same():
+    from gateway.config import SentinelTarget, load, sentinel_target
+
+    from_url = load(None, {"UPSGW_REDIS__URL":
+                           "redis+sentinel://:p%40ss@s1:26379,[::1]:26380/ups/3"
+                           "?sentinel_password=sp"})
+    assert sentinel_target(from_url.redis) == SentinelTarget(
+        "ups", [("s1", 26379), ("::1", 26380)], "p@ss", 3, "sp")
+    from_keys = load(None, {"UPSGW_REDIS__SENTINEL__MASTER": "ups",
+                            "UPSGW_REDIS__SENTINEL__HOSTS": "[s1:26379]",
+                            "UPSGW_REDIS__SENTINEL__PASSWORD": "pw"})
+    assert sentinel_target(from_keys.redis) == SentinelTarget("ups", [("s1", 26379)], "pw")
+    assert sentinel_target(load(None, {}).redis) is None

@@ -1,5 +1,5 @@
 """Redis Sentinel: the gateway on a real replicated Redis — a master, two replicas and three
-Sentinels (Debian's ``redis-server``/``redis-sentinel``, installed by ``.ci/run``) — with
+Sentinels, each with a password (Debian's ``redis-server``/``redis-sentinel``, installed by ``.ci/run``) — with
 ``min_replicas_ack: 1``. The master is killed under a light load of creates and claims; the
 gateway carries on on the promoted replica:
 
@@ -43,6 +43,8 @@ from tests.helpers import PUSH, GatewayProcess, free_port, new_uid, workitem
 from tests.pynetdicom_client import guard_responses
 
 MASTER = "upsmaster"
+SERVER_PASSWORD = "server-secret"  # the servers' requirepass (and masterauth)
+SENTINEL_PASSWORD = "sentinel-secret"  # the Sentinels' own
 DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 5000
 AFTER_FAILOVER_SECONDS = 10.0  # "a few seconds" after the Sentinels promoted the replica
@@ -70,12 +72,14 @@ class Node:
 
     def __init__(self, workdir: Path, name: str, lines: list[str], sentinel: bool = False):
         self.port = free_port()
+        self.password = SENTINEL_PASSWORD if sentinel else SERVER_PASSWORD
         self.dir = workdir / name
         self.dir.mkdir(parents=True)
         self.conf = self.dir / "redis.conf"
         self.conf.write_text("\n".join([
             f"port {self.port}", "bind 127.0.0.1", f"dir {self.dir}",
-            f"logfile {self.dir / 'log'}", "daemonize no", *lines, ""]).replace(
+            f"logfile {self.dir / 'log'}", "daemonize no", f"requirepass {self.password}",
+            *lines, ""]).replace(
             "{port}", str(self.port)))
         self.binary = REDIS_SENTINEL if sentinel else REDIS_SERVER
         self.proc: subprocess.Popen | None = None
@@ -95,7 +99,8 @@ class Node:
                 time.sleep(0.05)
 
     def client(self) -> sync_redis.Redis:
-        return sync_redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+        return sync_redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2,
+                                password=self.password)
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -121,12 +126,14 @@ def cluster(tmp_path):
     """A master, two replicas and three Sentinels that agree on them."""
     nodes: list[Node] = []
     try:
-        master = Node(tmp_path, "master", ["appendonly yes", "save \"\""]).start()
+        master = Node(tmp_path, "master", ["appendonly yes", "save \"\"",
+                                           f"masterauth {SERVER_PASSWORD}"]).start()
         nodes.append(master)
         replicas = []
         for i in (1, 2):
             replica = Node(tmp_path, f"replica{i}", [
                 "appendonly yes", "save \"\"", f"replicaof 127.0.0.1 {master.port}",
+                f"masterauth {SERVER_PASSWORD}",
                 "replica-priority 100"]).start()
             nodes.append(replica)
             replicas.append(replica)
@@ -136,7 +143,9 @@ def cluster(tmp_path):
                 f"sentinel monitor {MASTER} 127.0.0.1 {master.port} 2",
                 f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}",
                 f"sentinel failover-timeout {MASTER} {FAILOVER_TIMEOUT_MS}",
-                f"sentinel parallel-syncs {MASTER} 1"], sentinel=True).start()
+                f"sentinel parallel-syncs {MASTER} 1",
+                f"sentinel auth-pass {MASTER} {SERVER_PASSWORD}",
+                f"sentinel sentinel-pass {SENTINEL_PASSWORD}"], sentinel=True).start()
             nodes.append(sentinel)
             sentinels.append(sentinel)
         for replica in replicas:
@@ -223,8 +232,9 @@ async def test_failover_loses_no_acknowledged_change_and_the_gateway_carries_on(
     master, replicas, sentinels = cluster
     gw = GatewayProcess(tmp_path / "gw", extra={"redis": {
         "url": None, "min_replicas_ack": 1, "replica_ack_timeout": 1.0, "connect_timeout": 1.0,
-        "sentinel": {"master": MASTER,
-                     "hosts": [f"127.0.0.1:{s.port}" for s in sentinels]}}}).start()
+        "sentinel": {"master": MASTER, "hosts": [f"127.0.0.1:{s.port}" for s in sentinels],
+                     "password": SERVER_PASSWORD,
+                     "sentinel_password": SENTINEL_PASSWORD}}}).start()
     try:
         # The operator's check reaches the master through the Sentinels and counts its replicas.
         check = await asyncio.to_thread(cli, "check-config", "--config", str(gw.config_path),

@@ -56,13 +56,15 @@ class SentinelTCPConnection(_HiredisPacking, SentinelManagedConnection):
 
 
 def connect_sentinel(master: str, hosts: list[tuple[str, int]], *, password: str | None = None,
-                     db: int = 0, **options) -> aioredis.Redis:
+                     sentinel_password: str | None = None, db: int = 0,
+                     **options) -> aioredis.Redis:
     """A client for the master that the Sentinels at ``hosts`` name ``master``. Every new
     connection asks them where the master is now, so after a failover — a broken connection, or
     a demoted master answering READONLY (which redis-py turns into a ConnectionError) — the next
-    connection goes to the promoted replica. ``password`` is the Sentinels' and the servers'."""
+    connection goes to the promoted replica. ``password`` is the servers', ``sentinel_password``
+    the Sentinels' own."""
     timeouts = {k: v for k, v in options.items() if k.startswith("socket_")}
-    sentinel = Sentinel(hosts, sentinel_kwargs={**timeouts, "password": password},
+    sentinel = Sentinel(hosts, sentinel_kwargs={**timeouts, "password": sentinel_password},
                         password=password, db=db, **options)
     return sentinel.master_for(master, redis_class=aioredis.Redis,
                                connection_class=SentinelTCPConnection)

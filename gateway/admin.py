@@ -71,7 +71,7 @@ class Admin:
                 f"{replication.get('connected_slaves', 0)} connected replica(s)")
 
     async def close(self) -> None:
-        await self.core.lane.close()
+        await self.core.close()
         await self.redis.aclose()
 
     # ---- workitems ---------------------------------------------------------------------------

@@ -60,6 +60,11 @@ class Core:
     subscriptions: RedisSubscriptionStore
     service: UPSService
 
+    async def close(self) -> None:
+        """Close the connections the stores hold besides the client's pool."""
+        await self.lane.close()
+        await self.subscriptions.close()
+
 
 def make_core(cfg: Config, redis: aioredis.Redis) -> Core:
     """The UPS service on its Redis stores, as configured (also what bench/loader.py loads
@@ -72,7 +77,7 @@ def make_core(cfg: Config, redis: aioredis.Redis) -> Core:
                                    timezone_=tz,
                                    search_cache_bytes=int(cfg.ups.search_cache_mb * 2**20),
                                    replication=replication)
-    subscriptions = RedisSubscriptionStore(redis, keys, backlog=cfg.events.backlog, lane=lane,
+    subscriptions = RedisSubscriptionStore(redis, keys, backlog=cfg.events.backlog,
                                            replication=replication)
     service = UPSService(workitems, subscriptions, Settings(
         default_worklist_label=cfg.ups.default_worklist_label, timezone=tz,
@@ -88,7 +93,7 @@ class Gateway:
         self.embedded: EmbeddedRedis | None = None
         self.redis: aioredis.Redis | None = None
         self.service: UPSService | None = None
-        self.lane: Lane | None = None
+        self.core: Core | None = None
         self.fanout: WebSocketFanout | None = None
         self.status: ServiceStatus | None = None
         self.sender: DimseEventSender | None = None
@@ -105,7 +110,7 @@ class Gateway:
         core = make_core(cfg, self.redis)
         keys, workitems, subscriptions = core.keys, core.workitems, core.subscriptions
         self.service = service = core.service
-        self.lane = core.lane
+        self.core = core
 
         queues = EventQueues(self.redis, keys, core.lane)
         hub = EventHub(self.redis, keys)
@@ -157,8 +162,8 @@ class Gateway:
         await self.supervisor.stop()
         if self.sender:
             await self.sender.close()
-        if self.lane:
-            await self.lane.close()
+        if self.core:
+            await self.core.close()
         if self.redis:
             await self.redis.aclose()
         if self.embedded:

@@ -264,7 +264,7 @@ def _check_redis(redis: Redis) -> None:
     url, sentinel = redis.url, redis.sentinel
     if url is not None and not url.startswith(("redis://", "rediss://", "unix://",
                                                SENTINEL_SCHEME)):
-        raise ConfigError(f"redis.url: {_mask_url(url)!r} must start with redis://, rediss://, "
+        raise ConfigError(f"redis.url: {mask_url(url)!r} must start with redis://, rediss://, "
                           f"unix:// or {SENTINEL_SCHEME}")
     if url is not None and url.startswith(SENTINEL_SCHEME):
         try:
@@ -352,10 +352,6 @@ def _host_port(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
         raise ValueError(f"{text!r} is not host:port")
     return host.strip("[]"), int(port)
-
-
-def _mask_url(url: str) -> str:
-    return mask_url(url)
 
 
 SECRET_NAMES = ("password", "passwd", "secret", "token", "credential", "api_key", "private_key")

@@ -124,14 +124,3 @@ async def test_commands_called_together_share_one_connection_in_order(redis_clie
     assert int(await redis_client.get(key)) == 4
     await lane.close()
 
-
-async def test_a_script_called_replicated_reloads_a_lost_script(redis_client):
-    """``call_replicated`` after SCRIPT FLUSH: the script is loaded and run again, the WAIT with
-    it, and the reply says how many replicas have the write (none here)."""
-    lane = Lane(redis_client)
-    echo = lane.script(ECHO)
-    await redis_client.script_flush()
-    reply, acked = await echo.call_replicated(["r"], ["1"], replicas=1, timeout_ms=10)
-    assert reply == [b"r", b"1"] and acked == 0
-    assert int(await redis_client.getdel("batch-test-runs:r")) == 1  # run once
-    await lane.close()

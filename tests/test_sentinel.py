@@ -254,6 +254,10 @@ async def test_failover_loses_no_acknowledged_change_and_the_gateway_carries_on(
             assert not load.failed, load.failed
             master.kill()
             killed_at = time.monotonic()
+            # Meanwhile a DIMSE request gets an answer — served, or refused with a processing
+            # failure saying the store is away — never a hang or a dropped association.
+            code, _ = await asyncio.to_thread(dimse_get, gw.dimse_port, load.claimed[0])
+            assert code in (0x0000, 0x0110), hex(code)
             promoted = await asyncio.to_thread(
                 wait_until, lambda: (current_master(sentinels) in {r.port for r in replicas}
                                      and current_master(sentinels)), "a replica promoted")

@@ -145,23 +145,6 @@ class LaneScript:
             await self.lane.call("SCRIPT", "LOAD", self.source)
             return await self._run(keys, args)
 
-    async def call_replicated(self, keys: Sequence, args: Sequence, replicas: int,
-                              timeout_ms: int) -> tuple[Any, int]:
-        """Run the script and a ``WAIT replicas timeout_ms`` written with it on the same
-        connection: its reply and how many replicas have the write. (A WAIT sent on its own
-        after the reply could go out on a new connection — to a promoted replica after a
-        failover — and confirm nothing.)"""
-        wait = ("WAIT", replicas, timeout_ms)
-        try:
-            reply, acked = await self.lane.call_together(self._evalsha(keys, args), wait)
-        except NoScriptError:
-            await self.lane.call("SCRIPT", "LOAD", self.source)
-            reply, acked = await self.lane.call_together(self._evalsha(keys, args), wait)
-        return reply, int(acked)
-
-    def _evalsha(self, keys: Sequence, args: Sequence) -> tuple:
-        return ("EVALSHA", self.sha, len(keys), *keys, *args)
-
     async def _run(self, keys: Sequence, args: Sequence) -> Any:
         return await self.lane.call("EVALSHA", self.sha, len(keys), *keys, *args)
 

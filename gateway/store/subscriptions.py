@@ -25,9 +25,11 @@ log = logging.getLogger("gateway.store")
 
 class RedisSubscriptionStore:
     def __init__(self, client: aioredis.Redis, keys: Keys, *, backlog: int = 1000,
-                 lane: Lane | None = None, replication: Replication = Replication()):
+                 replication: Replication = Replication()):
         self.redis = client
-        self.lane = lane or Lane(client)
+        # Subscription changes that must be replicated go on a connection of their own: while
+        # their WAIT waits, Redis holds that connection's later commands (``_transact``).
+        self.replicated_lane = Lane(client)
         self.replication = replication
         self.keys = keys
         self.backlog = backlog
@@ -75,6 +77,9 @@ class RedisSubscriptionStore:
                          extra={"ae": ae, "done": i, "of": len(uids)})
         return count
 
+    async def close(self) -> None:
+        await self.replicated_lane.close()
+
     async def _transact(self, what: str, commands: list[tuple]) -> list:
         """Run ``commands`` as one MULTI/EXEC transaction; their replies. When changes must be
         replicated (``replication``), a WAIT follows the EXEC on the same connection (a WAIT
@@ -84,7 +89,7 @@ class RedisSubscriptionStore:
                 for command in commands:
                     pipe.execute_command(*command)
                 return await pipe.execute()
-        replies = await self.lane.call_together(
+        replies = await self.replicated_lane.call_together(
             ("MULTI",), *commands, ("EXEC",),
             ("WAIT", self.replication.replicas, self.replication.timeout_ms))
         self.replication.check(int(replies[-1]), what)

@@ -26,6 +26,7 @@ from datetime import timezone
 from typing import AsyncIterator, Iterable
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from gateway.store import codec, indexes, scripts
 from gateway.store.keys import Keys
@@ -122,8 +123,7 @@ class RedisWorkitemStore:
             codec.pack(change.state_report) if change.state_report else b""]
         acked = 0
         if self.replication.replicas:
-            result, acked = await self._commit.call_replicated(
-                keys, args, self.replication.replicas, self.replication.timeout_ms)
+            result, acked = await self._commit_replicated(keys, args)
         else:
             result = await self._commit(keys=keys, args=args)
         code = int(result[0])
@@ -143,6 +143,28 @@ class RedisWorkitemStore:
         if code == 3:
             raise NoRecipient(uid)
         raise Conflict(uid, int(result[1]))
+
+    async def _commit_replicated(self, keys: list, args: list) -> tuple[list, int]:
+        """The commit and ``WAIT replicas timeout`` written together on one pooled connection
+        (a WAIT counts only its own connection's writes: sent after the reply it could go out on
+        a new connection, to a promoted replica, and confirm nothing). Not on the lane: while a
+        WAIT waits, Redis holds that connection's later commands, and the lane carries every
+        load, search page and acknowledgement of the process. The commit's reply and how many
+        replicas have it."""
+        replication = self.replication
+        for attempt in (1, 2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.execute_command("EVALSHA", self._commit.sha, len(keys), *keys, *args)
+                pipe.execute_command("WAIT", replication.replicas, replication.timeout_ms)
+                try:
+                    result, acked = await pipe.execute()
+                except NoScriptError:  # a restarted Redis, SCRIPT FLUSH, a promoted replica
+                    if attempt == 2:
+                        raise
+                    await self.redis.script_load(self._commit.source)
+                    continue
+            return result, int(acked)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # ---- search --------------------------------------------------------------------------------
 

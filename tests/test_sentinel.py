@@ -341,3 +341,30 @@ async def test_a_change_no_replica_confirms_is_refused_saying_so(redis_client, k
     plain = UPSService(RedisWorkitemStore(redis_client, keys),
                        RedisSubscriptionStore(redis_client, keys), Settings())
     await plain.create(normalize(workitem()), new_uid())
+
+
+async def test_a_change_waiting_for_replicas_holds_up_no_read(redis_client, keys):
+    """While a commit's WAIT waits for replicas, Redis holds that connection's later commands:
+    reads (which go on the process's pipelined lane) must not be behind it. A read made while a
+    change waits is answered before the change is refused."""
+    replication = Replication(replicas=1, timeout_s=2.0)
+    store = RedisWorkitemStore(redis_client, keys, replication=replication)
+    service = UPSService(store, RedisSubscriptionStore(redis_client, keys), Settings())
+    existing = (await UPSService(RedisWorkitemStore(redis_client, keys),
+                                 RedisSubscriptionStore(redis_client, keys), Settings()
+                                 ).create(normalize(workitem()), new_uid())).uid
+    finished: list[str] = []
+
+    async def change() -> None:
+        with pytest.raises(ReplicationUnconfirmed):
+            await service.create(normalize(workitem()), new_uid())
+        finished.append("change")
+
+    async def read() -> None:
+        while not any(c.get("cmd") == "wait" for c in await redis_client.client_list()):
+            await asyncio.sleep(0.01)  # until the change's WAIT is waiting in Redis
+        assert (await service.retrieve(existing))[t.SOPInstanceUID]["Value"] == [existing]
+        finished.append("read")
+
+    await asyncio.gather(change(), read())
+    assert finished == ["read", "change"]

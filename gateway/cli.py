@@ -35,6 +35,7 @@ from gateway.config import ConfigError, effective, load
 
 REFUSED = 1
 BAD_CONFIG = 2
+CHANGING = {("workitems", "cancel"), ("workitems", "purge")}
 
 
 def _event_loop_runner(config):
@@ -113,7 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         return BAD_CONFIG
     if args.command is None:
         return _serve(config)
-    logs.setup("WARNING", config.log.format)
+    # What changes the worklist is logged (stderr, as configured), naming the command and UIDs:
+    # the service's own records of the change follow. Reads log only warnings.
+    changes = (args.command, getattr(args, "action", None)) in CHANGING
+    logs.setup(config.log.level if changes else "WARNING", config.log.format)
+    if changes:
+        logging.getLogger("gateway.admin").info("admin command", extra={
+            "command": f"{args.command} {args.action}", "uid": getattr(args, "uid", None),
+            "ae": config.ae_title})
     try:
         return asyncio.run(_command(args, config))
     except ConfigError as exc:

@@ -217,6 +217,19 @@ async def test_cancel_is_a_ups_cancel_that_subscribers_hear(ups, gw, http, confi
         assert state_of((await r.json())[0]) == "CANCELED"
 
 
+async def test_a_change_from_the_command_line_is_logged(ups, config_path):
+    uid = await ups.create(workitem(label="CLILOG"))
+    result = cli("workitems", "cancel", uid, "--config", config_path)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stderr.splitlines()]
+    assert {"msg": "admin command", "command": "workitems cancel", "uid": uid,
+            "ae": "UPS_GATEWAY"}.items() <= records[0].items()
+    assert any(r["msg"] == "scheduled workitem canceled on request" and r["uid"] == uid
+               for r in records)
+    listing = cli("workitems", "list", "--config", config_path)
+    assert listing.returncode == 0 and listing.stderr == ""  # reads log nothing
+
+
 async def test_cancel_of_a_claimed_workitem_asks_its_performer(ups, config_path):
     uid = await ups.create(workitem())
     await ups.claim(uid)

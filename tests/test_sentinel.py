@@ -6,8 +6,8 @@ gateway carries on on the promoted replica:
 - no acknowledged change is lost (every create answered 201 exists, every claim answered 200 is
   IN PROGRESS, on the new master);
 - REST and DIMSE answer again within the failover time plus a few seconds;
-- events resume: a WebSocket subscriber hears of workitems created after the failover, and of
-  every acknowledged one before it.
+- events resume: a WebSocket subscriber and a DIMSE peer (N-EVENT-REPORT) hear of workitems
+  created after the failover, and of every acknowledged one before it.
 
 Two replicas, because with ``min_replicas_ack: 1`` the promoted master needs a replica of its own
 to confirm changes to (docs/operations.md, Redis Sentinel). And ``replica_ack_timeout`` (WAIT's
@@ -38,7 +38,8 @@ from gateway.ups import status as st
 from gateway.ups import tags as t
 from gateway.ups.dataset import normalize
 from gateway.ups.service import Settings, UPSService
-from tests.event_receiver import GLOBAL, STATE_REPORT, Ups, WsListener, frame_type, frame_uid
+from tests.event_receiver import (GLOBAL, STATE_REPORT, EventReceiver, Ups, WsListener,
+                                  frame_type, frame_uid)
 from tests.helpers import PUSH, GatewayProcess, free_port, new_uid, workitem
 from tests.pynetdicom_client import guard_responses
 
@@ -226,11 +227,20 @@ class Load:
             await asyncio.sleep(0.02)
 
 
+@pytest.fixture
+def receiver():
+    with EventReceiver("SRECEIVER") as r:
+        yield r
+
+
 @needs_sentinel
 async def test_failover_loses_no_acknowledged_change_and_the_gateway_carries_on(
-        cluster, tmp_path, http):
+        cluster, tmp_path, http, receiver):
     master, replicas, sentinels = cluster
-    gw = GatewayProcess(tmp_path / "gw", extra={"redis": {
+    gw = GatewayProcess(tmp_path / "gw", extra={"peers": {"SRECEIVER": receiver.peer()},
+                                                "events": {"retry_initial_seconds": 0.2,
+                                                           "retry_max_seconds": 1.0},
+                                                "redis": {
         "url": None, "min_replicas_ack": 1, "replica_ack_timeout": 1.0, "connect_timeout": 1.0,
         "sentinel": {"master": MASTER, "hosts": [f"127.0.0.1:{s.port}" for s in sentinels],
                      "password": SERVER_PASSWORD,
@@ -246,6 +256,7 @@ async def test_failover_loses_no_acknowledged_change_and_the_gateway_carries_on(
         watcher = f"SW{new_uid()[-6:]}"
         listener = await WsListener.open(http, ups.ws_url(watcher))
         await ups.subscribe(GLOBAL, watcher)
+        await ups.subscribe(GLOBAL, receiver.ae_title)  # a DIMSE peer: N-EVENT-REPORTs
         load = Load(ups)
         task = asyncio.create_task(load.run())
         try:
@@ -311,6 +322,9 @@ async def test_failover_loses_no_acknowledged_change_and_the_gateway_carries_on(
         assert not unheard(), (f"{len(unheard())} of {len(load.created)} workitems unheard "
                                f"(closed={listener.closed}); the last "
                                f"{[u in unheard() for u in load.created[-8:]]}\n{gw.log()}")
+        # …over DIMSE too: the peer gets an N-EVENT-REPORT for each of them.
+        for uid in load.created:
+            await receiver.wait(1, uid=uid, event_type=STATE_REPORT)
         await listener.close()
         records = gw.records()
         assert any(r.get("msg") == "event hub lost Redis; reconnecting" for r in records)

@@ -241,7 +241,8 @@ async def test_failover_loses_no_acknowledged_change_and_the_gateway_carries_on(
                                                 "events": {"retry_initial_seconds": 0.2,
                                                            "retry_max_seconds": 1.0},
                                                 "redis": {
-        "url": None, "min_replicas_ack": 1, "replica_ack_timeout": 1.0, "connect_timeout": 1.0,
+        # (replicas on this busy machine may take a while to acknowledge: a generous timeout)
+        "url": None, "min_replicas_ack": 1, "replica_ack_timeout": 3.0, "connect_timeout": 1.0,
         "sentinel": {"master": MASTER, "hosts": [f"127.0.0.1:{s.port}" for s in sentinels],
                      "password": SERVER_PASSWORD,
                      "sentinel_password": SENTINEL_PASSWORD}}}).start()
@@ -260,7 +261,9 @@ async def test_failover_loses_no_acknowledged_change_and_the_gateway_carries_on(
         load = Load(ups)
         task = asyncio.create_task(load.run())
         try:
+            deadline = time.monotonic() + HANG_GUARD
             while len(load.claimed) < 20:  # the load is running on the master
+                assert time.monotonic() < deadline, (load.failed[-5:], gw.log())
                 await asyncio.sleep(0.05)
             assert not load.failed, load.failed
             master.kill()

@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import logging
 import logging.handlers
+import os
 import signal
 import sys
 from typing import Any
@@ -127,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ups-gateway: configuration error: {exc}", file=sys.stderr)
         return BAD_CONFIG
+    except BrokenPipeError:  # the reader of our output went away (… | head): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (RedisError, OSError) as exc:  # lost after connecting (a failover, a restart)
+        print(f"ups-gateway: redis: {exc or type(exc).__name__}; try again", file=sys.stderr)
+        return BAD_CONFIG
     except KeyboardInterrupt:
         return 130
 
@@ -168,9 +175,6 @@ async def _command(args: argparse.Namespace, config) -> int:
     except Refused as error:
         print(f"ups-gateway: 0x{error.status:04X}: {error.message}", file=sys.stderr)
         return REFUSED
-    except (RedisError, OSError) as exc:  # lost after connecting (a failover, a restart)
-        print(f"ups-gateway: redis: {exc or type(exc).__name__}; try again", file=sys.stderr)
-        return BAD_CONFIG
     finally:
         await admin.close()
 

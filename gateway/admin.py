@@ -8,6 +8,7 @@ serve (subscriptions, event backlogs) go through the stores and the event queues
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import AsyncIterator
 
 import redis.asyncio as aioredis
 
@@ -77,22 +78,23 @@ class Admin:
     # ---- workitems ---------------------------------------------------------------------------
 
     async def workitems(self, state: str | None = None, label: str | None = None,
-                        limit: int | None = None) -> list[Dataset]:
+                        limit: int | None = None) -> AsyncIterator[Dataset]:
         """Every workitem (or those in ``state`` / on worklist ``label``), whole, in search
-        order — the order of every search answer."""
+        order — the order of every search answer — read a page at a time."""
         tz = parse_offset(self.config.ups.timezone_offset)
-        found: list[Dataset] = []
-        while limit is None or len(found) < limit:
-            query = matching.Query(include_all=True, offset=len(found), store_tz=tz,
-                                   limit=PAGE if limit is None else min(PAGE, limit - len(found)))
+        done = 0
+        while limit is None or done < limit:
+            query = matching.Query(include_all=True, offset=done, store_tz=tz,
+                                   limit=PAGE if limit is None else min(PAGE, limit - done))
             for tag, value in ((t.ProcedureStepState, state), (t.WorklistLabel, label)):
                 if value is not None:
                     matching.add_term(query, [tag], value, tz, tag)
             page = await self.core.service.search(query)
-            found += page.items
-            if not page.remaining:
+            for ds in page.items:
+                yield ds
+            done += len(page.rendered)
+            if not page.remaining or not page.rendered:
                 break
-        return found
 
     async def workitem(self, uid: str) -> Dataset:
         return await self.core.service.retrieve(uid)

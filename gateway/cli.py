@@ -182,10 +182,17 @@ async def _command(args: argparse.Namespace, config) -> int:
 async def _workitems_list(admin, args) -> int:
     from gateway.admin import summary
 
-    found = await admin.workitems(args.state, args.label, args.limit)
-    if args.json:
-        return _print_json(found)
-    _print_table([summary(ds) for ds in found],
+    found = admin.workitems(args.state, args.label, args.limit)
+    if args.json:  # written as it is read: a large worklist is never held whole
+        out = sys.stdout.buffer
+        out.write(b"[")
+        separator = b"\n"
+        async for ds in found:
+            out.write(separator + orjson.dumps(ds))
+            separator = b",\n"
+        out.write(b"\n]\n")
+        return 0
+    _print_table([summary(ds) async for ds in found],
                  ["uid", "state", "label", "priority", "start", "step", "patient_id"])
     return 0
 

@@ -93,6 +93,7 @@ class Gateway:
         self.embedded: EmbeddedRedis | None = None
         self.redis: aioredis.Redis | None = None
         self.service: UPSService | None = None
+        self.lane: Lane | None = None
         self.core: Core | None = None
         self.fanout: WebSocketFanout | None = None
         self.status: ServiceStatus | None = None
@@ -110,6 +111,7 @@ class Gateway:
         core = make_core(cfg, self.redis)
         keys, workitems, subscriptions = core.keys, core.workitems, core.subscriptions
         self.service = service = core.service
+        self.lane = core.lane
         self.core = core
 
         queues = EventQueues(self.redis, keys, core.lane)
@@ -162,8 +164,10 @@ class Gateway:
         await self.supervisor.stop()
         if self.sender:
             await self.sender.close()
+        if self.lane:
+            await self.lane.close()
         if self.core:
-            await self.core.close()
+            await self.core.subscriptions.close()
         if self.redis:
             await self.redis.aclose()
         if self.embedded:

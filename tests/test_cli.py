@@ -1,7 +1,8 @@
 """The operator's command line, run as an operator runs it (``python -m gateway …`` in a child
 process) against a real gateway and its Redis: ``--version``, ``check-config`` (secrets masked,
-exit 2 naming the bad key, ``--connect``), and the admin commands, which act through the UPS core —
-so what they do is seen by UPS-RS clients and subscribers as any other client's change."""
+exit 2 naming the bad key, ``--connect``), and the admin commands, which act through the UPS
+core — so what they do is seen by UPS-RS clients and subscribers as any other client's
+change."""
 
 from __future__ import annotations
 

@@ -74,6 +74,11 @@ def documented() -> dict[str, tuple[str, str]]:
     return rows
 
 
+def _row(key: str, kind: str, default, meaning: str) -> str:
+    shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+    return f"| `{key}` | {kind} | `{shown}` | {meaning} |"
+
+
 def test_config_yaml_lists_every_key_with_its_default():
     defined, listed = defined_keys(), yaml_keys()
     assert set(listed) == set(defined)
@@ -81,10 +86,25 @@ def test_config_yaml_lists_every_key_with_its_default():
         assert listed[key] == default, key
 
 
+def yaml_comments() -> dict[str, str]:
+    """The comment on each key's line of config.yaml (what the key means), by dotted path."""
+    comments, path = {}, []
+    for line in (ROOT / "config.yaml").read_text().splitlines():
+        match = re.match(r"(\s*)([a-z_]+):([^#]*)(?:#\s*(.*))?$", line)
+        if match:
+            depth = len(match.group(1)) // 2
+            path = path[:depth] + [match.group(2)]
+            comments[".".join(path)] = (match.group(4) or "").strip()
+    return comments
+
+
 def test_every_key_is_documented_with_its_type_and_default():
     defined, rows = defined_keys(), documented()
     missing = sorted(set(defined) - set(rows))
-    assert not missing, f"not in docs/configuration.md: {missing}"
+    comments = yaml_comments()
+    ready = "\n".join(_row(key, *defined[key], comments.get(key, "")) for key in missing)
+    assert not missing, (f"not in docs/configuration.md: {missing}; rows to add, in their "
+                         f"section's table:\n{ready}")
     for key, (kind, default) in defined.items():
         doc_kind, doc_default = rows[key]
         assert doc_kind == kind, (key, doc_kind, kind)

@@ -1,6 +1,6 @@
 """Redis Sentinel: the gateway on a real replicated Redis — a master, two replicas and three
-Sentinels, each with a password (Debian's ``redis-server``/``redis-sentinel``, installed by ``.ci/run``) — with
-``min_replicas_ack: 1``. The master is killed under a light load of creates and claims; the
+Sentinels, each with a password (Debian's ``redis-server``/``redis-sentinel``, installed by
+``.ci/run``) — with ``min_replicas_ack: 1``. The master is killed under a light load of creates and claims; the
 gateway carries on on the promoted replica:
 
 - no acknowledged change is lost (every create answered 201 exists, every claim answered 200 is
@@ -11,7 +11,8 @@ gateway carries on on the promoted replica:
 
 Two replicas, because with ``min_replicas_ack: 1`` the promoted master needs a replica of its own
 to confirm changes to (docs/operations.md, Redis Sentinel). And ``replica_ack_timeout`` (WAIT's
-timeout) in the unit test below, on a Redis that has no replica at all.
+timeout) in the unit tests below, on a Redis that has no replica at all; they run without the
+Debian packages.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from typing import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import logs
@@ -82,7 +83,8 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
             raise
         response = problem(request, exc.status, exc.text or exc.reason, headers={
             k: v for k, v in exc.headers.items() if k.lower() == "allow"})
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+    except (RedisConnectionError, RedisTimeoutError, ReadOnlyError) as exc:
+        # ReadOnlyError: a demoted master (a failover, reached without Sentinel) refuses writes
         log.error("redis unavailable", extra={"request": rid, "error": str(exc)})
         response = problem(request, 503, "the worklist store is unavailable; try again",
                            headers={"Retry-After": "5"})

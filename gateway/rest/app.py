@@ -56,6 +56,9 @@ SCOPES: dict[str, dict[str, str]] = {
     "suspend": {"POST": WATCH},
     "channel": {"GET": WATCH},
     "tickets": {"POST": WATCH},
+    # The PS3.18 ch. 14/15 services (rest/mwl.py, rest/mpps.py): an MPPS drives its workitem.
+    "mwl": {"GET": READ},
+    "mpps": {"GET": READ, "POST": PERFORM},
 }
 
 
@@ -105,7 +108,9 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if resource is None:
         raise web.HTTPNotFound(text=f"no UPS-RS resource at {request.path}; the worklist is at "
                                f"{base}/workitems")
-    methods = ROUTES[resource.kind]
+    methods = ROUTES.get(resource.kind)
+    if methods is None:  # a path of rest/mwl.py or rest/mpps.py that they do not serve
+        raise web.HTTPNotFound(text=f"no resource at {request.path}")
     handler = methods.get(request.method)
     if handler is None:
         allowed = list(methods)

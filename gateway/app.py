@@ -29,6 +29,7 @@ from gateway.events.fanout import WebSocketFanout
 from gateway.events.hub import EventHub
 from gateway.events.queue import EventQueues
 from gateway.events.status import ServiceStatus
+from gateway.instance import identity
 from gateway.rest import websocket
 from gateway.rest.app import create_app
 from gateway.store import client
@@ -90,6 +91,7 @@ class Gateway:
         self.sender: DimseEventSender | None = None
         self.dimse: DimseServer | None = None
         self.runner: web.AppRunner | None = None
+        self.instance = ""
         self._started = False
         self._stopping = asyncio.Event()
 
@@ -97,6 +99,7 @@ class Gateway:
 
     async def start(self) -> None:
         cfg = self.config
+        self.instance = identity(cfg)
         self.redis = await self._connect_redis()
         core = make_core(cfg, self.redis)
         keys, workitems, subscriptions = core.keys, core.workitems, core.subscriptions
@@ -120,11 +123,12 @@ class Gateway:
             self.dimse = DimseServer(cfg.dimse, cfg.ae_title,
                                      DimseHandlers(service, cfg.dimse.request_timeout))
             await self.dimse.start()
-        self.sender = DimseEventSender(cfg.ae_title, cfg.peers, cfg.events, queues, hub)
+        self.sender = DimseEventSender(cfg.ae_title, cfg.peers, cfg.events, queues, hub,
+                                       self.instance)
         for name, worker in self.sender.workers.items():
             self.supervisor.start(name, worker.run)
 
-        self.status = ServiceStatus(self.redis, keys, workitems, subscriptions)
+        self.status = ServiceStatus(self.redis, keys, workitems, subscriptions, self.instance)
         await self.status.started()
         self.supervisor.start("heartbeat", self.status.heartbeat)
         self.supervisor.start("purge", self._purge)
@@ -135,7 +139,7 @@ class Gateway:
         gc.set_threshold(*GC_THRESHOLDS)
         self._started = True
         log.info("gateway started", extra={
-            "ae": cfg.ae_title, "rest": f"{cfg.rest.host}:{cfg.rest.port}{cfg.rest.base_path}",
+            "ae": cfg.ae_title, "instance": self.instance, "rest": f"{cfg.rest.host}:{cfg.rest.port}{cfg.rest.base_path}",
             "dimse": f"{cfg.dimse.host}:{cfg.dimse.port}" if cfg.dimse.enabled else "disabled",
             "redis": "embedded" if self.embedded else _redact(cfg.redis.url)})
 
@@ -181,10 +185,15 @@ class Gateway:
         tasks = self.supervisor.health()
         report = {name: "up" if ok else "down" for name, ok in components.items()}
         report.update((name, task["status"]) for name, task in tasks.items())
+        shared = self.status.shared_identity if self.status else None
+        if shared:
+            report["instance"] = "down"
         ok = all(state == "up" for state in report.values())
         body = {"status": "ok" if ok else "unavailable", "ae_title": self.config.ae_title,
-                "components": report}
+                "instance": self.instance, "components": report}
         errors = {name: task["error"] for name, task in tasks.items() if task["status"] == "down"}
+        if shared:
+            errors["instance"] = shared
         if errors:
             body["errors"] = errors
         return body

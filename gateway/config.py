@@ -93,6 +93,7 @@ class Log:
 class Config:
     ae_title: str = "UPS_GATEWAY"
     data_dir: str = "./data"
+    instance_name: str | None = None  # this process's identity; null: kept in data_dir per ports
     event_loop: str = "uvloop"  # uvloop | asyncio (the standard library's loop)
     dimse: Dimse = field(default_factory=Dimse)
     rest: Rest = field(default_factory=Rest)
@@ -212,6 +213,11 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{name}: {value!r} is not a valid AE title (1-16 characters)")
 
     ae("ae_title", config.ae_title)
+    name = config.instance_name
+    if name is not None and not (0 < len(name) <= 64 and name.isascii() and name.isprintable()
+                                 and " " not in name):
+        raise ConfigError(f"instance_name: {name[:70]!r} must be 1-64 printable ASCII characters "
+                          "without spaces")
     for title, peer in config.peers.items():
         ae(f"peers.{title}", title)
         _port(f"peers.{title}.port", peer.port)

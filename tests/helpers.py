@@ -9,7 +9,7 @@ import signal
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import redis
 
@@ -77,7 +77,7 @@ class GatewayProcess(testing.GatewayProcess):
 
     # ---- a crash of the machine's processes, not of the machine --------------------------
 
-    def crash(self) -> None:
+    def crash(self, while_frozen: Callable[[redis.Redis], None] | None = None) -> None:
         """SIGKILL the gateway together with its embedded redis-server (nothing gets to shut
         down cleanly: no GOING DOWN, no final AOF flush, no redis shutdown save).
 
@@ -91,13 +91,24 @@ class GatewayProcess(testing.GatewayProcess):
         wait until Redis reports an empty AOF buffer (``aof_buffer_length:0``, normally at
         once): from then on everything acknowledged before is in the kernel. Then the gateway
         is frozen (SIGSTOP, so it cannot react, and its death cannot hand redis-server the
-        SIGTERM that embedded.py arranges), redis-server is SIGKILLed, then the gateway."""
+        SIGTERM that embedded.py arranges), redis-server is SIGKILLed, then the gateway.
+
+        ``while_frozen(client)``, if given, is called while the gateway is frozen and its Redis
+        still runs (e.g. to make the frozen process's leases outlast the test)."""
         redis_pid = None
         if self.config["redis"]["url"] is None:  # its own embedded Redis
             redis_pid = self.redis_pid()
             assert redis_pid, f"no redis.pid in {self.data_dir}"
             self._wait_aof_written()
         os.kill(self.pid, signal.SIGSTOP)
+        if while_frozen is not None:
+            client = redis.Redis.from_url(self.config["redis"]["url"] or self.redis_url)
+            try:
+                while_frozen(client)
+            finally:
+                client.close()
+            if redis_pid is not None:
+                self._wait_aof_written()
         if redis_pid is not None:
             os.kill(redis_pid, signal.SIGKILL)
         self.kill()

@@ -16,7 +16,7 @@ import gateway
 ROOT = Path(gateway.__file__).parent
 
 # room → the rooms it may import (besides itself). "gateway" is the package's __init__
-# (its version), "config", "logs" and "supervisor" are leaf modules.
+# (its version), "config", "instance", "logs" and "supervisor" are leaf modules.
 ALLOWED = {
     "ups": set(),
     "store": {"ups"},
@@ -24,11 +24,13 @@ ALLOWED = {
     "rest": {"ups", "events", "config", "logs", "gateway"},
     "dimse": {"ups", "events", "config", "logs", "gateway"},
     "config": {"ups"},
+    "instance": {"config"},
     "logs": set(),
     "supervisor": set(),
     "testing": set(),
     "gateway": set(),
-    "app": {"ups", "store", "events", "rest", "dimse", "config", "logs", "supervisor"},
+    "app": {"ups", "store", "events", "rest", "dimse", "config", "instance", "logs",
+            "supervisor"},
     "cli": {"app", "config", "logs", "gateway"},
     "__main__": {"cli"},
 }

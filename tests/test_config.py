@@ -64,6 +64,8 @@ def assert_one_line_naming(stderr: str, key: str) -> None:
     ({"event_loop": "trio"}, "event_loop"),
     ({"peers": {"MODALITY": {"host": "x"}}}, "peers.MODALITY"),
     ({"rest": "not a mapping"}, "rest"),
+    ({"instance_name": "two words"}, "instance_name"),
+    ({"instance_name": ""}, "instance_name"),
 ])
 def test_bad_configuration_is_one_line_naming_the_key(tmp_path, change, key):
     config = base_config(tmp_path)

@@ -5,10 +5,16 @@ and its embedded Redis are both SIGKILLed (every acknowledged write survives a p
 from __future__ import annotations
 
 import json
+import time
 
+import aiohttp
+
+from tests.event_receiver import (GLOBAL, SCP_STATUS_CHANGE, STATE_REPORT, EventReceiver, Ups,
+                                  WsListener, frame_type, unassigned)
 from tests.helpers import GatewayProcess, completion_payload, element, new_uid, state_payload, workitem
 
 JSON = {"Content-Type": "application/dicom+json"}
+FAST_RETRY = {"retry_initial_seconds": 0.2, "retry_max_seconds": 1.0}
 
 
 async def _create(http, gateway, uid, **kw):
@@ -127,3 +133,69 @@ async def test_two_gateways_cannot_share_one_data_dir(tmp_path, http):
         await _create(http, first, uid)
     finally:
         first.stop()
+
+
+# ---- the restarted process is the one that crashed ----------------------------------------
+
+def _outlast_the_test(client) -> None:
+    """While the crashed process is frozen: make its delivery leases and its heartbeat entry
+    last ten minutes, far beyond any wait of the test. A restart that waited for them to expire,
+    or for the entry to go stale, would deliver nothing and announce nothing in time."""
+    for key in client.scan_iter("ups:own:*"):
+        client.pexpire(key, 600_000)
+    for member, _ in client.zrange("ups:procs", 0, -1, withscores=True):
+        client.zadd("ups:procs", {member: time.time() + 600})
+
+
+async def test_sigkill_restart_resumes_delivery_at_once_and_announces_restarted(tmp_path, http):
+    """After SIGKILL the restarted process on the same data_dir recognises its own identity:
+    it takes its DIMSE delivery lease and its heartbeat entry over instead of waiting for them
+    to expire, announces RESTARTED during its start, and a graceful stop soon after still
+    announces GOING DOWN (the old entry is its own, not a live peer's)."""
+    with EventReceiver("RECEIVER") as rcv:
+        proc = GatewayProcess(tmp_path, extra={"peers": {"RECEIVER": rcv.peer()},
+                                               "events": FAST_RETRY}).start()
+        try:
+            ups = Ups(http, proc.base)
+            await ups.subscribe(GLOBAL, "RECEIVER")
+            await ups.subscribe(GLOBAL, "WATCHER")
+            listener = await WsListener.open(http, ups.ws_url("WATCHER"))
+            first = await ups.create(unassigned())
+            await rcv.wait(1, uid=first)
+            await listener.wait(1, uid=first)
+            await listener.close()
+            identity = proc.records("gateway started")[0]["instance"]
+
+            proc.crash(while_frozen=_outlast_the_test)
+            runs = len(proc.records("gateway started"))
+            proc.start()
+            assert proc.records("gateway started")[runs]["instance"] == identity
+            # RESTARTED was queued during the start, before /health said 200 ...
+            announced = proc.records("SCP status RESTARTED announced")
+            assert len(announced) == 2, announced  # one per run
+            log = [r.get("msg") for r in proc.records()]
+            started_at = [i for i, msg in enumerate(log) if msg == "gateway started"][runs]
+            announced_at = [i for i, msg in enumerate(log)
+                            if msg == "SCP status RESTARTED announced"][1]
+            assert announced_at < started_at
+            # ... so it comes before anything created after the start, and both transports
+            # deliver with the dead process's leases still in Redis
+            async with aiohttp.ClientSession() as fresh:  # (the pooled connections died)
+                ups = Ups(fresh, proc.base)
+                later = await ups.create(unassigned())
+                reports = await rcv.wait(2, uid=[GLOBAL, later])
+                assert [r.event_type for r in reports] == [SCP_STATUS_CHANGE, STATE_REPORT]
+                assert reports[0].dataset.SCPStatus == "RESTARTED"
+                assert reports[0].dataset.SubscriptionListStatus == "WARM START"
+                listener = await WsListener.open(fresh, ups.ws_url("WATCHER"))
+                try:
+                    frames = await listener.wait(2, uid=[GLOBAL, later])
+                    assert [frame_type(f) for f in frames] == [SCP_STATUS_CHANGE, STATE_REPORT]
+                finally:
+                    await listener.close()
+
+            assert proc.stop() == 0
+            statuses = await rcv.wait(2, event_type=SCP_STATUS_CHANGE)
+            assert [r.dataset.SCPStatus for r in statuses] == ["RESTARTED", "GOING DOWN"]
+        finally:
+            proc.stop()

@@ -31,7 +31,7 @@ from gateway.ups import events as ev
 log = logging.getLogger("gateway.events.dimse")
 
 TRANSPORT = "dimse"
-LEASE_MS = 6000  # a crashed sender's peers are taken over within this
+LEASE_MS = 6000  # another process's crashed sender's peers are taken over within this
 RENEW_SECONDS = 1.5
 BATCH = 100
 POLL_SECONDS = LEASE_MS / 4000  # the queue is read this often even without a notification
@@ -41,8 +41,10 @@ class DimseEventSender:
     """One ``PeerSender`` per configured peer, fed by the hub's notifications."""
 
     def __init__(self, ae_title: str, peers: dict[str, Peer], config: Events,
-                 queues: EventQueues, hub: EventHub):
-        self.senders = {ae: PeerSender(ae_title, ae, peer, config, queues)
+                 queues: EventQueues, hub: EventHub, instance: str = ""):
+        """``instance``: this process's identity, the owner of its peers' leases (so a run
+        restarted after a crash takes its previous run's leases at once)."""
+        self.senders = {ae: PeerSender(ae_title, ae, peer, config, queues, instance)
                         for ae, peer in peers.items()}
         hub.listen(self._notified)
 
@@ -74,11 +76,12 @@ class DimseEventSender:
 
 
 class PeerSender:
-    def __init__(self, ae_title: str, ae: str, peer: Peer, config: Events, queues: EventQueues):
+    def __init__(self, ae_title: str, ae: str, peer: Peer, config: Events, queues: EventQueues,
+                 instance: str = ""):
         self.ae_title = ae_title
         self.ae, self.peer, self.config = ae, peer, config
         self.queues = queues
-        self.reader = queues.reader(TRANSPORT, ae, LEASE_MS)
+        self.reader = queues.reader(TRANSPORT, ae, LEASE_MS, owner=instance)
         self.assoc: Requestor | None = None
         self.last_used = 0.0
         self.backoff = config.retry_initial_seconds

@@ -63,8 +63,11 @@ class EventQueues:
         self._release = scripts.on_lane(lane, "release_lease.lua")
         self._cursor = scripts.on_lane(lane, "cursor.lua")
 
-    def reader(self, transport: str, ae: str, lease_ms: int) -> QueueReader:
-        return QueueReader(self, transport, ae, Lease(self.keys.lease(transport, ae), lease_ms))
+    def reader(self, transport: str, ae: str, lease_ms: int, owner: str = "") -> QueueReader:
+        """``owner``: who holds the lease when this reader does (a stable name lets a restarted
+        process know its previous run's lease for its own); empty: a name of its own."""
+        return QueueReader(self, transport, ae,
+                           Lease(self.keys.lease(transport, ae), lease_ms, owner))
 
     async def hold(self, lease: Lease, take: bool = False) -> bool:
         """Take or keep ``lease`` (``take``: even from another holder)."""

@@ -19,7 +19,8 @@ Layout (``p`` = the key prefix, ``redis.key_prefix``, default ``ups:``):
   p queues               set    every AE that ever had an event queued
   p own:{transport}:{ae} string lease: who delivers the AE's events on ``ws`` / ``dimse``
   p cur:{transport}:{ae} string that transport's delivery cursor, "entry-id n"
-  p procs                zset   live gateway processes → heartbeat expiry
+  p procs                zset   live gateway processes (instance identity) → heartbeat expiry
+  p run:{instance}       string the token of the run that now holds that identity (TTL)
   p notify               pubsub wake-ups (and the events themselves) for the deliverers
 
 The Lua scripts get the same names as functions (``lua_functions``), generated from the methods
@@ -82,6 +83,9 @@ class Keys:
 
     def processes(self) -> str:
         return f"{self.prefix}procs"
+
+    def instance_run(self, instance: str) -> str:
+        return f"{self.prefix}run:{instance}"
 
     def notify(self) -> str:
         return f"{self.prefix}notify"

@@ -1,0 +1,61 @@
+"""This process's identity among the gateway processes that share one Redis.
+
+The identity names the process's heartbeat entry and owns its DIMSE delivery leases. It is
+stable across restarts, so a process restarted after a crash recognises what its previous run
+left in Redis as its own: it takes its leases and heartbeat entry over at once and announces
+RESTARTED during its start, instead of waiting for them to expire as it must for another
+process's.
+
+``instance_name`` when configured; otherwise a name generated at the first start and kept in
+``data_dir``, one file per pair of listening ports (two processes may share a data_dir when
+they use an external Redis; they cannot share ports on one host).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from pathlib import Path
+
+from gateway.config import Config
+
+log = logging.getLogger("gateway")
+
+
+def identity_file(config: Config) -> Path:
+    return Path(config.data_dir) / f"instance-{config.rest.port}-{config.dimse.port}.id"
+
+
+def identity(config: Config) -> str:
+    """The configured instance name, or the one kept in data_dir (made on first use). When
+    data_dir cannot be written, a name for this run only (a restart is then a new process)."""
+    if config.instance_name:
+        return config.instance_name
+    path = identity_file(config)
+    try:
+        name = path.read_text().strip()
+        if name:
+            return name
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        return _for_this_run(path, exc)
+    name = f"{socket.gethostname()[:40]}-{uuid.uuid4().hex[:12]}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".tmp{os.getpid()}")
+        temporary.write_text(name + "\n")
+        os.replace(temporary, path)  # whole or not at all
+    except OSError as exc:
+        return _for_this_run(path, exc)
+    return name
+
+
+def _for_this_run(path: Path, exc: OSError) -> str:
+    name = f"{socket.gethostname()[:40]}-{uuid.uuid4().hex[:12]}"
+    log.warning("instance identity cannot be kept in data_dir: after a crash, this process's "
+                "leases are taken over only once they expire; set instance_name",
+                extra={"path": str(path), "error": exc.strerror or str(exc), "instance": name})
+    return name

@@ -29,6 +29,7 @@ from gateway.events.fanout import WebSocketFanout
 from gateway.events.hub import EventHub
 from gateway.events.queue import EventQueues
 from gateway.events.status import ServiceStatus
+from gateway.events.store_watch import StoreWatch
 from gateway.instance import identity
 from gateway.rest import websocket
 from gateway.rest.app import create_app
@@ -88,6 +89,7 @@ class Gateway:
         self.lane: Lane | None = None
         self.fanout: WebSocketFanout | None = None
         self.status: ServiceStatus | None = None
+        self.store_watch: StoreWatch | None = None
         self.sender: DimseEventSender | None = None
         self.dimse: DimseServer | None = None
         self.runner: web.AppRunner | None = None
@@ -128,9 +130,14 @@ class Gateway:
         for name, worker in self.sender.workers.items():
             self.supervisor.start(name, worker.run)
 
+        self.store_watch = StoreWatch(self.redis, keys, subscriptions, list(cfg.peers),
+                                      self._store_reset)
+        await self.store_watch.started()
+        hub.listen(self.store_watch.hub_notified)
         self.status = ServiceStatus(self.redis, keys, workitems, subscriptions, self.instance)
         await self.status.started()
         self.supervisor.start("heartbeat", self.status.heartbeat)
+        self.supervisor.start("store-watch", self.store_watch.run)
         self.supervisor.start("purge", self._purge)
         # Everything allocated so far (modules, dictionaries, configuration) lives as long as the
         # process: keep it out of the cyclic collector, whose full passes over it cost 80-90 ms.
@@ -194,6 +201,8 @@ class Gateway:
         errors = {name: task["error"] for name, task in tasks.items() if task["status"] == "down"}
         if shared:
             errors["instance"] = shared
+        if self.store_watch is not None:
+            body["store"] = self.store_watch.report()
         if errors:
             body["errors"] = errors
         return body
@@ -234,6 +243,15 @@ class Gateway:
                       else f"cannot be bound ({exc.strerror})")
             raise ConfigError(f"rest.port: {cfg.host}:{cfg.port} {reason}") from None
         self.runner = runner
+
+    async def _store_reset(self) -> None:
+        """Redis came back empty (``StoreWatch``): the channels' subscriptions are gone, so the
+        channels end, telling their clients to subscribe again; the DIMSE senders' cursors
+        went with the queues."""
+        closed = websocket.close_for_resubscribe(self.fanout) if self.fanout else 0
+        if self.sender is not None:
+            self.sender.store_reset()
+        log.info("event channels closed: subscribe again", extra={"channels": closed})
 
     async def _purge(self) -> None:
         """Delete COMPLETED/CANCELED workitems after their retention (decisions.md, Retention)."""

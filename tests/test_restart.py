@@ -4,6 +4,7 @@ and its embedded Redis are both SIGKILLed (every acknowledged write survives a p
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -11,7 +12,8 @@ import aiohttp
 
 from tests.event_receiver import (GLOBAL, SCP_STATUS_CHANGE, STATE_REPORT, EventReceiver, Ups,
                                   WsListener, frame_type, unassigned)
-from tests.helpers import GatewayProcess, completion_payload, element, new_uid, state_payload, workitem
+from tests.helpers import (GatewayProcess, RedisServer, completion_payload, element, new_uid, state_payload,
+                           workitem)
 
 JSON = {"Content-Type": "application/dicom+json"}
 FAST_RETRY = {"retry_initial_seconds": 0.2, "retry_max_seconds": 1.0}
@@ -197,5 +199,65 @@ async def test_sigkill_restart_resumes_delivery_at_once_and_announces_restarted(
             assert proc.stop() == 0
             statuses = await rcv.wait(2, event_type=SCP_STATUS_CHANGE)
             assert [r.dataset.SCPStatus for r in statuses] == ["RESTARTED", "GOING DOWN"]
+        finally:
+            proc.stop()
+
+
+# ---- a Redis that comes back empty ---------------------------------------------------------
+
+async def test_redis_back_empty_is_noticed_told_and_reported(tmp_path, http):
+    """Redis restarted without persistence: every subscription is gone. The gateway notices
+    (the store's identity is missing), logs an error, closes the WebSocket channels with the
+    "subscribe again" close code, announces RESTARTED / COLD START to its DIMSE peers and says
+    so in /health; a client that subscribes again gets events again."""
+    with RedisServer(tmp_path / "redis") as server, EventReceiver("RECEIVER") as rcv:
+        proc = GatewayProcess(tmp_path, redis_url=server.url,
+                              extra={"peers": {"RECEIVER": rcv.peer()},
+                                     "events": FAST_RETRY}).start()
+        try:
+            ups = Ups(http, proc.base)
+            await ups.subscribe(GLOBAL, "RECEIVER")
+            await ups.subscribe(GLOBAL, "WATCHER")
+            listener = await WsListener.open(http, ups.ws_url("WATCHER"))
+            first = await ups.create(unassigned())
+            await rcv.wait(1, uid=first)
+            await listener.wait(1, uid=first)
+            async with http.get(f"{proc.url}/health") as r:
+                assert "resets" not in (await r.json())["store"]
+
+            server.restart_empty()
+
+            await proc.wait_for_log("event channels closed: subscribe again", channels=1)
+            for _ in range(600):  # the close handshake, then the reader ends
+                if listener.closed:
+                    break
+                await asyncio.sleep(0.05)
+            assert listener.close_code == 4100
+            [restarted] = await rcv.wait(1, event_type=SCP_STATUS_CHANGE)
+            assert restarted.uid == GLOBAL
+            assert restarted.dataset.SCPStatus == "RESTARTED"
+            assert restarted.dataset.SubscriptionListStatus == "COLD START"
+            assert restarted.dataset.UnifiedProcedureStepListStatus == "COLD START"
+            [error] = proc.records(level="ERROR")
+            assert error["msg"].startswith("Redis came back without the gateway's data")
+            async with aiohttp.ClientSession() as fresh:
+                async with fresh.get(f"{proc.url}/health") as r:
+                    assert r.status == 200  # the gateway works; what was lost is reported
+                    store = (await r.json())["store"]
+                assert len(store["resets"]) == 1 and "subscribe again" in store["detail"]
+                assert store["resets"][0]["store"] == store["identity"]
+                # subscribing again brings the events back, on both transports
+                ups = Ups(fresh, proc.base)
+                await ups.subscribe(GLOBAL, "RECEIVER")
+                await ups.subscribe(GLOBAL, "WATCHER")
+                listener = await WsListener.open(fresh, ups.ws_url("WATCHER"))
+                try:
+                    later = await ups.create(unassigned())
+                    await rcv.wait(1, uid=later)
+                    await listener.wait(1, uid=later)
+                    await ups.drain(rcv, "RECEIVER")
+                    assert len(rcv.received(event_type=SCP_STATUS_CHANGE)) == 1  # told once
+                finally:
+                    await listener.close()
         finally:
             proc.stop()

@@ -64,6 +64,13 @@ class DimseEventSender:
                 sender.reader.offer(entries)
                 sender.wake()
 
+    def store_reset(self) -> None:
+        """Redis came back empty: every sender reads its cursor again (it is gone with the
+        queues) before it delivers anything more."""
+        for sender in self.senders.values():
+            sender.reread = True
+            sender.wake()
+
     async def flush(self, timeout: float) -> None:
         """Give every sender up to ``timeout`` to deliver what is queued now (e.g. GOING DOWN at
         shutdown): each reports when it has found its queue empty."""
@@ -86,6 +93,7 @@ class PeerSender:
         self.last_used = 0.0
         self.backoff = config.retry_initial_seconds
         self.held = False
+        self.reread = False  # forget the cursor before the next read (the store was reset)
         self._wake = asyncio.Event()
         self._drain_waiters: list[asyncio.Future] = []
 
@@ -105,6 +113,9 @@ class PeerSender:
         try:
             while True:
                 try:
+                    if self.reread:
+                        self.reread = False
+                        self.reader.forget()
                     if not self.held:
                         self.reader.forget()
                         await self.close()

@@ -21,6 +21,9 @@ Layout (``p`` = the key prefix, ``redis.key_prefix``, default ``ups:``):
   p cur:{transport}:{ae} string that transport's delivery cursor, "entry-id n"
   p procs                zset   live gateway processes (instance identity) → heartbeat expiry
   p run:{instance}       string the token of the run that now holds that identity (TTL)
+  p store                string the store's identity, written at its first start: a Redis that
+                                lost it came back empty (``events/store_watch``)
+  p reset:{identity}     string claimed by the one process that announces that reset (TTL)
   p notify               pubsub wake-ups (and the events themselves) for the deliverers
 
 The Lua scripts get the same names as functions (``lua_functions``), generated from the methods
@@ -86,6 +89,12 @@ class Keys:
 
     def instance_run(self, instance: str) -> str:
         return f"{self.prefix}run:{instance}"
+
+    def store_identity(self) -> str:
+        return f"{self.prefix}store"
+
+    def store_reset(self, identity: str) -> str:
+        return f"{self.prefix}reset:{identity}"
 
     def notify(self) -> str:
         return f"{self.prefix}notify"

@@ -75,7 +75,8 @@ def make_core(cfg: Config, redis: aioredis.Redis) -> Core:
     service = UPSService(workitems, subscriptions, Settings(
         default_worklist_label=cfg.ups.default_worklist_label, timezone=tz,
         search_default_limit=cfg.ups.search_default_limit,
-        search_max_limit=cfg.ups.search_max_limit, direct_event_aes=frozenset(cfg.peers)))
+        search_max_limit=cfg.ups.search_max_limit, direct_event_aes=frozenset(cfg.peers),
+        commit_wait_seconds=cfg.ups.commit_wait_seconds))
     return Core(keys, lane, workitems, subscriptions, service)
 
 

@@ -69,6 +69,7 @@ class Ups:
     search_default_limit: int = 100
     search_max_limit: int = 1000
     search_cache_mb: float = 32.0  # rendered search results kept per process (0: none)
+    commit_wait_seconds: float = 10.0  # a change's wait for Redis to confirm it; then "unknown"
     retention_hours: float = 24.0
     purge_interval_seconds: float = 60.0
 
@@ -246,6 +247,8 @@ def _check(config: Config) -> None:
     for name in ("search_default_limit", "search_max_limit"):
         if getattr(config.ups, name) < 1:
             raise ConfigError(f"ups.{name}: must be at least 1")
+    if config.ups.commit_wait_seconds <= 0:
+        raise ConfigError("ups.commit_wait_seconds: must be more than 0")
     if config.ups.search_cache_mb < 0:
         raise ConfigError("ups.search_cache_mb: must be 0 or more")
     if config.rest.max_body_bytes < 1024:

@@ -41,11 +41,15 @@ def warning(request: web.Request, text: str) -> str:
     return f"299 {service_url(request)}: {clean}"
 
 
+# Finer causes (``UPSError.reason``) that one DIMSE status covers, where HTTP tells them apart.
+HTTP_STATUS_BY_REASON = {
+    "gone": 410,  # purged after its retention period
+    "outcome unknown": 504,  # the commit was sent, its answer did not come: it may be applied
+}
+
+
 def error_response(request: web.Request, error: UPSError) -> web.Response:
-    if error.reason == "gone":
-        http = 410
-    else:
-        http = HTTP_STATUS.get(error.status, 400)
+    http = HTTP_STATUS_BY_REASON.get(error.reason) or HTTP_STATUS.get(error.status, 400)
     text = error.message
     if error.status in _STATE_CODES:
         text = f"{STATE_CONFLICT} {error.message}"

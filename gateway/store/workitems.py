@@ -26,15 +26,17 @@ from datetime import timezone
 from typing import AsyncIterator, Callable, Iterable
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.store import codec, indexes, scripts
 from gateway.store.keys import Keys
-from gateway.store.lane import Lane
+from gateway.store.lane import Lane, NotSent
 from gateway.store.results import RenderedResults
 from gateway.ups import tags as t
 from gateway.ups.dataset import Dataset
 from gateway.ups.dicomtime import UTC
-from gateway.ups.errors import WorkitemGone
+from gateway.ups.errors import OutcomeUnknown, WorkitemGone
 from gateway.ups.matching import Query, search_order
 from gateway.ups.ports import Change, Conflict, NoRecipient, QueuedEvent, Record, SearchPage
 
@@ -108,17 +110,13 @@ class RedisWorkitemStore:
         else:
             blob, score, index_names = (codec.pack_dataset(ds), search_order(ds, self.tz),
                                         indexes.index_names(ds))
-        result = await self._commit(keys=[self.keys.workitem(uid)], args=[
-            self.keys.prefix, uid, version, blob, change.state, change.tx or "",
-            change.performer or "", repr(score), codec.pack_for_lua(index_names),
-            "" if change.final_at_ms is None else change.final_at_ms,
-            "" if change.global_version is None else change.global_version,
-            codec.pack_for_lua([[ae, "1" if lock else "0"] for ae, lock in
-                                change.add_subscriptions]),
-            codec.pack_for_lua([[e.type, codec.pack(e.info), list(e.extra), e.needs_recipient,
-                                 list(e.only)] for e in events]),
-            self.backlog, now_ms(),
-            codec.pack(change.state_report) if change.state_report else b""])
+        try:
+            result = await self._send_commit(uid, version, change, events, blob, score,
+                                             index_names)
+        except NotSent:
+            raise  # not applied: the store is unavailable, try again
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise OutcomeUnknown(uid, f"the connection to the store broke: {exc}") from None
         code = int(result[0])
         if code == 1:
             version = int(result[1])
@@ -135,6 +133,19 @@ class RedisWorkitemStore:
         if code == 3:
             raise NoRecipient(uid)
         raise Conflict(uid, int(result[1]))
+
+    async def _send_commit(self, uid, version, change, events, blob, score, index_names):
+        return await self._commit(keys=[self.keys.workitem(uid)], args=[
+            self.keys.prefix, uid, version, blob, change.state, change.tx or "",
+            change.performer or "", repr(score), codec.pack_for_lua(index_names),
+            "" if change.final_at_ms is None else change.final_at_ms,
+            "" if change.global_version is None else change.global_version,
+            codec.pack_for_lua([[ae, "1" if lock else "0"] for ae, lock in
+                                change.add_subscriptions]),
+            codec.pack_for_lua([[e.type, codec.pack(e.info), list(e.extra), e.needs_recipient,
+                                 list(e.only)] for e in events]),
+            self.backlog, now_ms(),
+            codec.pack(change.state_report) if change.state_report else b""])
 
     # ---- search --------------------------------------------------------------------------------
 

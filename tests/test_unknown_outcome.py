@@ -1,0 +1,88 @@
+"""No answer says "not done" for a change that was committed (issue 16, Restarts).
+
+Redis stalls (SIGSTOP) while a create's commit is on its way: the commit is applied when Redis
+resumes. The gateway must not answer "try again" meanwhile: it waits for the outcome
+(``ups.commit_wait_seconds``; DIMSE: ``dimse.request_timeout``) and then says the outcome is
+unknown — REST 504 with a Warning, DIMSE 0x0110 with an Error Comment saying so. The client's
+retry of the identical create is then answered as done, with a warning, on both protocols."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import aiohttp
+
+import tests.dimse_util as d
+from tests.helpers import GatewayProcess, RedisServer, element, new_uid, workitem
+
+JSON = {"Content-Type": "application/dicom+json"}
+
+
+class Stalled:
+    """Redis frozen (SIGSTOP) inside the ``with``, resumed (SIGCONT) after, whatever happens."""
+
+    def __init__(self, server: RedisServer):
+        self.pid = server.proc.pid
+
+    def __enter__(self):
+        os.kill(self.pid, signal.SIGSTOP)
+        return self
+
+    def __exit__(self, *exc):
+        os.kill(self.pid, signal.SIGCONT)
+
+
+async def _post(http, proc, uid, ds) -> tuple[int, dict]:
+    async with http.post(f"{proc.base}/workitems?workitem={uid}", data=json.dumps(ds),
+                         headers=JSON, timeout=aiohttp.ClientTimeout(total=60)) as r:
+        await r.read()
+        return r.status, dict(r.headers)
+
+
+async def test_create_in_flight_during_a_stall_is_unknown_then_a_retry_converges(tmp_path, http):
+    with RedisServer(tmp_path / "redis") as server:
+        # REST meets the core's wait (1.5 s); DIMSE meets its own deadline first (0.5 s)
+        proc = GatewayProcess(tmp_path, redis_url=server.url, extra={
+            "ups": {"commit_wait_seconds": 1.5}, "dimse": {"request_timeout": 0.5}}).start()
+        try:
+            with d.association(proc) as assoc:
+                warm = new_uid()  # connections open, scripts loaded, subscriptions read
+                assert (await _post(http, proc, warm, workitem(warm)))[0] == 201
+                assert d.status_of(d.n_create(assoc, workitem(), new_uid())[0]) == 0x0000
+
+                rest_uid, dimse_uid = new_uid(), new_uid()
+                with Stalled(server):
+                    status, headers = await _post(http, proc, rest_uid, workitem(rest_uid))
+                    assert status == 504, (status, headers)
+                    assert "Outcome unknown: the change may have been applied" in \
+                        headers["Warning"]
+                    reply, _ = d.n_create(assoc, workitem(), dimse_uid)
+                    assert d.status_of(reply) == 0x0110
+                    assert d.comment_of(reply).startswith("Outcome unknown")
+
+                # both commits were applied when Redis resumed: "not done" would have been false
+                async with http.get(f"{proc.base}/workitems/{rest_uid}") as r:
+                    assert r.status == 200
+                reply, ds = d.n_get(assoc, dimse_uid)
+                assert d.status_of(reply) == 0x0000 and ds.SOPInstanceUID == dimse_uid
+
+                # the clients retry the identical request: done, with a warning
+                status, headers = await _post(http, proc, rest_uid, workitem(rest_uid))
+                assert status == 201, (status, headers)
+                assert headers["Location"].endswith(f"/workitems/{rest_uid}")
+                assert "already existed with this content" in headers["Warning"]
+                reply, _ = d.n_create(assoc, workitem(), dimse_uid)
+                assert d.status_of(reply) == 0xB300
+                assert "already existed with this content" in d.comment_of(reply)
+
+                # a different workitem under the same UID is still a duplicate
+                other = {**workitem(rest_uid), "00741204": element("LO", "something else")}
+                assert (await _post(http, proc, rest_uid, other))[0] == 409
+                assert d.status_of(d.n_create(assoc, {**workitem(), "00741204": element(
+                    "LO", "something else")}, dimse_uid)[0]) == 0x0111
+            assert [r["uid"] for r in proc.records("commit not confirmed in time: outcome "
+                                                   "unknown")] == [rest_uid]
+        finally:
+            proc.stop()

@@ -34,6 +34,8 @@ def identity(config: Config) -> str:
     if config.instance_name:
         return config.instance_name
     path = identity_file(config)
+    if config.rest.port == 0 or (config.dimse.enabled and config.dimse.port == 0):
+        return _for_this_run(path, None)  # ports the OS picks name no process of their own
     try:
         name = path.read_text().strip()
         if name:
@@ -53,9 +55,10 @@ def identity(config: Config) -> str:
     return name
 
 
-def _for_this_run(path: Path, exc: OSError) -> str:
+def _for_this_run(path: Path, exc: OSError | None) -> str:
     name = f"{socket.gethostname()[:40]}-{uuid.uuid4().hex[:12]}"
-    log.warning("instance identity cannot be kept in data_dir: after a crash, this process's "
-                "leases are taken over only once they expire; set instance_name",
-                extra={"path": str(path), "error": exc.strerror or str(exc), "instance": name})
+    why = (exc.strerror or str(exc)) if exc is not None else "a listening port is 0 (any)"
+    log.warning("instance identity is not kept: after a crash, this process's leases are "
+                "taken over only once they expire; set instance_name",
+                extra={"path": str(path), "error": why, "instance": name})
     return name

@@ -36,6 +36,12 @@ def test_unwritable_data_dir_gives_an_identity_for_this_run(tmp_path):
     assert one and identity(_config(blocker / "data")) != one
 
 
+def test_ports_chosen_by_the_os_give_an_identity_for_this_run(tmp_path):
+    one = identity(_config(tmp_path / "data", rest=0))
+    assert identity(_config(tmp_path / "data", rest=0)) != one
+    assert not identity_file(_config(tmp_path / "data", rest=0)).exists()
+
+
 async def test_two_live_processes_with_one_identity_say_so_in_health(tmp_path, http):
     store = GatewayProcess(tmp_path / "store", dimse=False).start()
     a = b = None

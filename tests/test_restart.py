@@ -261,3 +261,40 @@ async def test_redis_back_empty_is_noticed_told_and_reported(tmp_path, http):
                     await listener.close()
         finally:
             proc.stop()
+
+
+async def test_redis_back_empty_under_two_processes_is_announced_once(tmp_path, http):
+    """Both processes notice and close their own channels; one of them tells the peer."""
+    with RedisServer(tmp_path / "redis") as server, EventReceiver("RECEIVER") as rcv:
+        extra = {"peers": {"RECEIVER": rcv.peer()}, "events": FAST_RETRY}
+        procs = [GatewayProcess(tmp_path / name, redis_url=server.url, extra=extra).start()
+                 for name in ("a", "b")]
+        try:
+            listeners = []
+            for proc, ae in zip(procs, ("WATCH_A", "WATCH_B")):
+                ups = Ups(http, proc.base)
+                await ups.subscribe(GLOBAL, ae)
+                listeners.append(await WsListener.open(http, ups.ws_url(ae)))
+            server.restart_empty()
+            for proc in procs:
+                await proc.wait_for_log("event channels closed: subscribe again", channels=1)
+            for listener in listeners:
+                for _ in range(600):
+                    if listener.closed:
+                        break
+                    await asyncio.sleep(0.05)
+                assert listener.close_code == 4100
+            await rcv.wait(1, event_type=SCP_STATUS_CHANGE)
+            # a marker through the peer's queue: a second announcement would have come first
+            async with aiohttp.ClientSession() as fresh:
+                ups = Ups(fresh, procs[0].base)
+                await ups.subscribe(GLOBAL, "RECEIVER")
+                await ups.drain(rcv, "RECEIVER")
+            [restarted] = rcv.received(event_type=SCP_STATUS_CHANGE)
+            assert restarted.dataset.SubscriptionListStatus == "COLD START"
+            announced = [r for proc in procs for r in proc.records(
+                "SCP status RESTARTED announced", list_status="COLD START") if r["recipients"]]
+            assert len(announced) == 1
+        finally:
+            for proc in procs:
+                proc.stop()

@@ -147,7 +147,8 @@ class Gateway:
         gc.set_threshold(*GC_THRESHOLDS)
         self._started = True
         log.info("gateway started", extra={
-            "ae": cfg.ae_title, "instance": self.instance, "rest": f"{cfg.rest.host}:{cfg.rest.port}{cfg.rest.base_path}",
+            "ae": cfg.ae_title, "instance": self.instance,
+            "rest": f"{cfg.rest.host}:{cfg.rest.port}{cfg.rest.base_path}",
             "dimse": f"{cfg.dimse.host}:{cfg.dimse.port}" if cfg.dimse.enabled else "disabled",
             "redis": "embedded" if self.embedded else _redact(cfg.redis.url)})
 

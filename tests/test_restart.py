@@ -1,6 +1,7 @@
-"""Workitems survive a gateway restart on the same data_dir: after SIGTERM, and after the gateway
-and its embedded Redis are both SIGKILLed (every acknowledged write survives a process crash: see
-``GatewayProcess.crash``)."""
+"""Restarts. Workitems survive a gateway restart on the same data_dir: after SIGTERM, and after
+the gateway and its embedded Redis are both SIGKILLed (every acknowledged write survives a process
+crash: see ``GatewayProcess.crash``). The restarted process is the one that crashed (its instance
+identity): its event delivery resumes at once. A Redis that comes back empty is noticed."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import aiohttp
 
 from tests.event_receiver import (GLOBAL, SCP_STATUS_CHANGE, STATE_REPORT, EventReceiver, Ups,
                                   WsListener, frame_type, unassigned)
-from tests.helpers import (GatewayProcess, RedisServer, completion_payload, element, new_uid, state_payload,
-                           workitem)
+from tests.helpers import (GatewayProcess, RedisServer, completion_payload, element, new_uid,
+                           state_payload, workitem)
 
 JSON = {"Content-Type": "application/dicom+json"}
 FAST_RETRY = {"retry_initial_seconds": 0.2, "retry_max_seconds": 1.0}

@@ -47,6 +47,7 @@ class Rest:
     base_path: str = "/dicom-web"
     max_body_bytes: int = 1048576
     public_url: str | None = None  # advertised origin, e.g. https://ups.example.org; null: from Host
+    request_timeout: float = 20.0  # seconds a request may take once its body is in (not channels)
 
 
 @dataclass
@@ -247,6 +248,8 @@ def _check(config: Config) -> None:
     for name in ("search_default_limit", "search_max_limit"):
         if getattr(config.ups, name) < 1:
             raise ConfigError(f"ups.{name}: must be at least 1")
+    if config.rest.request_timeout <= 0:
+        raise ConfigError("rest.request_timeout: must be more than 0")
     if config.ups.commit_wait_seconds <= 0:
         raise ConfigError("ups.commit_wait_seconds: must be more than 0")
     if config.ups.search_cache_mb < 0:

@@ -86,3 +86,29 @@ async def test_create_in_flight_during_a_stall_is_unknown_then_a_retry_converges
                                                    "unknown")] == [rest_uid]
         finally:
             proc.stop()
+
+
+async def test_rest_deadline_during_a_stall_says_unknown_or_try_again(tmp_path, http):
+    """``rest.request_timeout`` bounds every request (event channels aside): cut short while
+    its commit is in flight → 504 "Outcome unknown"; before any commit (a read) → 503 "try
+    again". Nothing hangs while Redis is stalled."""
+    with RedisServer(tmp_path / "redis") as server:
+        proc = GatewayProcess(tmp_path, redis_url=server.url, dimse=False, extra={
+            "ups": {"commit_wait_seconds": 60.0}, "rest": {"request_timeout": 0.5}}).start()
+        try:
+            warm = new_uid()
+            assert (await _post(http, proc, warm, workitem(warm)))[0] == 201
+            uid = new_uid()
+            with Stalled(server):
+                status, headers = await _post(http, proc, uid, workitem(uid))
+                assert status == 504, (status, headers)
+                assert "Outcome unknown" in headers["Warning"]
+                assert "within 0.5 s" in headers["Warning"]
+                async with http.get(f"{proc.base}/workitems/{warm}",
+                                    timeout=aiohttp.ClientTimeout(total=60)) as r:
+                    assert r.status == 503
+                    assert "did not answer within 0.5 s; try again" in r.headers["Warning"]
+            status, headers = await _post(http, proc, uid, workitem(uid))
+            assert status == 201 and "already existed" in headers["Warning"]
+        finally:
+            proc.stop()

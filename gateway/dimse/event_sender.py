@@ -160,9 +160,12 @@ class PeerSender:
             await asyncio.sleep(RENEW_SECONDS)
 
     async def _sleep(self, seconds: float) -> None:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+        # arrives as the event is set (the task then runs on, and shutdown waits for it forever).
         try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
             pass
         self._wake.clear()
 

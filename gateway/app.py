@@ -30,7 +30,7 @@ from gateway.events.hub import EventHub
 from gateway.events.queue import EventQueues
 from gateway.events.status import ServiceStatus
 from gateway.events.store_watch import StoreWatch
-from gateway.instance import identity
+from gateway.instance import identity, remember_store, remembered_store
 from gateway.rest import websocket
 from gateway.rest.app import create_app
 from gateway.store import client
@@ -132,8 +132,8 @@ class Gateway:
             self.supervisor.start(name, worker.run)
 
         self.store_watch = StoreWatch(self.redis, keys, subscriptions, list(cfg.peers),
-                                      self._store_reset)
-        await self.store_watch.started()
+                                      self._store_reset, lambda seen: remember_store(cfg, seen))
+        await self.store_watch.started(remembered_store(cfg))
         hub.listen(self.store_watch.hub_notified)
         self.status = ServiceStatus(self.redis, keys, workitems, subscriptions, self.instance)
         await self.status.started()

@@ -34,7 +34,7 @@ def identity(config: Config) -> str:
     if config.instance_name:
         return config.instance_name
     path = identity_file(config)
-    if config.rest.port == 0 or (config.dimse.enabled and config.dimse.port == 0):
+    if not _stable(config):
         return _for_this_run(path, None)  # ports the OS picks name no process of their own
     try:
         name = path.read_text().strip()
@@ -62,3 +62,39 @@ def _for_this_run(path: Path, exc: OSError | None) -> str:
                 "taken over only once they expire; set instance_name",
                 extra={"path": str(path), "error": why, "instance": name})
     return name
+
+
+# ---- the store identity this process last saw (``events/store_watch.py``) --------------------
+
+def _store_file(config: Config) -> Path:
+    return Path(config.data_dir) / f"store-{config.rest.port}-{config.dimse.port}.seen"
+
+
+def _stable(config: Config) -> bool:
+    return bool(config.instance_name) or not (
+        config.rest.port == 0 or (config.dimse.enabled and config.dimse.port == 0))
+
+
+def remembered_store(config: Config) -> str | None:
+    """The store identity this process's previous run saw (None: none kept)."""
+    if not _stable(config):
+        return None
+    try:
+        return _store_file(config).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def remember_store(config: Config, identity: str) -> None:
+    """Keep ``identity`` for the next run; best effort (a data_dir that cannot be written only
+    means an emptied store is noticed later, once the process runs)."""
+    if not _stable(config):
+        return
+    path = _store_file(config)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".tmp{os.getpid()}")
+        temporary.write_text(identity + "\n")
+        os.replace(temporary, path)
+    except OSError as exc:
+        log.debug("store identity not kept", extra={"path": str(path), "error": str(exc)})

@@ -299,3 +299,28 @@ async def test_redis_back_empty_under_two_processes_is_announced_once(tmp_path, 
         finally:
             for proc in procs:
                 proc.stop()
+
+
+async def test_redis_emptied_while_the_gateway_was_down_is_noticed_at_start(tmp_path, http):
+    """The gateway keeps the store identity it last saw in data_dir: started again on a Redis
+    that lost everything meanwhile, it says so at once and tells its DIMSE peers."""
+    with RedisServer(tmp_path / "redis") as server, EventReceiver("RECEIVER") as rcv:
+        proc = GatewayProcess(tmp_path, redis_url=server.url,
+                              extra={"peers": {"RECEIVER": rcv.peer()}, "events": FAST_RETRY})
+        proc.start()
+        try:
+            await Ups(http, proc.base).subscribe(GLOBAL, "RECEIVER")
+            assert proc.stop() == 0  # GOING DOWN to the subscriber
+            server.restart_empty()
+            proc.start()
+            statuses = await rcv.wait(2, event_type=SCP_STATUS_CHANGE)
+            assert [r.dataset.SCPStatus for r in statuses] == ["GOING DOWN", "RESTARTED"]
+            assert statuses[1].dataset.SubscriptionListStatus == "COLD START"
+            [error] = proc.records(level="ERROR")
+            assert error["msg"].startswith("Redis came back without the gateway's data")
+            async with aiohttp.ClientSession() as fresh:
+                async with fresh.get(f"{proc.url}/health") as r:
+                    assert r.status == 200
+                    assert len((await r.json())["store"]["resets"]) == 1
+        finally:
+            proc.stop()

@@ -3,9 +3,9 @@
 Such a Redis has lost every subscription, queued event, cursor and lease, yet it answers, and
 the gateway would go on as if nothing happened: channels stay open, ``/health`` stays green,
 and no subscriber hears of a change again. So the store carries an identity — a random name
-written at the first start (``Keys.store_identity``) — that each process remembers and checks
-every ``CHECK_SECONDS`` and whenever the event hub has reconnected. When it is missing or
-different, the process
+written at the first start (``Keys.store_identity``) — that each process remembers (in memory,
+and in data_dir across its restarts) and checks at start, every ``CHECK_SECONDS`` and whenever
+the event hub has reconnected. When it is missing or different, the process
 
 - logs an error (the data was lost: nothing the gateway can bring back),
 - runs its ``on_reset`` hook (the composition root closes the WebSocket channels with the
@@ -43,19 +43,30 @@ RESET_CLAIM_SECONDS = 86400  # how long the claim on announcing one reset is kep
 
 class StoreWatch:
     def __init__(self, client: aioredis.Redis, keys: Keys, subscriptions: SubscriptionStore,
-                 peers: list[str], on_reset: Callable[[], Awaitable[None]] | None = None):
+                 peers: list[str], on_reset: Callable[[], Awaitable[None]] | None = None,
+                 remember: Callable[[str], None] | None = None):
+        """``remember(identity)`` keeps the identity across this process's restarts (in
+        data_dir), so that a store emptied while the process was down is noticed at start."""
         self.redis = client
         self.keys = keys
         self.subscriptions = subscriptions
         self.peers = list(peers)
         self.on_reset = on_reset
+        self.remember = remember
         self.identity: str | None = None
         self.resets: list[dict] = []  # what /health says: when, from which identity to which
         self._wake = asyncio.Event()
 
-    async def started(self) -> None:
-        """Learn the store's identity, writing it if this is the store's first start."""
+    async def started(self, remembered: str | None = None) -> None:
+        """Learn the store's identity, writing it if this is the store's first start.
+        ``remembered``: the identity this process's previous run knew; another one now means
+        the store came back empty (or was replaced) while the process was down."""
         self.identity = await self._current()
+        if remembered and remembered != self.identity:
+            self.identity = remembered
+            await self.check()
+        elif self.remember is not None:
+            self.remember(self.identity)
 
     def hub_notified(self, by_ae: dict | None) -> None:
         """An event hub listener: None means the hub (re)subscribed — Redis may have restarted —
@@ -66,9 +77,10 @@ class StoreWatch:
     async def run(self) -> None:
         """Check the identity until cancelled (a supervised task)."""
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), CHECK_SECONDS)
-            except asyncio.TimeoutError:
+            try:  # (asyncio.timeout: wait_for may swallow a cancellation on Python 3.11)
+                async with asyncio.timeout(CHECK_SECONDS):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
             self._wake.clear()
             try:
@@ -90,6 +102,8 @@ class StoreWatch:
                   "event channels are closed so that subscribers subscribe again",
                   extra={"previous": previous, "store": current})
         self.resets = (self.resets + [{"at": when, "previous": previous, "store": current}])[-5:]
+        if self.remember is not None:
+            self.remember(current)
         if self.on_reset is not None:
             await self.on_reset()
         claimed = await self.redis.set(self.keys.store_reset(current), "1", nx=True,

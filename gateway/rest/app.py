@@ -86,11 +86,14 @@ async def _within_deadline(request: web.Request, handler) -> web.StreamResponse:
     if request.content_length is None or request.content_length <= settings.max_body_bytes:
         await request.read()  # kept by aiohttp for the handler (too large: 413 as before)
     limit = settings.request_timeout
+    deadline = asyncio.timeout(limit)
     with commit_tracking() as tracking:
         try:
-            async with asyncio.timeout(limit):
+            async with deadline:
                 return await handler(request)
         except TimeoutError:
+            if not deadline.expired():
+                raise  # not ours
             if tracking.pending is not None:
                 raise OutcomeUnknown(tracking.pending, "the store did not confirm it within "
                                      f"{limit:g} s") from None

@@ -63,10 +63,13 @@ class Attempt:
         tracking = _tracking.get()
         if tracking is not None:
             tracking.pending = uid
+        deadline = asyncio.timeout(self.commit_wait)
         try:
-            async with asyncio.timeout(self.commit_wait):
+            async with deadline:
                 version = await self.store.commit(uid, version, change, events)
         except TimeoutError:
+            if not deadline.expired():
+                raise
             log.error("commit not confirmed in time: outcome unknown",
                       extra={"uid": uid, "wait_s": self.commit_wait})
             raise OutcomeUnknown(uid, f"the store did not confirm it within "

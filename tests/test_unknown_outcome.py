@@ -110,5 +110,7 @@ async def test_rest_deadline_during_a_stall_says_unknown_or_try_again(tmp_path, 
                     assert "did not answer within 0.5 s; try again" in r.headers["Warning"]
             status, headers = await _post(http, proc, uid, workitem(uid))
             assert status == 201 and "already existed" in headers["Warning"]
+            assert proc.records("request timed out with its commit in flight: outcome unknown",
+                                uid=uid)
         finally:
             proc.stop()

@@ -95,6 +95,8 @@ async def _within_deadline(request: web.Request, handler) -> web.StreamResponse:
             if not deadline.expired():
                 raise  # not ours
             if tracking.pending is not None:
+                log.error("request timed out with its commit in flight: outcome unknown",
+                          extra={"uid": tracking.pending, "timeout_s": limit})
                 raise OutcomeUnknown(tracking.pending, "the store did not confirm it within "
                                      f"{limit:g} s") from None
             log.warning("request timed out", extra={"path": request.path, "timeout_s": limit})

@@ -13,6 +13,7 @@ import os
 import signal
 
 import aiohttp
+from pynetdicom.dimse_primitives import N_CREATE
 
 import tests.dimse_util as d
 from tests.helpers import GatewayProcess, RedisServer, element, new_uid, workitem
@@ -112,5 +113,38 @@ async def test_rest_deadline_during_a_stall_says_unknown_or_try_again(tmp_path, 
             assert status == 201 and "already existed" in headers["Warning"]
             assert proc.records("request timed out with its commit in flight: outcome unknown",
                                 uid=uid)
+        finally:
+            proc.stop()
+
+
+async def test_an_assigned_uid_comes_with_the_unknown_outcome_so_a_retry_converges(tmp_path,
+                                                                                  http):
+    """A create without a UID gets one assigned: the unknown-outcome answer carries it (REST
+    Content-Location, DIMSE Affected SOP Instance UID), and a retry that names it converges."""
+    with RedisServer(tmp_path / "redis") as server:
+        proc = GatewayProcess(tmp_path, redis_url=server.url, extra={
+            "ups": {"commit_wait_seconds": 0.5}}).start()
+        try:
+            with d.association(proc) as assoc:
+                warm = new_uid()
+                assert (await _post(http, proc, warm, workitem(warm)))[0] == 201
+                with Stalled(server):
+                    async with http.post(f"{proc.base}/workitems", data=json.dumps(workitem()),
+                                         headers=JSON) as r:
+                        assert r.status == 504
+                        rest_uid = r.headers["Content-Location"].rsplit("/", 1)[1]
+                    req = N_CREATE()
+                    req.MessageID = 7
+                    req.AffectedSOPClassUID = d.PUSH
+                    req.AttributeList = d.encoded(d.dataset(workitem()))
+                    rsp = d.raw_request(assoc, req, d.PUSH)  # (to see the whole response)
+                    assert rsp.Status == 0x0110
+                    assert str(rsp.ErrorComment).startswith("Outcome unknown")
+                    dimse_uid = str(rsp.AffectedSOPInstanceUID)
+                assert rest_uid and dimse_uid and rest_uid != dimse_uid
+                status, headers = await _post(http, proc, rest_uid, workitem())
+                assert status == 201 and "already existed" in headers["Warning"]
+                reply, _ = d.n_create(assoc, workitem(), dimse_uid)
+                assert d.status_of(reply) == 0xB300
         finally:
             proc.stop()

@@ -380,6 +380,8 @@ class DimseHandlers:
 
     def _classify(self, req: Request, exc: BaseException) -> tuple[int, str]:
         """The status and Error Comment for a failed request."""
+        if isinstance(exc, OutcomeUnknown) and req.op == "N-CREATE":
+            req.instance = exc.uid  # (an assigned UID too: a retry with it converges)
         if isinstance(exc, (UPSError, Refused)):
             code, message = exc.status, exc.message
             if req.op == "N-ACTION" and code in _ACTION_ARGUMENT_STATUSES:

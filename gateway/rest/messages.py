@@ -10,7 +10,7 @@ from aiohttp import web
 from gateway.rest.state import ORIGIN, SETTINGS
 from gateway.ups import status as st
 from gateway.ups.dataset import Dataset, normalize
-from gateway.ups.errors import InvalidDataset, UPSError
+from gateway.ups.errors import InvalidDataset, OutcomeUnknown, UPSError
 
 DICOM_JSON = "application/dicom+json"
 _JSON_TYPES = ("application/dicom+json", "application/json")
@@ -53,7 +53,10 @@ def error_response(request: web.Request, error: UPSError) -> web.Response:
     text = error.message
     if error.status in _STATE_CODES:
         text = f"{STATE_CONFLICT} {error.message}"
-    return problem(request, http, text, error.status)
+    headers = None
+    if isinstance(error, OutcomeUnknown):  # where to look (an assigned UID too: retry with it)
+        headers = {"Content-Location": f"{service_url(request)}/workitems/{error.uid}"}
+    return problem(request, http, text, error.status, headers)
 
 
 def problem(request: web.Request, http: int, text: str, dimse: int | None = None,

@@ -37,6 +37,8 @@ from gateway.events.queue import EventQueues
 from gateway.events.status import ServiceStatus
 from gateway.rest import mpps as rest_mpps
 from gateway.rest import mwl as rest_mwl
+from gateway.events.store_watch import StoreWatch
+from gateway.instance import identity, remember_store, remembered_store
 from gateway.rest import websocket
 from gateway.rest.app import create_app
 from gateway.rest.audit_hook import Record
@@ -100,7 +102,8 @@ def make_core(cfg: Config, redis: aioredis.Redis) -> Core:
     service = UPSService(workitems, subscriptions, Settings(
         default_worklist_label=cfg.ups.default_worklist_label, timezone=tz,
         search_default_limit=cfg.ups.search_default_limit,
-        search_max_limit=cfg.ups.search_max_limit, direct_event_aes=frozenset(cfg.peers)))
+        search_max_limit=cfg.ups.search_max_limit, direct_event_aes=frozenset(cfg.peers),
+        commit_wait_seconds=cfg.ups.commit_wait_seconds))
     worklist = mwl.ModalityWorklist(workitems.search_stream, mwl.Settings(
         default_modality=cfg.mwl.default_modality, rules=cfg.mwl.rules, timezone=tz))
     performed = mpps.MppsService(workitems, worklist, mpps.Settings(
@@ -120,11 +123,13 @@ class Gateway:
         self.core: Core | None = None
         self.fanout: WebSocketFanout | None = None
         self.status: ServiceStatus | None = None
+        self.store_watch: StoreWatch | None = None
         self.sender: DimseEventSender | None = None
         self.dimse: DimseServer | None = None
         self.runner: web.AppRunner | None = None
         self.authenticator: Authenticator | None = None
         self.audit: AuditTrail | None = None
+        self.instance = ""
         self._started = False
         self._stopping = asyncio.Event()
 
@@ -132,6 +137,7 @@ class Gateway:
 
     async def start(self) -> None:
         cfg = self.config
+        self.instance = identity(cfg)
         self.redis = await self._connect_redis()
         core = make_core(cfg, self.redis)
         keys, workitems, subscriptions = core.keys, core.workitems, core.subscriptions
@@ -174,15 +180,21 @@ class Gateway:
             self.dimse = DimseServer(cfg.dimse, cfg.ae_title, handlers, access, associated)
             await self.dimse.start()
         try:
-            self.sender = DimseEventSender(cfg.ae_title, cfg.peers, cfg.events, queues, hub)
+            self.sender = DimseEventSender(cfg.ae_title, cfg.peers, cfg.events, queues, hub,
+                                           self.instance)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"peers: a TLS file cannot be read: {exc}") from None
         for name, worker in self.sender.workers.items():
             self.supervisor.start(name, worker.run)
 
-        self.status = ServiceStatus(self.redis, keys, workitems, subscriptions)
+        self.store_watch = StoreWatch(self.redis, keys, subscriptions, list(cfg.peers),
+                                      self._store_reset, lambda seen: remember_store(cfg, seen))
+        await self.store_watch.started(remembered_store(cfg))
+        hub.listen(self.store_watch.hub_notified)
+        self.status = ServiceStatus(self.redis, keys, workitems, subscriptions, self.instance)
         await self.status.started()
         self.supervisor.start("heartbeat", self.status.heartbeat)
+        self.supervisor.start("store-watch", self.store_watch.run)
         self.supervisor.start("purge", self._purge)
         # Everything allocated so far (modules, dictionaries, configuration) lives as long as the
         # process: keep it out of the cyclic collector, whose full passes over it cost 80-90 ms.
@@ -192,7 +204,8 @@ class Gateway:
         self._started = True
         self._application_activity(audit_messages.APPLICATION_START)
         log.info("gateway started", extra={
-            "ae": cfg.ae_title, "rest": f"{cfg.rest.host}:{cfg.rest.port}{cfg.rest.base_path}",
+            "ae": cfg.ae_title, "instance": self.instance,
+            "rest": f"{cfg.rest.host}:{cfg.rest.port}{cfg.rest.base_path}",
             "dimse": f"{cfg.dimse.host}:{cfg.dimse.port}" if cfg.dimse.enabled else "disabled",
             "redis": "embedded" if self.embedded else redis_location(cfg)})
 
@@ -244,10 +257,17 @@ class Gateway:
         tasks = self.supervisor.health()
         report = {name: "up" if ok else "down" for name, ok in components.items()}
         report.update((name, task["status"]) for name, task in tasks.items())
+        shared = self.status.shared_identity if self.status else None
+        if shared:
+            report["instance"] = "down"
         ok = all(state == "up" for state in report.values())
         body = {"status": "ok" if ok else "unavailable", "ae_title": self.config.ae_title,
-                "components": report}
+                "instance": self.instance, "components": report}
         errors = {name: task["error"] for name, task in tasks.items() if task["status"] == "down"}
+        if shared:
+            errors["instance"] = shared
+        if self.store_watch is not None:
+            body["store"] = self.store_watch.report()
         if errors:
             body["errors"] = errors
         return body
@@ -322,6 +342,15 @@ class Gateway:
                       else f"cannot be bound ({exc.strerror})")
             raise ConfigError(f"rest.port: {cfg.host}:{cfg.port} {reason}") from None
         self.runner = runner
+
+    async def _store_reset(self) -> None:
+        """Redis came back empty (``StoreWatch``): the channels' subscriptions are gone, so the
+        channels end, telling their clients to subscribe again; the DIMSE senders' cursors
+        went with the queues."""
+        closed = websocket.close_for_resubscribe(self.fanout) if self.fanout else 0
+        if self.sender is not None:
+            self.sender.store_reset()
+        log.info("event channels closed: subscribe again", extra={"channels": closed})
 
     async def _purge(self) -> None:
         """Delete COMPLETED/CANCELED workitems after their retention (decisions.md, Retention)."""

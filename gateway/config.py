@@ -77,6 +77,7 @@ class Rest:
     # request with any other Origin header is refused (403). "*": any.
     cors_allow_origins: list[str] = field(default_factory=list)
     tls: RestTls = field(default_factory=RestTls)
+    request_timeout: float = 20.0  # seconds a request may take once its body is in (not channels)
 
 
 @dataclass
@@ -144,6 +145,7 @@ class Ups:
     search_default_limit: int = 100
     search_max_limit: int = 1000
     search_cache_mb: float = 32.0  # rendered search results kept per process (0: none)
+    commit_wait_seconds: float = 10.0  # a change's wait for Redis to confirm it; then "unknown"
     retention_hours: float = 24.0
     purge_interval_seconds: float = 60.0
 
@@ -203,6 +205,7 @@ class Audit:
 class Config:
     ae_title: str = "UPS_GATEWAY"
     data_dir: str = "./data"
+    instance_name: str | None = None  # this process's identity; null: kept in data_dir per ports
     event_loop: str = "uvloop"  # uvloop | asyncio (the standard library's loop)
     dimse: Dimse = field(default_factory=Dimse)
     rest: Rest = field(default_factory=Rest)
@@ -326,6 +329,11 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{name}: {value!r} is not a valid AE title (1-16 characters)")
 
     ae("ae_title", config.ae_title)
+    name = config.instance_name
+    if name is not None and not (0 < len(name) <= 64 and name.isascii() and name.isprintable()
+                                 and " " not in name):
+        raise ConfigError(f"instance_name: {name[:70]!r} must be 1-64 printable ASCII characters "
+                          "without spaces")
     for title, peer in config.peers.items():
         ae(f"peers.{title}", title)
         _port(f"peers.{title}.port", peer.port)
@@ -352,6 +360,10 @@ def _check(config: Config) -> None:
     for name in ("search_default_limit", "search_max_limit"):
         if getattr(config.ups, name) < 1:
             raise ConfigError(f"ups.{name}: must be at least 1")
+    if config.rest.request_timeout <= 0:
+        raise ConfigError("rest.request_timeout: must be more than 0")
+    if config.ups.commit_wait_seconds <= 0:
+        raise ConfigError("ups.commit_wait_seconds: must be more than 0")
     if config.ups.search_cache_mb < 0:
         raise ConfigError("ups.search_cache_mb: must be 0 or more")
     if config.mpps.open_retention_hours <= 0:

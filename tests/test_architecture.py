@@ -17,7 +17,7 @@ import gateway
 ROOT = Path(gateway.__file__).parent
 
 # room → the rooms it may import (besides itself). "gateway" is the package's __init__
-# (its version), "config", "logs" and "supervisor" are leaf modules.
+# (its version), "config", "instance", "logs" and "supervisor" are leaf modules.
 ALLOWED = {
     "ups": set(),
     "store": {"ups"},
@@ -27,13 +27,14 @@ ALLOWED = {
     "audit": set(),
     "security": {"config"},
     "config": {"ups"},
+    "instance": {"config"},
     "logs": set(),
     "supervisor": set(),
     "testing": set(),
     "testing_peers": set(),
     "gateway": set(),
-    "app": {"ups", "store", "events", "rest", "dimse", "config", "logs", "supervisor",
-            "security", "audit"},
+    "app": {"ups", "store", "events", "rest", "dimse", "config", "instance", "logs",
+            "supervisor", "security", "audit"},
     "admin": {"app", "ups", "store", "events", "config"},
     "cli": {"admin", "app", "config", "logs", "gateway"},
     "__main__": {"cli"},

@@ -69,6 +69,8 @@ def assert_one_line_naming(stderr: str, key: str) -> None:
     ({"mwl": {"rules": "CT"}}, "mwl.rules"),
     ({"mwl": {"default_modality": ""}}, "mwl.default_modality"),
     ({"mpps": {"open_retention_hours": 0}}, "mpps.open_retention_hours"),
+    ({"instance_name": "two words"}, "instance_name"),
+    ({"instance_name": ""}, "instance_name"),
 ])
 def test_bad_configuration_is_one_line_naming_the_key(tmp_path, change, key):
     config = base_config(tmp_path)

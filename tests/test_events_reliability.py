@@ -251,10 +251,11 @@ async def test_sigkill_restart_announces_restarted_warm_start(tmp_path, http):
             [restarted] = await rcv.wait(1, event_type=SCP_STATUS_CHANGE)
             assert restarted.dataset.SCPStatus == "RESTARTED"
             assert restarted.dataset.SubscriptionListStatus == "WARM START"
-            # The killed process's heartbeat entry is still there: the new process announces
-            # once that entry has not been refreshed for a heartbeat period (5 s + 1), without
-            # waiting for it to expire (15 s after its last refresh). Timed on the gateway's
-            # own log clock, so the delivery to the receiver does not count.
+            # The killed process's heartbeat entry is still there, under the same instance
+            # identity (the same data_dir and ports): the new process knows it for its own and
+            # announces during its start (tests/test_restart.py shows it without any clock).
+            # Timed on the gateway's own log clock, so the delivery to the receiver does not
+            # count.
             started = proc.records("gateway started")[runs]["ts"]
             [_, announced] = proc.records("SCP status RESTARTED announced")  # one per run
             assert seconds_between(started, announced["ts"]) < 10

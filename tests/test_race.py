@@ -29,9 +29,11 @@ def pair(tmp_path_factory):
     first.stop()
 
 
-async def _create(http, gateway, uid):
-    async with http.post(f"{gateway.base}/workitems?workitem={uid}", data=json.dumps(workitem()),
-                         headers=JSON) as r:
+async def _create(http, gateway, uid, payload=None, with_headers=False):
+    async with http.post(f"{gateway.base}/workitems?workitem={uid}",
+                         data=json.dumps(payload or workitem()), headers=JSON) as r:
+        if with_headers:
+            return r.status, await r.text(), r.headers.get("Warning", "")
         return r.status, await r.text()
 
 
@@ -96,11 +98,24 @@ async def test_concurrent_claims_have_exactly_one_winner(pair, http):
 async def test_concurrent_creates_of_one_uid_have_exactly_one_winner(pair, http):
     for _ in range(10):
         uid = new_uid()
-        results = await asyncio.gather(_create(http, pair[0], uid), _create(http, pair[1], uid))
+        results = await asyncio.gather(_create(http, pair[0], uid, workitem(label="A")),
+                                       _create(http, pair[1], uid, workitem(label="B")))
         statuses = sorted(status for status, _ in results)
         assert statuses == [201, 409], results
         loser = next(text for status, text in results if status == 409)
         assert json.loads(loser)["status"] == "0x0111"
+
+
+async def test_concurrent_identical_creates_converge_one_creates(pair, http):
+    """The same create sent to both processes at once (a client's retry racing its first try):
+    both succeed, one made the workitem, the other says it was already there."""
+    for _ in range(10):
+        uid = new_uid()
+        results = await asyncio.gather(_create(http, pair[0], uid, with_headers=True),
+                                       _create(http, pair[1], uid, with_headers=True))
+        assert [status for status, _, _ in results] == [201, 201], results
+        warnings = sorted("already existed" in warning for _, _, warning in results)
+        assert warnings == [False, True], results
 
 
 async def test_concurrent_updates_are_all_applied_or_refused_cleanly(pair, http):

@@ -268,8 +268,11 @@ async def test_unknown_workitem_is_404_everywhere(gateway, http):
 
 
 async def test_duplicate_create_is_409(gateway, http):
+    """Another workitem under an existing UID (the same content again is a repeated create:
+    tests/test_repeated_create.py, tests/test_unknown_outcome.py)."""
     uid = await create(http, gateway)
-    status, text, headers = await _post_create(http, gateway, json.dumps(workitem()),
+    status, text, headers = await _post_create(http, gateway,
+                                               json.dumps(workitem(label="OTHER")),
                                                params=f"?workitem={uid}")
     assert status == 409, text
     assert error_status(text) == "0x0111"

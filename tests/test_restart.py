@@ -1,14 +1,23 @@
-"""Workitems survive a gateway restart on the same data_dir: after SIGTERM, and after the gateway
-and its embedded Redis are both SIGKILLed (every acknowledged write survives a process crash: see
-``GatewayProcess.crash``)."""
+"""Restarts. Workitems survive a gateway restart on the same data_dir: after SIGTERM, and after
+the gateway and its embedded Redis are both SIGKILLed (every acknowledged write survives a process
+crash: see ``GatewayProcess.crash``). The restarted process is the one that crashed (its instance
+identity): its event delivery resumes at once. A Redis that comes back empty is noticed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
-from tests.helpers import GatewayProcess, completion_payload, element, new_uid, state_payload, workitem
+import aiohttp
+
+from tests.event_receiver import (GLOBAL, SCP_STATUS_CHANGE, STATE_REPORT, EventReceiver, Ups,
+                                  WsListener, frame_type, unassigned)
+from tests.helpers import (GatewayProcess, RedisServer, completion_payload, element, new_uid,
+                           state_payload, workitem)
 
 JSON = {"Content-Type": "application/dicom+json"}
+FAST_RETRY = {"retry_initial_seconds": 0.2, "retry_max_seconds": 1.0}
 
 
 async def _create(http, gateway, uid, **kw):
@@ -127,3 +136,191 @@ async def test_two_gateways_cannot_share_one_data_dir(tmp_path, http):
         await _create(http, first, uid)
     finally:
         first.stop()
+
+
+# ---- the restarted process is the one that crashed ----------------------------------------
+
+def _outlast_the_test(client) -> None:
+    """While the crashed process is frozen: make its delivery leases and its heartbeat entry
+    last ten minutes, far beyond any wait of the test. A restart that waited for them to expire,
+    or for the entry to go stale, would deliver nothing and announce nothing in time."""
+    for key in client.scan_iter("ups:own:*"):
+        client.pexpire(key, 600_000)
+    for member, _ in client.zrange("ups:procs", 0, -1, withscores=True):
+        client.zadd("ups:procs", {member: time.time() + 600})
+
+
+async def test_sigkill_restart_resumes_delivery_at_once_and_announces_restarted(tmp_path, http):
+    """After SIGKILL the restarted process on the same data_dir recognises its own identity:
+    it takes its DIMSE delivery lease and its heartbeat entry over instead of waiting for them
+    to expire, announces RESTARTED during its start, and a graceful stop soon after still
+    announces GOING DOWN (the old entry is its own, not a live peer's)."""
+    with EventReceiver("RECEIVER") as rcv:
+        proc = GatewayProcess(tmp_path, extra={"peers": {"RECEIVER": rcv.peer()},
+                                               "events": FAST_RETRY}).start()
+        try:
+            ups = Ups(http, proc.base)
+            await ups.subscribe(GLOBAL, "RECEIVER")
+            await ups.subscribe(GLOBAL, "WATCHER")
+            listener = await WsListener.open(http, ups.ws_url("WATCHER"))
+            first = await ups.create(unassigned())
+            await rcv.wait(1, uid=first)
+            await listener.wait(1, uid=first)
+            await listener.close()
+            identity = proc.records("gateway started")[0]["instance"]
+
+            proc.crash(while_frozen=_outlast_the_test)
+            runs = len(proc.records("gateway started"))
+            proc.start()
+            assert proc.records("gateway started")[runs]["instance"] == identity
+            # RESTARTED was queued during the start, before /health said 200 ...
+            announced = proc.records("SCP status RESTARTED announced")
+            assert len(announced) == 2, announced  # one per run
+            log = [r.get("msg") for r in proc.records()]
+            started_at = [i for i, msg in enumerate(log) if msg == "gateway started"][runs]
+            announced_at = [i for i, msg in enumerate(log)
+                            if msg == "SCP status RESTARTED announced"][1]
+            assert announced_at < started_at
+            # ... so it comes before anything created after the start, and both transports
+            # deliver with the dead process's leases still in Redis
+            async with aiohttp.ClientSession() as fresh:  # (the pooled connections died)
+                ups = Ups(fresh, proc.base)
+                later = await ups.create(unassigned())
+                reports = await rcv.wait(2, uid=[GLOBAL, later])
+                assert [r.event_type for r in reports] == [SCP_STATUS_CHANGE, STATE_REPORT]
+                assert reports[0].dataset.SCPStatus == "RESTARTED"
+                assert reports[0].dataset.SubscriptionListStatus == "WARM START"
+                listener = await WsListener.open(fresh, ups.ws_url("WATCHER"))
+                try:
+                    frames = await listener.wait(2, uid=[GLOBAL, later])
+                    assert [frame_type(f) for f in frames] == [SCP_STATUS_CHANGE, STATE_REPORT]
+                finally:
+                    await listener.close()
+
+            assert proc.stop() == 0
+            statuses = await rcv.wait(2, event_type=SCP_STATUS_CHANGE)
+            assert [r.dataset.SCPStatus for r in statuses] == ["RESTARTED", "GOING DOWN"]
+        finally:
+            proc.stop()
+
+
+# ---- a Redis that comes back empty ---------------------------------------------------------
+
+async def test_redis_back_empty_is_noticed_told_and_reported(tmp_path, http):
+    """Redis restarted without persistence: every subscription is gone. The gateway notices
+    (the store's identity is missing), logs an error, closes the WebSocket channels with the
+    "subscribe again" close code, announces RESTARTED / COLD START to its DIMSE peers and says
+    so in /health; a client that subscribes again gets events again."""
+    with RedisServer(tmp_path / "redis") as server, EventReceiver("RECEIVER") as rcv:
+        proc = GatewayProcess(tmp_path, redis_url=server.url,
+                              extra={"peers": {"RECEIVER": rcv.peer()},
+                                     "events": FAST_RETRY}).start()
+        try:
+            ups = Ups(http, proc.base)
+            await ups.subscribe(GLOBAL, "RECEIVER")
+            await ups.subscribe(GLOBAL, "WATCHER")
+            listener = await WsListener.open(http, ups.ws_url("WATCHER"))
+            first = await ups.create(unassigned())
+            await rcv.wait(1, uid=first)
+            await listener.wait(1, uid=first)
+            async with http.get(f"{proc.url}/health") as r:
+                assert "resets" not in (await r.json())["store"]
+
+            server.restart_empty()
+
+            await proc.wait_for_log("event channels closed: subscribe again", channels=1)
+            for _ in range(600):  # the close handshake, then the reader ends
+                if listener.closed:
+                    break
+                await asyncio.sleep(0.05)
+            assert listener.close_code == 4100
+            [restarted] = await rcv.wait(1, event_type=SCP_STATUS_CHANGE)
+            assert restarted.uid == GLOBAL
+            assert restarted.dataset.SCPStatus == "RESTARTED"
+            assert restarted.dataset.SubscriptionListStatus == "COLD START"
+            assert restarted.dataset.UnifiedProcedureStepListStatus == "COLD START"
+            [error] = proc.records(level="ERROR")
+            assert error["msg"].startswith("Redis came back without the gateway's data")
+            async with aiohttp.ClientSession() as fresh:
+                async with fresh.get(f"{proc.url}/health") as r:
+                    assert r.status == 200  # the gateway works; what was lost is reported
+                    store = (await r.json())["store"]
+                assert len(store["resets"]) == 1 and "subscribe again" in store["detail"]
+                assert store["resets"][0]["store"] == store["identity"]
+                # subscribing again brings the events back, on both transports
+                ups = Ups(fresh, proc.base)
+                await ups.subscribe(GLOBAL, "RECEIVER")
+                await ups.subscribe(GLOBAL, "WATCHER")
+                listener = await WsListener.open(fresh, ups.ws_url("WATCHER"))
+                try:
+                    later = await ups.create(unassigned())
+                    await rcv.wait(1, uid=later)
+                    await listener.wait(1, uid=later)
+                    await ups.drain(rcv, "RECEIVER")
+                    assert len(rcv.received(event_type=SCP_STATUS_CHANGE)) == 1  # told once
+                finally:
+                    await listener.close()
+        finally:
+            proc.stop()
+
+
+async def test_redis_back_empty_under_two_processes_is_announced_once(tmp_path, http):
+    """Both processes notice and close their own channels; one of them tells the peer."""
+    with RedisServer(tmp_path / "redis") as server, EventReceiver("RECEIVER") as rcv:
+        extra = {"peers": {"RECEIVER": rcv.peer()}, "events": FAST_RETRY}
+        procs = [GatewayProcess(tmp_path / name, redis_url=server.url, extra=extra).start()
+                 for name in ("a", "b")]
+        try:
+            listeners = []
+            for proc, ae in zip(procs, ("WATCH_A", "WATCH_B")):
+                ups = Ups(http, proc.base)
+                await ups.subscribe(GLOBAL, ae)
+                listeners.append(await WsListener.open(http, ups.ws_url(ae)))
+            server.restart_empty()
+            for proc in procs:
+                await proc.wait_for_log("event channels closed: subscribe again", channels=1)
+            for listener in listeners:
+                for _ in range(600):
+                    if listener.closed:
+                        break
+                    await asyncio.sleep(0.05)
+                assert listener.close_code == 4100
+            await rcv.wait(1, event_type=SCP_STATUS_CHANGE)
+            # a marker through the peer's queue: a second announcement would have come first
+            async with aiohttp.ClientSession() as fresh:
+                ups = Ups(fresh, procs[0].base)
+                await ups.subscribe(GLOBAL, "RECEIVER")
+                await ups.drain(rcv, "RECEIVER")
+            [restarted] = rcv.received(event_type=SCP_STATUS_CHANGE)
+            assert restarted.dataset.SubscriptionListStatus == "COLD START"
+            announced = [r for proc in procs for r in proc.records(
+                "SCP status RESTARTED announced", list_status="COLD START") if r["recipients"]]
+            assert len(announced) == 1
+        finally:
+            for proc in procs:
+                proc.stop()
+
+
+async def test_redis_emptied_while_the_gateway_was_down_is_noticed_at_start(tmp_path, http):
+    """The gateway keeps the store identity it last saw in data_dir: started again on a Redis
+    that lost everything meanwhile, it says so at once and tells its DIMSE peers."""
+    with RedisServer(tmp_path / "redis") as server, EventReceiver("RECEIVER") as rcv:
+        proc = GatewayProcess(tmp_path, redis_url=server.url,
+                              extra={"peers": {"RECEIVER": rcv.peer()}, "events": FAST_RETRY})
+        proc.start()
+        try:
+            await Ups(http, proc.base).subscribe(GLOBAL, "RECEIVER")
+            assert proc.stop() == 0  # GOING DOWN to the subscriber
+            server.restart_empty()
+            proc.start()
+            statuses = await rcv.wait(2, event_type=SCP_STATUS_CHANGE)
+            assert [r.dataset.SCPStatus for r in statuses] == ["GOING DOWN", "RESTARTED"]
+            assert statuses[1].dataset.SubscriptionListStatus == "COLD START"
+            [error] = proc.records(level="ERROR")
+            assert error["msg"].startswith("Redis came back without the gateway's data")
+            async with aiohttp.ClientSession() as fresh:
+                async with fresh.get(f"{proc.url}/health") as r:
+                    assert r.status == 200
+                    assert len((await r.json())["store"]["resets"]) == 1
+        finally:
+            proc.stop()

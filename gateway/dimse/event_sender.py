@@ -32,7 +32,7 @@ from gateway.ups import events as ev
 log = logging.getLogger("gateway.events.dimse")
 
 TRANSPORT = "dimse"
-LEASE_MS = 6000  # a crashed sender's peers are taken over within this
+LEASE_MS = 6000  # another process's crashed sender's peers are taken over within this
 RENEW_SECONDS = 1.5
 BATCH = 100
 POLL_SECONDS = LEASE_MS / 4000  # the queue is read this often even without a notification
@@ -42,8 +42,10 @@ class DimseEventSender:
     """One ``PeerSender`` per configured peer, fed by the hub's notifications."""
 
     def __init__(self, ae_title: str, peers: dict[str, Peer], config: Events,
-                 queues: EventQueues, hub: EventHub):
-        self.senders = {ae: PeerSender(ae_title, ae, peer, config, queues)
+                 queues: EventQueues, hub: EventHub, instance: str = ""):
+        """``instance``: this process's identity, the owner of its peers' leases (so a run
+        restarted after a crash takes its previous run's leases at once)."""
+        self.senders = {ae: PeerSender(ae_title, ae, peer, config, queues, instance)
                         for ae, peer in peers.items()}
         hub.listen(self._notified)
 
@@ -63,6 +65,13 @@ class DimseEventSender:
                 sender.reader.offer(entries)
                 sender.wake()
 
+    def store_reset(self) -> None:
+        """Redis came back empty: every sender reads its cursor again (it is gone with the
+        queues) before it delivers anything more."""
+        for sender in self.senders.values():
+            sender.reread = True
+            sender.wake()
+
     async def flush(self, timeout: float) -> None:
         """Give every sender up to ``timeout`` to deliver what is queued now (e.g. GOING DOWN at
         shutdown): each reports when it has found its queue empty."""
@@ -75,18 +84,20 @@ class DimseEventSender:
 
 
 class PeerSender:
-    def __init__(self, ae_title: str, ae: str, peer: Peer, config: Events, queues: EventQueues):
+    def __init__(self, ae_title: str, ae: str, peer: Peer, config: Events, queues: EventQueues,
+                 instance: str = ""):
         self.ae_title = ae_title
         self.ae, self.peer, self.config = ae, peer, config
         # TLS to this peer (PS3.15 B.1); files are read now, so a bad one stops the start.
         self.ssl = tls.client_context(peer.ca_file, peer.cert_file, peer.key_file) \
             if peer.tls else None
         self.queues = queues
-        self.reader = queues.reader(TRANSPORT, ae, LEASE_MS)
+        self.reader = queues.reader(TRANSPORT, ae, LEASE_MS, owner=instance)
         self.assoc: Requestor | None = None
         self.last_used = 0.0
         self.backoff = config.retry_initial_seconds
         self.held = False
+        self.reread = False  # forget the cursor before the next read (the store was reset)
         self._wake = asyncio.Event()
         self._drain_waiters: list[asyncio.Future] = []
 
@@ -106,6 +117,9 @@ class PeerSender:
         try:
             while True:
                 try:
+                    if self.reread:
+                        self.reread = False
+                        self.reader.forget()
                     if not self.held:
                         self.reader.forget()
                         await self.close()
@@ -150,9 +164,12 @@ class PeerSender:
             await asyncio.sleep(RENEW_SECONDS)
 
     async def _sleep(self, seconds: float) -> None:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+        # arrives as the event is set (the task then runs on, and shutdown waits for it forever).
         try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
             pass
         self._wake.clear()
 

@@ -31,7 +31,8 @@ from gateway.ups import matching
 from gateway.ups import status as st
 from gateway.ups import tags as t
 from gateway.ups.dataset import Dataset, describe, first, is_uid, normalize
-from gateway.ups.errors import InvalidDataset, UPSError
+from gateway.ups.attempt import commit_tracking
+from gateway.ups.errors import InvalidDataset, OutcomeUnknown, UPSError
 from gateway.ups.uids import (FILTERED_GLOBAL_SUBSCRIPTION, UPS_EVENT, UPS_PULL, UPS_PUSH,
                               UPS_QUERY, UPS_WATCH)
 
@@ -186,6 +187,8 @@ class DimseHandlers:
             # assigns one and answers Success).
             req.instance = outcome.uid
             return st.SUCCESS, outcome.message, None
+        if outcome.repeated:  # done before (a retried request): a warning says so
+            return st.CREATED_WITH_MODIFICATIONS, outcome.message, None
         return outcome.status, outcome.message, None
 
     # ---- N-SET -------------------------------------------------------------------------------
@@ -379,9 +382,17 @@ class DimseHandlers:
         return code, message, reply
 
     async def _core(self, coro):
-        """Await the UPS core, at most ``dimse.request_timeout`` seconds."""
-        async with asyncio.timeout(self.timeout):
-            return await coro
+        """Await the UPS core, at most ``dimse.request_timeout`` seconds. Cut short while its
+        commit is in flight, the request's outcome is unknown, and the answer says so."""
+        with commit_tracking() as tracking:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    return await coro
+            except TimeoutError:
+                if tracking.pending is not None:
+                    raise OutcomeUnknown(tracking.pending, "the store did not confirm it within "
+                                         f"{self.timeout:g} s") from None
+                raise
 
     async def _respond(self, assoc: Association, req: Request, code: int, message: str,
                        dataset: bytes | None = None) -> None:
@@ -396,6 +407,8 @@ class DimseHandlers:
 
     def _classify(self, req: Request, exc: BaseException) -> tuple[int, str]:
         """The status and Error Comment for a failed request."""
+        if isinstance(exc, OutcomeUnknown) and req.op == "N-CREATE":
+            req.instance = exc.uid  # (an assigned UID too: a retry with it converges)
         if isinstance(exc, (UPSError, Refused)):
             code, message = exc.status, exc.message
             if req.op == "N-ACTION" and code in _ACTION_ARGUMENT_STATUSES:

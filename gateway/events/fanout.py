@@ -31,7 +31,8 @@ from redis.exceptions import RedisError
 
 from gateway.events.frames import FrameEncoder, overflow_notice
 from gateway.events.hub import EventHub
-from gateway.events.queue import EventQueues, LeaseLost, QueuedEntry, QueueReader
+from gateway.events.queue import (EventQueues, LeaseLapsed, LeaseLost, QueuedEntry,
+                                  QueueReader)
 from gateway.store import scripts
 from gateway.store.codec import pack_for_lua
 
@@ -192,6 +193,8 @@ class WebSocketFanout:
             for channel, reply in zip(unread, replies):
                 try:
                     got[channel] = channel.reader.take(reply)
+                except LeaseLapsed:
+                    pass  # nobody took it over: ``keep`` takes it again, the next poll serves
                 except LeaseLost:
                     channel.replaced()
         encoder = FrameEncoder()

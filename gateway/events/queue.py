@@ -52,6 +52,11 @@ class LeaseLost(Exception):
     """Another reader (a newer WebSocket, another process) now delivers this AE's events."""
 
 
+class LeaseLapsed(LeaseLost):
+    """Nobody holds this AE's lease: it expired unrenewed, or Redis lost it (came back empty).
+    Nobody replaced the reader; its lease is taken again at its next renewal."""
+
+
 class EventQueues:
     """The event queues of one Redis: leases, cursors, batched reads and acknowledgements."""
 
@@ -63,8 +68,11 @@ class EventQueues:
         self._release = scripts.on_lane(lane, "release_lease.lua")
         self._cursor = scripts.on_lane(lane, "cursor.lua")
 
-    def reader(self, transport: str, ae: str, lease_ms: int) -> QueueReader:
-        return QueueReader(self, transport, ae, Lease(self.keys.lease(transport, ae), lease_ms))
+    def reader(self, transport: str, ae: str, lease_ms: int, owner: str = "") -> QueueReader:
+        """``owner``: who holds the lease when this reader does (a stable name lets a restarted
+        process know its previous run's lease for its own); empty: a name of its own."""
+        return QueueReader(self, transport, ae,
+                           Lease(self.keys.lease(transport, ae), lease_ms, owner))
 
     async def hold(self, lease: Lease, take: bool = False) -> bool:
         """Take or keep ``lease`` (``take``: even from another holder)."""
@@ -204,7 +212,7 @@ class QueueReader:
         before the first of them. Raises ``LeaseLost`` when another reader owns the AE now."""
         owner, items = reply
         if owner != self._owner:
-            raise LeaseLost(self.ae)
+            raise LeaseLapsed(self.ae) if owner is None else LeaseLost(self.ae)
         entries = [_entry(i, fields) for i, fields in items]
         lost = entries[0].n - self.cursor[1] - 1 if entries else 0
         return entries, max(0, lost)

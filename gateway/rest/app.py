@@ -4,6 +4,7 @@ spelling (``paths``), a middleware that turns every failure into a clear HTTP an
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -24,7 +25,9 @@ from gateway.rest.messages import error_response, problem
 from gateway.rest.state import (FANOUT, HEALTH, ORIGIN, REQUEST_ID, SECURITY, SERVICE, SETTINGS,
                                 Health, Security)
 from gateway.security.principal import PERFORM, READ, WATCH, WRITE
-from gateway.ups.errors import UPSError
+from gateway.ups import status as st
+from gateway.ups.attempt import commit_tracking
+from gateway.ups.errors import OutcomeUnknown, UPSError
 from gateway.ups.service import UPSService
 
 log = logging.getLogger("gateway.rest")
@@ -75,7 +78,7 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
     logs.bind(request=rid, peer=request.remote)
     started = time.perf_counter()
     try:
-        response = await handler(request)
+        response = await _within_deadline(request, handler)
     except UPSError as error:
         response = error_response(request, error)
     except web.HTTPRequestEntityTooLarge:
@@ -100,6 +103,35 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
                                     "path": request.path, "status": response.status,
                                     "ms": round((time.perf_counter() - started) * 1000, 2)})
     return response
+
+
+async def _within_deadline(request: web.Request, handler) -> web.StreamResponse:
+    """Serve ``request`` within ``rest.request_timeout`` once its body is in (so a slow upload
+    is not blamed on the worklist); an event channel lives as long as its client. Cut short
+    while its commit was in flight, the request's outcome is unknown, and the answer says so
+    (504) rather than "try again" (503)."""
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return await handler(request)
+    settings = request.app[SETTINGS]
+    if request.content_length is None or request.content_length <= settings.max_body_bytes:
+        await request.read()  # kept by aiohttp for the handler (too large: 413 as before)
+    limit = settings.request_timeout
+    deadline = asyncio.timeout(limit)
+    with commit_tracking() as tracking:
+        try:
+            async with deadline:
+                return await handler(request)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # not ours
+            if tracking.pending is not None:
+                log.error("request timed out with its commit in flight: outcome unknown",
+                          extra={"uid": tracking.pending, "timeout_s": limit})
+                raise OutcomeUnknown(tracking.pending, "the store did not confirm it within "
+                                     f"{limit:g} s") from None
+            log.warning("request timed out", extra={"path": request.path, "timeout_s": limit})
+            raise UPSError(st.PROCESSING_FAILURE, f"The worklist did not answer within "
+                           f"{limit:g} s; try again") from None
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:

@@ -10,7 +10,7 @@ from aiohttp import web
 from gateway.rest.state import ORIGIN, SETTINGS
 from gateway.ups import status as st
 from gateway.ups.dataset import Dataset, normalize
-from gateway.ups.errors import InvalidDataset, UPSError
+from gateway.ups.errors import InvalidDataset, OutcomeUnknown, UPSError
 
 DICOM_JSON = "application/dicom+json"
 _JSON_TYPES = ("application/dicom+json", "application/json")
@@ -41,15 +41,22 @@ def warning(request: web.Request, text: str) -> str:
     return f"299 {service_url(request)}: {clean}"
 
 
+# Finer causes (``UPSError.reason``) that one DIMSE status covers, where HTTP tells them apart.
+HTTP_STATUS_BY_REASON = {
+    "gone": 410,  # purged after its retention period
+    "outcome unknown": 504,  # the commit was sent, its answer did not come: it may be applied
+}
+
+
 def error_response(request: web.Request, error: UPSError) -> web.Response:
-    if error.reason == "gone":
-        http = 410
-    else:
-        http = HTTP_STATUS.get(error.status, 400)
+    http = HTTP_STATUS_BY_REASON.get(error.reason) or HTTP_STATUS.get(error.status, 400)
     text = error.message
     if error.status in _STATE_CODES:
         text = f"{STATE_CONFLICT} {error.message}"
-    return problem(request, http, text, error.status)
+    headers = None
+    if isinstance(error, OutcomeUnknown):  # where to look (an assigned UID too: retry with it)
+        headers = {"Content-Location": f"{service_url(request)}/workitems/{error.uid}"}
+    return problem(request, http, text, error.status, headers)
 
 
 def problem(request: web.Request, http: int, text: str, dimse: int | None = None,

@@ -18,6 +18,7 @@ from aiohttp import WSMsgType, web
 from redis.exceptions import RedisError
 
 from gateway.events.fanout import WebSocketFanout
+from gateway.events.store_watch import RESUBSCRIBE_CLOSE_CODE
 from gateway.rest.state import REQUEST_ID
 
 log = logging.getLogger("gateway.events")
@@ -59,6 +60,7 @@ class Channel:
         self.reader = fanout.reader(ae)
         self.sending: asyncio.Task | None = None
         self._replaced = False
+        self._resubscribe = False
         self._ended = asyncio.Event()  # the client left, or another connection took over
 
     async def run(self) -> None:
@@ -75,6 +77,9 @@ class Channel:
             if self._replaced and not self.ws.closed:
                 await self.ws.close(code=REPLACED,
                                     message=b"replaced by a newer connection for this AE")
+            elif self._resubscribe and not self.ws.closed:
+                await self.ws.close(code=RESUBSCRIBE_CLOSE_CODE,
+                                    message=b"the gateway lost its subscriptions: subscribe again")
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
@@ -104,6 +109,11 @@ class Channel:
     def replaced(self) -> None:
         """Another connection (here or in another process) now delivers this AE's events."""
         self._replaced = True
+        self._ended.set()
+
+    def resubscribe(self) -> None:
+        """The store lost this AE's subscriptions: end the channel, telling the client."""
+        self._resubscribe = True
         self._ended.set()
 
     def can_send_now(self, frames: list[bytes]) -> bool:
@@ -137,6 +147,14 @@ class Channel:
                     break
         finally:
             self._ended.set()  # the client left: end the channel now
+
+
+def close_for_resubscribe(fanout: WebSocketFanout) -> int:
+    """Redis came back empty: end every open channel with the "subscribe again" close code."""
+    channels = [channel for channel in fanout.channels if isinstance(channel, Channel)]
+    for channel in channels:
+        channel.resubscribe()
+    return len(channels)
 
 
 async def close_all(fanout: WebSocketFanout, timeout: float) -> None:

@@ -64,7 +64,9 @@ async def create(request: web.Request, resource: Resource) -> web.Response:
     outcome = await _service(request).create(ds, uid, requester=request.get(REQUESTER))
     location = workitem_url(request, outcome.uid)
     headers = {"Location": location, "Content-Location": location}
-    if outcome.status == st.CREATED_WITH_MODIFICATIONS:
+    if outcome.repeated:  # a retry of a create that was applied: done, and said so
+        headers["Warning"] = warning(request, outcome.message)
+    elif outcome.status == st.CREATED_WITH_MODIFICATIONS:
         headers["Warning"] = warning(request, CREATED_WITH_MODIFICATIONS)
         headers["X-UPS-Modifications"] = _header_safe(outcome.message)
     return web.Response(status=201, headers=headers)

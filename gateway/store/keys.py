@@ -22,7 +22,11 @@ Layout (``p`` = the key prefix, ``redis.key_prefix``, default ``ups:``):
   p mpps:{uid}           hash   an MPPS instance: d=dataset (``codec``), v=version, w=linked
                                 workitem UID, tx=Transaction UID of its claim, n=note (TTL once
                                 COMPLETED/DISCONTINUED)
-  p procs                zset   live gateway processes → heartbeat expiry
+  p procs                zset   live gateway processes (instance identity) → heartbeat expiry
+  p run:{instance}       string the token of the run that now holds that identity (TTL)
+  p store                string the store's identity, written at its first start: a Redis that
+                                lost it came back empty (``events/store_watch``)
+  p reset:{identity}     string claimed by the one process that announces that reset (TTL)
   p notify               pubsub wake-ups (and the events themselves) for the deliverers
   p tkt:{digest}         string a WebSocket ticket (SHA-256 of it) → who and which AE (TTL)
 
@@ -89,6 +93,15 @@ class Keys:
 
     def processes(self) -> str:
         return f"{self.prefix}procs"
+
+    def instance_run(self, instance: str) -> str:
+        return f"{self.prefix}run:{instance}"
+
+    def store_identity(self) -> str:
+        return f"{self.prefix}store"
+
+    def store_reset(self, identity: str) -> str:
+        return f"{self.prefix}reset:{identity}"
 
     def notify(self) -> str:
         return f"{self.prefix}notify"

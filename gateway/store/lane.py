@@ -10,7 +10,8 @@ turn go out in one write, and one reader takes the replies in order, each to its
 Failure: a reply that is an error goes to its caller alone (a script cache lost to a restart or
 SCRIPT FLUSH is reloaded and the call made again); a connection that breaks fails every call
 still waiting with the connection's error — a Redis error, as through the client — and the next
-call opens a new one.
+call opens a new one. A call that never reached Redis (no connection) fails with ``NotSent``:
+only then is it certain that Redis did not run it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ from typing import Any, Sequence
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+
+class NotSent(RedisConnectionError):
+    """The command never reached Redis (no connection could be made): it was not applied.
+    Any other connection error of a call leaves open whether Redis ran it."""
 
 
 class Lane:
@@ -82,17 +89,20 @@ class Lane:
         task.add_done_callback(self._writing.discard)
 
     async def _write(self, batch: list[tuple[Sequence, asyncio.Future]]) -> None:
+        sending = False
         try:
             async with self._write_lock:
                 conn = await self._connection()
                 packed = [part for args, _ in batch for part in conn.pack_command(*args)]
                 self._waiting.extend(future for _, future in batch)
+                sending = True  # from here on Redis may get (some of) the batch
                 await conn.send_packed_command(packed, check_health=False)
         except BaseException as exc:  # noqa: BLE001 - every caller hears of it
             error = exc if isinstance(exc, Exception) else RedisError("cancelled")
             self._broken(error)
+            unsent = error if sending else NotSent(f"not sent to Redis: {error}")
             for _, future in batch:
-                _settle(future, exc=error)
+                _settle(future, exc=unsent)
             if not isinstance(exc, Exception):
                 raise
             return

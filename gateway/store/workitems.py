@@ -26,17 +26,19 @@ from datetime import timezone
 from typing import AsyncIterator, Callable, Iterable
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import NoScriptError
 
 from gateway.store import codec, indexes, scripts
 from gateway.store.keys import Keys
-from gateway.store.lane import Lane
+from gateway.store.lane import Lane, NotSent
 from gateway.store.replication import Replication
 from gateway.store.results import RenderedResults
 from gateway.ups import tags as t
 from gateway.ups.dataset import Dataset
 from gateway.ups.dicomtime import UTC
-from gateway.ups.errors import WorkitemGone
+from gateway.ups.errors import OutcomeUnknown, WorkitemGone
 from gateway.ups.matching import Query, search_order
 from gateway.ups.ports import (Change, Conflict, MppsRecord, NoRecipient, QueuedEvent, Record,
                                SearchPage)
@@ -128,10 +130,15 @@ class RedisWorkitemStore:
             codec.pack(change.state_report) if change.state_report else b"",
             *_mpps_args(change.mpps, with_uid=True)]
         acked = 0
-        if self.replication.replicas:
-            result, acked = await self._commit_replicated(keys, args)
-        else:
-            result = await self._commit(keys=keys, args=args)
+        try:
+            if self.replication.replicas:
+                result, acked = await self._commit_replicated(keys, args)
+            else:
+                result = await self._commit(keys=keys, args=args)
+        except NotSent:
+            raise  # not applied: the store is unavailable, try again
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise OutcomeUnknown(uid, f"the connection to the store broke: {exc}") from None
         code = int(result[0])
         if code == 1 and acked < self.replication.replicas:
             self._recent.pop(uid, None)

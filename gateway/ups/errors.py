@@ -49,3 +49,15 @@ class Contention(UPSError):
 
     def __init__(self, uid: str):
         super().__init__(st.PROCESSING_FAILURE, f"Workitem {uid} is changing too fast; try again")
+
+
+class OutcomeUnknown(UPSError):
+    """A commit was sent and its answer did not come (the store stalled past the wait, or the
+    connection broke): it may or may not have been applied. Never "not done": the client is
+    told to read the workitem before retrying (a repeated identical create succeeds anyway)."""
+
+    def __init__(self, uid: str, why: str = "the store did not confirm it"):
+        super().__init__(st.PROCESSING_FAILURE,
+                         "Outcome unknown: the change may have been applied; read the workitem "
+                         f"before retrying ({why}; workitem {uid})", reason="outcome unknown")
+        self.uid = uid

@@ -41,6 +41,8 @@ class Settings:
     search_default_limit: int = 100
     search_max_limit: int = 1000
     max_attempts: int = 64  # decisions overtaken by other writers before giving up
+    # How long a change waits for the store to confirm its commit; then "outcome unknown".
+    commit_wait_seconds: float | None = 10.0
     # AEs that can be told of events even without a subscription (DIMSE peers with an address).
     direct_event_aes: frozenset[str] = frozenset()
 
@@ -56,6 +58,7 @@ class Outcome:
     modifications: list[str] = field(default_factory=list)
     uid_assigned: bool = False
     found: bool = True  # unsubscribe/suspend: whether there was such a subscription
+    repeated: bool = False  # create: the workitem already existed with this content
 
 
 @dataclass
@@ -125,6 +128,9 @@ class UPSService:
                 await attempt.commit(uid, 0, change, creation_events)
             except Conflict as conflict:
                 if conflict.current_version:
+                    if await self._created_alike(uid, ds):
+                        outcome.repeated = True
+                        return
                     raise UPSError(st.DUPLICATE_INSTANCE,
                                    f"A workitem with UID {uid} already exists") from None
                 self.watch.forget_globals()  # they changed meanwhile: read them, decide again
@@ -133,13 +139,35 @@ class UPSService:
                 raise UPSError(st.DUPLICATE_INSTANCE,
                                f"A workitem with UID {uid} existed and was deleted") from None
 
-        await until_committed(uid, self.store, decide, self.settings.max_attempts)
+        await until_committed(uid, self.store, decide, self.settings.max_attempts,
+                              self.settings.commit_wait_seconds)
+        if outcome.repeated:
+            outcome.modifications = []
+            outcome.message = ("The workitem already existed with this content; nothing was "
+                               f"changed (a repeated create of {uid})")
+            log.info("workitem create repeated: already there, identical",
+                     extra={"uid": uid, "ae": requester})
+            return outcome
         if outcome.modifications:
             outcome.status = st.CREATED_WITH_MODIFICATIONS
         outcome.message = "; ".join(outcome.modifications)
         log.info("workitem created", extra={"uid": uid, "ae": requester,
                                             "modifications": outcome.modifications})
         return outcome
+
+    async def _created_alike(self, uid: str, ds: Dataset) -> bool:
+        """Whether workitem ``uid`` is what creating it from ``ds`` would make, bar the
+        modification time: a create repeated (a client retrying after no answer or an
+        "outcome unknown") is then answered as done, so retrying clients converge. A workitem
+        changed since (claimed, updated) is not alike: that is a duplicate."""
+        record = await self.store.load(uid)
+        if record is None:
+            return False
+        stamp = t.ScheduledProcedureStepModificationDateTime
+        stored = record.dataset
+        return (record.state == "SCHEDULED" and not record.tx
+                and {k: v for k, v in stored.items() if k != stamp}
+                == {k: v for k, v in ds.items() if k != stamp})
 
     # ---- retrieve ----------------------------------------------------------------------
 
@@ -193,7 +221,8 @@ class UPSService:
             change = self._change(after, tx=record.tx, performer=record.performer)
             await attempt.commit(uid, record.version, change, events)
 
-        await until_committed(uid, self.store, decide, self.settings.max_attempts)
+        await until_committed(uid, self.store, decide, self.settings.max_attempts,
+                              self.settings.commit_wait_seconds)
         log.info("workitem updated", extra={"uid": uid, "ae": requester,
                                             "attributes": sorted(mods)})
         return Outcome(uid)
@@ -233,7 +262,8 @@ class UPSService:
                                                       "state": decision.new_state})
             return outcome
 
-        return await until_committed(uid, self.store, decide, self.settings.max_attempts)
+        return await until_committed(uid, self.store, decide, self.settings.max_attempts,
+                              self.settings.commit_wait_seconds)
 
     # ---- request cancellation ------------------------------------------------------------
 
@@ -259,7 +289,8 @@ class UPSService:
             log.info("scheduled workitem canceled on request", extra={"uid": uid, "ae": requester})
             return Outcome(uid)
 
-        return await until_committed(uid, self.store, decide, self.settings.max_attempts)
+        return await until_committed(uid, self.store, decide, self.settings.max_attempts,
+                              self.settings.commit_wait_seconds)
 
     async def _notify_cancel(self, attempt: Attempt, record: Record, request: Dataset,
                              requester: str | None) -> Outcome:

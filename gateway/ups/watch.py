@@ -83,7 +83,8 @@ class Watch:
             report = QueuedEvent(ev.STATE_REPORT, ev.state_report(record.dataset), only=(ae,))
             await attempt.commit(uid, record.version, change, [report])
 
-        await until_committed(uid, self.store, decide, self.settings.max_attempts)
+        await until_committed(uid, self.store, decide, self.settings.max_attempts,
+                              self.settings.commit_wait_seconds)
         log.info("subscribed", extra={"uid": uid, "ae": ae, "lock": deletion_lock})
         return ""
 

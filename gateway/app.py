@@ -25,7 +25,7 @@ from gateway.config import Config, ConfigError
 from gateway.dimse.event_sender import DimseEventSender
 from gateway.dimse.handlers import DimseHandlers
 from gateway.dimse.server import DimseServer
-from gateway.events.fanout import WebSocketFanout
+from gateway.events.fanout import ChannelLimits, WebSocketFanout
 from gateway.events.hub import EventHub
 from gateway.events.queue import EventQueues
 from gateway.events.status import ServiceStatus
@@ -110,11 +110,16 @@ class Gateway:
             await asyncio.wait_for(hub.ready.wait(), HUB_READY_SECONDS)
         except asyncio.TimeoutError:
             raise ConfigError("redis: the event notification channel cannot be subscribed") from None
-        self.fanout = WebSocketFanout(self.redis, queues, hub)
+        events = cfg.events
+        self.fanout = WebSocketFanout(self.redis, queues, hub, ChannelLimits(
+            per_ae=events.max_channels_per_ae, total=events.max_channels,
+            send_buffer_bytes=events.channel_send_buffer_bytes,
+            ack_timeout_seconds=events.channel_ack_timeout_seconds))
         self.supervisor.start("websocket-fanout", self.fanout.run)
         self.supervisor.start("websocket-upkeep", self.fanout.keep)
 
-        await self._start_rest(create_app(cfg.rest, service, self.fanout, self.health))
+        await self._start_rest(create_app(cfg.rest, service, self.fanout, self.health,
+                                          events.websocket_subprotocols))
         if cfg.dimse.enabled:
             self.dimse = DimseServer(cfg.dimse, cfg.ae_title,
                                      DimseHandlers(service, cfg.dimse.request_timeout))

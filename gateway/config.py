@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 import yaml
 
 ENV_PREFIX = "UPSGW_"
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token (a subprotocol name)
 
 
 class ConfigError(Exception):
@@ -81,6 +83,12 @@ class Events:
     retry_max_seconds: float = 60.0
     send_timeout: float = 5.0
     association_idle_seconds: float = 30.0
+    # WebSocket event channels (docs/conformance.md §7)
+    websocket_subprotocols: list[str] = field(default_factory=lambda: ["dicom+json", "json"])
+    max_channels_per_ae: int = 8  # open channels of one subscriber AE in one process
+    max_channels: int = 1000  # open channels in one process
+    channel_send_buffer_bytes: int = 1048576  # sent to a channel, not yet confirmed by its pong
+    channel_ack_timeout_seconds: float = 30.0  # a channel whose client confirms nothing is closed
 
 
 @dataclass
@@ -242,6 +250,17 @@ def _check(config: Config) -> None:
             raise ConfigError(f"ups.{name}: must be at least 1")
     if config.ups.search_cache_mb < 0:
         raise ConfigError("ups.search_cache_mb: must be 0 or more")
+    events = config.events
+    for name in ("max_channels_per_ae", "max_channels"):
+        if getattr(events, name) < 1:
+            raise ConfigError(f"events.{name}: must be at least 1")
+    if events.channel_send_buffer_bytes < 4096:
+        raise ConfigError("events.channel_send_buffer_bytes: must be at least 4096")
+    if events.channel_ack_timeout_seconds <= 0:
+        raise ConfigError("events.channel_ack_timeout_seconds: must be more than 0")
+    for protocol in events.websocket_subprotocols:
+        if not protocol or not _TOKEN.match(protocol):
+            raise ConfigError(f"events.websocket_subprotocols: {protocol!r} is not an HTTP token")
     if config.rest.max_body_bytes < 1024:
         raise ConfigError("rest.max_body_bytes: must be at least 1024")
 

@@ -6,6 +6,10 @@ once and hands it to its listeners as entries by AE — the WebSocket fan-out (o
 for a notification to a hundred AEs) and each DIMSE peer's sender — which send them without
 reading the streams when they follow their cursors. A notification the hub cannot decode, and
 every reconnection to Redis, is passed on as None: "any AE may have events; read the streams".
+
+The same channel carries one more kind of message: a WebSocket takeover (``announce_takeover``),
+which a process publishes when a channel there takes an AE's delivery over, so that the other
+processes close their channels of that AE at once rather than at their next lease check.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from gateway.store.keys import Keys
 log = logging.getLogger("gateway.events")
 
 Listener = Callable[[dict[str, list[QueuedEntry]] | None], None]
+TakeoverListener = Callable[[str, str], None]  # (AE, the new lease owner)
+_TAKEOVER = b"ws-takeover"
 RECONNECT_SECONDS = 1.0
 
 
@@ -32,6 +38,7 @@ class EventHub:
         self.redis = client
         self.channel = keys.notify()
         self._listeners: list[Listener] = []
+        self._takeover_listeners: list[TakeoverListener] = []
         self.ready = asyncio.Event()  # subscribed: what is published from now on is heard
 
     def listen(self, listener: Listener) -> None:
@@ -41,6 +48,13 @@ class EventHub:
     def unlisten(self, listener: Listener) -> None:
         if listener in self._listeners:
             self._listeners.remove(listener)
+
+    def listen_takeovers(self, listener: TakeoverListener) -> None:
+        """Call ``listener(ae, owner)`` when a process takes an AE's WebSocket delivery over."""
+        self._takeover_listeners.append(listener)
+
+    async def announce_takeover(self, ae: str, owner: str) -> None:
+        await self.redis.publish(self.channel, msgpack.packb([_TAKEOVER, ae, owner]))
 
     def _notify(self, by_ae: dict[str, list[QueuedEntry]] | None) -> None:
         for listener in list(self._listeners):
@@ -56,7 +70,7 @@ class EventHub:
                 self._notify(None)  # what was published while we were not subscribed
                 async for message in pubsub.listen():
                     if message and message.get("type") == "message":
-                        self._notify(_decode(message["data"]))
+                        self._received(message["data"])
             except (RedisError, OSError) as exc:
                 self.ready.clear()
                 log.warning("event hub lost Redis; reconnecting", extra={"error": str(exc)})
@@ -69,9 +83,21 @@ class EventHub:
                     pass
 
 
-def _decode(data: bytes) -> dict[str, list[QueuedEntry]] | None:
+    def _received(self, data: bytes) -> None:
+        try:
+            message = msgpack.unpackb(data, raw=True)
+        except (ValueError, msgpack.UnpackException):
+            message = None
+        if isinstance(message, list) and len(message) == 3 and message[0] == _TAKEOVER:
+            for listener in list(self._takeover_listeners):
+                listener(message[1].decode(), message[2].decode())
+            return
+        self._notify(_decode(data, message))
+
+
+def _decode(data: bytes, unpacked=None) -> dict[str, list[QueuedEntry]] | None:
     try:
-        entries, events = msgpack.unpackb(data, raw=True)
+        entries, events = unpacked if unpacked is not None else msgpack.unpackb(data, raw=True)
         return published_entries(events, entries)
     except (ValueError, TypeError, IndexError, msgpack.UnpackException):
         log.warning("undecodable event notification: reading every queue",

@@ -18,7 +18,8 @@ from gateway.config import Rest
 from gateway.events.fanout import WebSocketFanout
 from gateway.rest import paths, subscriptions, workitems
 from gateway.rest.messages import error_response, problem
-from gateway.rest.state import FANOUT, HEALTH, ORIGIN, REQUEST_ID, SERVICE, SETTINGS, Health
+from gateway.rest.state import (FANOUT, HEALTH, ORIGIN, REQUEST_ID, SERVICE, SETTINGS,
+                                SUBPROTOCOLS, Health)
 from gateway.ups.errors import UPSError
 from gateway.ups.service import UPSService
 
@@ -29,6 +30,7 @@ Handler = Callable[[web.Request, paths.Resource], Awaitable[web.StreamResponse]]
 
 # Resource kind (``paths.Resource.kind``) → method → handler.
 ROUTES: dict[str, dict[str, Handler]] = {
+    "root": {"GET": subscriptions.channel_needs_ae},
     "workitems": {"POST": workitems.create, "GET": workitems.search},
     "workitem": {"GET": workitems.retrieve, "POST": workitems.update, "PUT": workitems.update},
     "state": {"PUT": workitems.change_state, "POST": workitems.change_state},
@@ -88,15 +90,16 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(settings: Rest, service: UPSService, fanout: WebSocketFanout,
-               health: Health) -> web.Application:
-    """The REST/WebSocket front end: UPS-RS on ``service``, event channels on ``fanout``,
-    /health answered by ``health()``."""
+               health: Health, subprotocols: list[str] | None = None) -> web.Application:
+    """The REST/WebSocket front end: UPS-RS on ``service``, event channels on ``fanout``
+    (accepting the WebSocket ``subprotocols``), /health answered by ``health()``."""
     app = web.Application(client_max_size=settings.max_body_bytes,
                           middlewares=[errors_middleware])
     app[SETTINGS] = settings
     app[SERVICE] = service
     app[FANOUT] = fanout
     app[HEALTH] = health
+    app[SUBPROTOCOLS] = list(subprotocols or [])
     app[ORIGIN] = _origin_function(settings.public_url)
     app.router.add_get("/health", health_route)
     app.router.add_route("*", "/{tail:.*}", dispatch)

@@ -19,6 +19,7 @@ SERVICE = web.AppKey("service", UPSService)
 FANOUT = web.AppKey("fanout", WebSocketFanout)
 HEALTH = web.AppKey("health", Health)
 ORIGIN = web.AppKey("origin", Callable[[web.Request], str])
+SUBPROTOCOLS = web.AppKey("subprotocols", list)  # WebSocket subprotocols the channel accepts
 
 # Per request.
 REQUEST_ID = web.RequestKey("id", str)

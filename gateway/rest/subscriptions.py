@@ -8,7 +8,7 @@ from gateway.rest import websocket
 from gateway.rest.messages import problem, service_url
 from gateway.rest.paths import Resource
 from gateway.rest.query import filter_terms
-from gateway.rest.state import FANOUT, SERVICE
+from gateway.rest.state import FANOUT, SERVICE, SETTINGS, SUBPROTOCOLS
 from gateway.ups.errors import InvalidQuery
 from gateway.ups.uids import FILTERED_GLOBAL_SUBSCRIPTION
 
@@ -50,7 +50,8 @@ async def suspend(request: web.Request, resource: Resource) -> web.StreamRespons
 
 
 async def channel(request: web.Request, resource: Resource) -> web.StreamResponse:
-    return await websocket.open_channel(request, request.app[FANOUT], resource.ae)
+    return await websocket.open_channel(request, request.app[FANOUT], resource.ae,
+                                        request.app[SUBPROTOCOLS])
 
 
 async def channel_at_subscription(request: web.Request, resource: Resource) -> web.StreamResponse:
@@ -58,3 +59,14 @@ async def channel_at_subscription(request: web.Request, resource: Resource) -> w
     if request.headers.get("Upgrade", "").lower() != "websocket":
         raise web.HTTPMethodNotAllowed(request.method, ["POST", "DELETE"])
     return await channel(request, resource)
+
+
+async def channel_needs_ae(request: web.Request, resource: Resource) -> web.StreamResponse:
+    """The service root: a WebSocket upgrade here (PS3.18 §8.10.4's bare form) cannot say whose
+    events it wants; anything else finds no resource."""
+    base = request.app[SETTINGS].base_path
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return problem(request, 400, "event channel: name the subscriber AE title in the URL, "
+                       f"{base}/ws/subscribers/{{AETitle}} (the URL Subscribe returns)")
+    raise web.HTTPNotFound(text=f"no UPS-RS resource at {request.path}; the worklist is at "
+                           f"{base}/workitems")

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 ENV_PREFIX = "UPSGW_"
+_ORIGIN = re.compile(r"^https?://[^/\s:]+(:\d{1,5})?$")  # a serialized origin
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token (a subprotocol name)
 
 
@@ -49,6 +50,7 @@ class Rest:
     base_path: str = "/dicom-web"
     max_body_bytes: int = 1048576
     public_url: str | None = None  # advertised origin, e.g. https://ups.example.org; null: from Host
+    cors_allow_origins: list[str] = field(default_factory=list)  # browser origins; ["*"]: any
 
 
 @dataclass
@@ -261,6 +263,10 @@ def _check(config: Config) -> None:
     for protocol in events.websocket_subprotocols:
         if not protocol or not _TOKEN.match(protocol):
             raise ConfigError(f"events.websocket_subprotocols: {protocol!r} is not an HTTP token")
+    for origin in config.rest.cors_allow_origins:
+        if origin != "*" and not _ORIGIN.match(origin):
+            raise ConfigError(f"rest.cors_allow_origins: {origin!r} is not an origin "
+                              "(scheme://host[:port], no path) or \"*\"")
     if config.rest.max_body_bytes < 1024:
         raise ConfigError("rest.max_body_bytes: must be at least 1024")
 

@@ -16,7 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gateway import logs
 from gateway.config import Rest
 from gateway.events.fanout import WebSocketFanout
-from gateway.rest import paths, subscriptions, workitems
+from gateway.rest import cors, paths, subscriptions, workitems
 from gateway.rest.messages import error_response, problem
 from gateway.rest.state import (FANOUT, HEALTH, ORIGIN, REQUEST_ID, SERVICE, SETTINGS,
                                 SUBPROTOCOLS, Health)
@@ -93,8 +93,9 @@ def create_app(settings: Rest, service: UPSService, fanout: WebSocketFanout,
                health: Health, subprotocols: list[str] | None = None) -> web.Application:
     """The REST/WebSocket front end: UPS-RS on ``service``, event channels on ``fanout``
     (accepting the WebSocket ``subprotocols``), /health answered by ``health()``."""
-    app = web.Application(client_max_size=settings.max_body_bytes,
-                          middlewares=[errors_middleware])
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[
+        cors.cors_middleware(settings.cors_allow_origins, _methods_of, problem),
+        errors_middleware])
     app[SETTINGS] = settings
     app[SERVICE] = service
     app[FANOUT] = fanout
@@ -104,6 +105,14 @@ def create_app(settings: Rest, service: UPSService, fanout: WebSocketFanout,
     app.router.add_get("/health", health_route)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
+
+
+def _methods_of(request: web.Request) -> list[str] | None:
+    """The methods the route table offers at the request's path (None: no resource there)."""
+    if request.path == "/health":
+        return ["GET"]
+    resource = paths.parse(request.path, request.app[SETTINGS].base_path)
+    return None if resource is None else list(ROUTES[resource.kind])
 
 
 async def health_route(request: web.Request) -> web.Response:

@@ -16,7 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gateway import logs
 from gateway.config import Rest
 from gateway.events.fanout import WebSocketFanout
-from gateway.rest import cors, paths, subscriptions, workitems
+from gateway.rest import capabilities, cors, paths, subscriptions, workitems
 from gateway.rest.messages import error_response, problem
 from gateway.rest.state import (FANOUT, HEALTH, ORIGIN, REQUEST_ID, SERVICE, SETTINGS,
                                 SUBPROTOCOLS, Health)
@@ -81,9 +81,11 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(text=f"no UPS-RS resource at {request.path}; the worklist is at "
                                f"{base}/workitems")
     methods = ROUTES[resource.kind]
+    if request.method == "OPTIONS":  # Retrieve Capabilities (a CORS preflight never gets here)
+        return capabilities.respond(request, ROUTES, resource.kind)
     handler = methods.get(request.method)
     if handler is None:
-        allowed = list(methods)
+        allowed = [*methods, "OPTIONS"]
         raise web.HTTPMethodNotAllowed(request.method, allowed, text=f"{request.method} is not "
                                        f"allowed here; use {', '.join(allowed)}")
     return await handler(request, resource)

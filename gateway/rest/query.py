@@ -2,12 +2,20 @@
 
 Names are compared case-insensitively; attributes may be named by keyword or tag, nested ones as
 ``Sequence.Attribute``. Unknown parameters are ignored as PS3.18 8.3.4 allows, except inside an
-explicit ``filter=`` list, where ignoring one would silently widen a subscription.
+explicit ``filter=`` list, where ignoring one would silently widen a subscription. A search key
+that is a DICOM attribute but not one the gateway matches on is ignored too — it becomes a
+return key — and the answer says so in a Warning (``Search.warnings``); only a malformed
+parameter (a bad value, an unknown ``includefield`` name, text that does not decode) is a 400.
+
+The query string is read as sent (``query_pairs``): percent-escapes are decoded as UTF-8 (not
+valid UTF-8 → 400) and an unencoded ``+`` is a plus sign (``+0100`` offsets), not a space.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import timezone
+from urllib.parse import unquote
 
 from gateway.ups import matching
 from gateway.ups import tags as t
@@ -19,10 +27,52 @@ _CONTROL = frozenset(("accept", "charset", "requester"))
 _NOT_FILTER = frozenset(("deletionlock", "filter", "accept", "charset"))
 
 
+UNSUPPORTED_MATCHING = {
+    "emptyvaluematching": "The emptyvaluematching parameter is not supported. "
+                          "Empty Value Matching has not been performed.",
+    "multiplevaluematching": "The multiplevaluematching parameter is not supported. "
+                             "Multiple Value Matching has not been performed.",
+}
+
+
+@dataclass
+class Search:
+    """A Search Workitems request: the core's query and the Warning texts its answer carries."""
+
+    query: matching.Query
+    warnings: list[str] = field(default_factory=list)
+
+
+def query_pairs(raw: str) -> list[tuple[str, str]]:
+    """The (name, value) pairs of a raw query string, decoded strictly (see the module's
+    docstring); ``InvalidQuery`` for an escape that is not UTF-8."""
+    pairs = []
+    for part in raw.split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            pairs.append((_unquote(name, part), _unquote(value, part)))
+    return pairs
+
+
+def _unquote(text: str, part: str) -> str:
+    try:
+        return unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        shown = part if len(part) <= 80 else part[:77] + "..."
+        raise InvalidQuery(f"{shown!r}: a percent-encoded value that is not valid UTF-8") from None
+
+
 def search_query(params: list[tuple[str, str]], *, tz: timezone = UTC, default_limit: int = 100,
                  max_limit: int = 1000) -> matching.Query:
     """The Search Workitems query of these parameters."""
+    return search_request(params, tz=tz, default_limit=default_limit, max_limit=max_limit).query
+
+
+def search_request(params: list[tuple[str, str]], *, tz: timezone = UTC, default_limit: int = 100,
+                   max_limit: int = 1000) -> Search:
+    """The Search Workitems query of these parameters, and what its answer must warn of."""
     query = matching.Query(limit=default_limit, store_tz=tz)
+    search = Search(query)
     terms: list[tuple[str, str]] = []
     key_tz = tz
     for name, value in params:
@@ -35,20 +85,37 @@ def search_query(params: list[tuple[str, str]], *, tz: timezone = UTC, default_l
             query.offset = _count(name, value)
         elif lower == "limit":
             number = _count(name, value)
-            query.limit = min(number, max_limit) if number else default_limit
-        elif lower in ("emptyvaluematching", "multiplevaluematching"):
-            _boolean(name, value)
+            if number == 0:
+                raise InvalidQuery("limit: 0 asks for no results; give 1 or more (the largest "
+                                   f"page is {max_limit})")
+            if number > max_limit:
+                search.warnings.append(f"limit {number} exceeds the largest page of {max_limit} "
+                                       f"results; {max_limit} are returned per page")
+            query.limit = min(number, max_limit)
+        elif lower in UNSUPPORTED_MATCHING:
+            if _boolean(name, value):
+                search.warnings.append(UNSUPPORTED_MATCHING[lower])
         elif lower in _CONTROL:
             continue
         elif name in ("TimezoneOffsetFromUTC", t.TimezoneOffsetFromUTC):
             key_tz = _offset(value, tz)
         else:
             terms.append((name, value))
+    ignored = []
     for name, value in terms:
         path = attribute_path(name)
-        if path is not None:
-            matching.add_term(query, path, value, key_tz, name)
-    return query
+        if path is None:
+            continue  # not a DICOM attribute: an unknown parameter (PS3.18 §8.3.4: ignored)
+        if path[0] not in matching.MATCHABLE:
+            ignored.append(name)
+            if path[0] not in matching.NEVER_RETURNED:
+                query.include.add(path[0])  # returned, as a matching key would be
+            continue
+        matching.add_term(query, path, value, key_tz, name)
+    if ignored:
+        search.warnings.append("The following attributes are not supported as matching keys; "
+                               f"they were ignored: {', '.join(ignored)}")
+    return search
 
 
 def filter_terms(params: list[tuple[str, str]], filtered: bool) -> matching.Terms | None:

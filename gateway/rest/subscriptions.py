@@ -7,7 +7,7 @@ from aiohttp import web
 from gateway.rest import websocket
 from gateway.rest.messages import problem, service_url
 from gateway.rest.paths import Resource
-from gateway.rest.query import filter_terms
+from gateway.rest.query import filter_terms, query_pairs
 from gateway.rest.state import FANOUT, SERVICE, SETTINGS, SUBPROTOCOLS
 from gateway.ups.errors import InvalidQuery
 from gateway.ups.uids import FILTERED_GLOBAL_SUBSCRIPTION
@@ -28,7 +28,7 @@ def _lock(request: web.Request) -> bool:
 
 async def subscribe(request: web.Request, resource: Resource) -> web.StreamResponse:
     lock = _lock(request)
-    terms = filter_terms(list(request.query.items()),
+    terms = filter_terms(query_pairs(request.rel_url.raw_query_string),
                          filtered=resource.uid == FILTERED_GLOBAL_SUBSCRIPTION)
     await request.app[SERVICE].subscribe(resource.uid, resource.ae, lock, terms)
     url = channel_url(request, resource.ae)

@@ -7,9 +7,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.rest.messages import (DICOM_JSON, check_accept, json_response, read_dataset,
-                                   service_url, warning)
+                                   service_url, update_error_response, warning)
 from gateway.rest.paths import Resource
-from gateway.rest.query import search_query
+from gateway.rest.query import query_pairs, search_request
 from gateway.rest.state import REQUESTER, SERVICE
 from gateway.ups import status as st
 from gateway.ups import tags as t
@@ -84,10 +84,13 @@ async def update(request: web.Request, resource: Resource) -> web.Response:
     if tx_in_payload := first(mods, t.TransactionUID):
         sources.append(("payload TransactionUID", tx_in_payload))
     try:
-        tx = _one_uid(sources, "Transaction UID")
-    except InvalidDataset as exc:
-        raise UPSError(st.WRONG_TRANSACTION_UID, exc.message, reason="incorrect") from None
-    outcome = await _service(request).update(uid, mods, tx, requester=request.get(REQUESTER))
+        try:
+            tx = _one_uid(sources, "Transaction UID")
+        except InvalidDataset as exc:
+            raise UPSError(st.WRONG_TRANSACTION_UID, exc.message, reason="incorrect") from None
+        outcome = await _service(request).update(uid, mods, tx, requester=request.get(REQUESTER))
+    except UPSError as error:
+        return update_error_response(request, error)
     headers = {"Content-Location": workitem_url(request, uid)}
     if outcome.modifications:
         headers["Warning"] = warning(request, UPDATED_WITH_MODIFICATIONS)
@@ -125,28 +128,19 @@ async def request_cancel(request: web.Request, resource: Resource) -> web.Respon
 async def search(request: web.Request, resource: Resource) -> web.Response:
     check_accept(request)
     settings = _service(request).settings
-    query = search_query(list(request.query.items()), tz=settings.timezone,
-                         default_limit=settings.search_default_limit,
-                         max_limit=settings.search_max_limit)
-    result = await _service(request).search(query)
+    search = search_request(query_pairs(request.rel_url.raw_query_string),
+                            tz=settings.timezone, default_limit=settings.search_default_limit,
+                            max_limit=settings.search_max_limit)
+    result = await _service(request).search(search.query)
     headers = CIMultiDict()
-    for name, text in _UNSUPPORTED_MATCHING.items():
-        if request.query.get(name, "").lower() == "true":
-            headers.add("Warning", warning(request, text))
+    for text in search.warnings:
+        headers.add("Warning", warning(request, text))
     if not result.rendered:  # not ``items``: that would decode every result of the page
         return web.Response(status=204, headers=headers)
     if result.remaining:
         headers.add("Warning", warning(
             request, f"There are {result.remaining} additional results that can be requested"))
     return web.Response(body=result.to_json(), content_type=DICOM_JSON, headers=headers)
-
-
-_UNSUPPORTED_MATCHING = {
-    "emptyvaluematching": "The emptyvaluematching parameter is not supported. "
-                          "Empty Value Matching has not been performed.",
-    "multiplevaluematching": "The multiplevaluematching parameter is not supported. "
-                             "Multiple Value Matching has not been performed.",
-}
 
 
 def _header_safe(text: str) -> str:

@@ -149,7 +149,10 @@ def normalize(obj: Any, path: Any = "", _depth: int = 0) -> Dataset:
     attribute path, e.g. ``ScheduledStationNameCodeSequence[0] > CodeValue (0008,0100)``.
     """
     if not isinstance(obj, dict):
-        raise InvalidDataset(f"{_w(path) or 'Dataset'}: expected a JSON object, got {type(obj).__name__}")
+        where = _w(path).removesuffix(" > ")
+        kind = "null" if obj is None else type(obj).__name__
+        raise InvalidDataset(f"{where}: a sequence item must be a JSON object, got {kind}" if where
+                             else f"Dataset: expected a JSON object, got {kind}")
     if _depth > MAX_DEPTH:
         raise InvalidDataset(f"{_w(path)}: sequences are nested more than {MAX_DEPTH} levels deep")
     out: Dataset = {}
@@ -174,7 +177,7 @@ def normalize(obj: Any, path: Any = "", _depth: int = 0) -> Dataset:
                         where = (path, tag_key)
                         depth = _depth + 1
                         out[tag_key] = {"vr": "SQ", "Value": [
-                            normalize(item or {}, (where, i), depth) for i, item in enumerate(vals)]}
+                            normalize(item, (where, i), depth) for i, item in enumerate(vals)]}
                         continue
                     check = _FAST_VALUE[vr]
                     if (check(vals[0]) if len(vals) == 1 else all(map(check, vals))):
@@ -321,7 +324,7 @@ def _normalize_element(tag_key: str, elem: Any, where, depth: int = 0) -> dict[s
 
 
 def _sequence(items: list, where, depth: int) -> dict[str, Any]:
-    return {"vr": "SQ", "Value": [normalize(item or {}, (where, i), depth + 1)
+    return {"vr": "SQ", "Value": [normalize(item, (where, i), depth + 1)
                                   for i, item in enumerate(items)]}
 
 

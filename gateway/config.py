@@ -51,6 +51,7 @@ class Rest:
     max_body_bytes: int = 1048576
     public_url: str | None = None  # advertised origin, e.g. https://ups.example.org; null: from Host
     cors_allow_origins: list[str] = field(default_factory=list)  # browser origins; ["*"]: any
+    default_requester: str = "UPSRS_CLIENT"  # Requesting AE of a cancel request naming none
 
 
 @dataclass
@@ -222,6 +223,7 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{name}: {value!r} is not a valid AE title (1-16 characters)")
 
     ae("ae_title", config.ae_title)
+    ae("rest.default_requester", config.rest.default_requester)
     for title, peer in config.peers.items():
         ae(f"peers.{title}", title)
         _port(f"peers.{title}.port", peer.port)

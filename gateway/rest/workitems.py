@@ -10,12 +10,13 @@ from gateway.rest.messages import (DICOM_JSON, check_accept, json_response, read
                                    service_url, update_error_response, warning)
 from gateway.rest.paths import Resource
 from gateway.rest.query import query_pairs, search_request
-from gateway.rest.state import REQUESTER, SERVICE
+from gateway.rest.state import REQUESTER, SERVICE, SETTINGS
 from gateway.ups import status as st
 from gateway.ups import tags as t
 from gateway.ups.dataset import first, is_uid
-from gateway.ups.errors import InvalidDataset, UPSError
+from gateway.ups.errors import InvalidDataset, InvalidQuery, UPSError
 from gateway.ups.service import UPSService
+from gateway.ups.watch import check_ae
 
 CREATED_WITH_MODIFICATIONS = "The Workitem was created with modifications."
 UPDATED_WITH_MODIFICATIONS = "The Workitem was updated with modifications."
@@ -52,7 +53,14 @@ def _one_uid(sources: list[tuple[str, str]], what: str) -> str | None:
 
 
 def _requester(request: web.Request, from_path: str | None) -> str | None:
-    return from_path or request.query.get("requester") or None
+    """The requester AE from the path or ``?requester=``, checked as an AE title."""
+    requester = from_path or request.query.get("requester") or None
+    if requester is not None:
+        try:
+            check_ae(requester)
+        except UPSError as error:
+            raise InvalidQuery(f"requester: {error.message}") from None
+    return requester
 
 
 async def create(request: web.Request, resource: Resource) -> web.Response:
@@ -117,8 +125,11 @@ async def change_state(request: web.Request, resource: Resource) -> web.Response
 async def request_cancel(request: web.Request, resource: Resource) -> web.Response:
     uid, requester = resource.uid, resource.ae
     info = await read_dataset(request, optional=True)
+    # Requesting AE (0074,1236) is type 1 in UPS Cancel Requested: a request naming nobody is
+    # sent as the configured default requester (rest.default_requester).
     outcome = await _service(request).request_cancel(
-        uid, info, requester=_requester(request, requester) or request.get(REQUESTER))
+        uid, info, requester=_requester(request, requester) or request.get(REQUESTER)
+        or request.app[SETTINGS].default_requester)
     headers = {"Content-Location": workitem_url(request, uid)}
     if outcome.status != st.SUCCESS:
         headers["Warning"] = warning(request, outcome.message)

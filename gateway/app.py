@@ -105,6 +105,7 @@ class Gateway:
 
         queues = EventQueues(self.redis, keys, core.lane)
         hub = EventHub(self.redis, keys)
+        workitems.on_published = hub.published_here
         self.supervisor.start("event-hub", hub.run)
         try:  # what is published from here on must be heard
             await asyncio.wait_for(hub.ready.wait(), HUB_READY_SECONDS)

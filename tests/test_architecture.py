@@ -27,6 +27,7 @@ ALLOWED = {
     "logs": set(),
     "supervisor": set(),
     "testing": set(),
+    "testing_peers": set(),
     "gateway": set(),
     "app": {"ups", "store", "events", "rest", "dimse", "config", "logs", "supervisor"},
     "cli": {"app", "config", "logs", "gateway"},

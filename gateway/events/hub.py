@@ -7,6 +7,10 @@ for a notification to a hundred AEs) and each DIMSE peer's sender — which send
 reading the streams when they follow their cursors. A notification the hub cannot decode, and
 every reconnection to Redis, is passed on as None: "any AE may have events; read the streams".
 
+A commit made by this process hands its notification to the hub as soon as it returns
+(``published_here``), so local subscribers do not wait for Redis to echo it back; the echo, or
+whichever copy comes second, is passed over.
+
 The same channel carries one more kind of message: a WebSocket takeover (``announce_takeover``),
 which a process publishes when a channel there takes an AE's delivery over, so that the other
 processes close their channels of that AE at once rather than at their next lease check.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from typing import Callable
 
 import msgpack
@@ -33,12 +38,18 @@ _TAKEOVER = b"ws-takeover"
 RECONNECT_SECONDS = 1.0
 
 
+# Notifications handed over by this process's own commits and not yet echoed by Redis (or echoed
+# and not yet handed over): bounded, since an echo lost with a connection never comes.
+HANDED_OVER_KEPT = 4096
+
+
 class EventHub:
     def __init__(self, client: aioredis.Redis, keys: Keys):
         self.redis = client
         self.channel = keys.notify()
         self._listeners: list[Listener] = []
         self._takeover_listeners: list[TakeoverListener] = []
+        self._once: OrderedDict[int, None] = OrderedDict()
         self.ready = asyncio.Event()  # subscribed: what is published from now on is heard
 
     def listen(self, listener: Listener) -> None:
@@ -55,6 +66,21 @@ class EventHub:
 
     async def announce_takeover(self, ae: str, owner: str) -> None:
         await self.redis.publish(self.channel, msgpack.packb([_TAKEOVER, ae, owner]))
+
+    def published_here(self, data: bytes) -> None:
+        """A notification this process's commit just published: delivered now, and its echo
+        from Redis (whichever of the two comes first counts) is then passed over."""
+        self._heard(data)
+
+    def _heard(self, data: bytes) -> None:
+        mark = hash(data)
+        if mark in self._once:  # the other copy of this notification came first
+            del self._once[mark]
+            return
+        self._once[mark] = None
+        if len(self._once) > HANDED_OVER_KEPT:
+            self._once.popitem(last=False)
+        self._notify(_decode(data))
 
     def _notify(self, by_ae: dict[str, list[QueuedEntry]] | None) -> None:
         for listener in list(self._listeners):
@@ -82,22 +108,24 @@ class EventHub:
                 except (RedisError, OSError):
                     pass
 
-
     def _received(self, data: bytes) -> None:
-        try:
-            message = msgpack.unpackb(data, raw=True)
-        except (ValueError, msgpack.UnpackException):
-            message = None
-        if isinstance(message, list) and len(message) == 3 and message[0] == _TAKEOVER:
-            for listener in list(self._takeover_listeners):
-                listener(message[1].decode(), message[2].decode())
-            return
-        self._notify(_decode(data, message))
+        """A message from Redis: a takeover (a 3-element array; a notification has 2) or a
+        notification."""
+        if data[:1] == b"\x93":
+            try:
+                message = msgpack.unpackb(data, raw=True)
+            except (ValueError, msgpack.UnpackException):
+                message = None
+            if isinstance(message, list) and len(message) == 3 and message[0] == _TAKEOVER:
+                for listener in list(self._takeover_listeners):
+                    listener(message[1].decode(), message[2].decode())
+                return
+        self._heard(data)
 
 
-def _decode(data: bytes, unpacked=None) -> dict[str, list[QueuedEntry]] | None:
+def _decode(data: bytes) -> dict[str, list[QueuedEntry]] | None:
     try:
-        entries, events = unpacked if unpacked is not None else msgpack.unpackb(data, raw=True)
+        entries, events = msgpack.unpackb(data, raw=True)
         return published_entries(events, entries)
     except (ValueError, TypeError, IndexError, msgpack.UnpackException):
         log.warning("undecodable event notification: reading every queue",

@@ -80,5 +80,4 @@ for i, ev in ipairs(events) do
     enqueue(p, ae, ARGV[14], event)
   end
 end
-notify(p)
-return {1, version}
+return {1, version, notify(p)}

@@ -23,8 +23,13 @@ local function enqueue(p, ae, backlog, event)
   end
 end
 
+-- Returns the notification ('' when nothing was queued), so that the committing process can
+-- hand it to its own deliverers at once instead of waiting for its echo.
 local function notify(p)
   if #published_entries > 0 then
-    redis.call('PUBLISH', k_notify(p), cmsgpack.pack({published_entries, published_events}))
+    local message = cmsgpack.pack({published_entries, published_events})
+    redis.call('PUBLISH', k_notify(p), message)
+    return message
   end
+  return ''
 end

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from datetime import timezone
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator, Callable, Iterable
 
 import redis.asyncio as aioredis
 
@@ -61,6 +61,9 @@ class RedisWorkitemStore:
         self._page = scripts.on_lane(lane, "page.lua")
         self._datasets = scripts.on_lane(lane, "datasets.lua")
         self._purge = scripts.script(client, "purge.lua")
+        # Set by the composition root: given each notification this process's commits publish,
+        # as soon as the commit returns (the event hub: no wait for Redis's echo).
+        self.on_published: Callable[[bytes], None] | None = None
 
     # ---- single workitems --------------------------------------------------------------------
 
@@ -119,6 +122,8 @@ class RedisWorkitemStore:
         code = int(result[0])
         if code == 1:
             version = int(result[1])
+            if result[2] and self.on_published is not None:
+                self.on_published(result[2])
             if ds is not None:
                 self._remember(uid, version, blob, change.state, change.tx, change.performer)
             elif uid in self._recent:  # events only: the content is as remembered

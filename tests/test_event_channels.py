@@ -128,6 +128,38 @@ async def test_several_channels_of_one_ae_each_get_every_event_up_to_the_limit(p
             await listener.close()
 
 
+async def test_the_ae_cursor_advances_only_when_every_channel_has_confirmed(proc, http):
+    """Two channels of one AE: one confirms (a library client answers pings), the other reads
+    nothing. The events count as delivered only for both, so once both are gone the AE's next
+    channel gets them again; events both confirmed are not repeated."""
+    ups = Ups(http, proc.base)
+    await ups.subscribe(GLOBAL, "PAIR")
+    both = await WsListener.open(http, ups.ws_url("PAIR"))
+    first = await ups.create(unassigned())
+    await both.wait(1, uid=first)
+    await both.close_confirmed(proc, "PAIR")  # stored: both (here: the only) channels have it
+    await proc.wait_for_log("event channel closed", ae="PAIR")
+
+    reader = await WsListener.open(http, ups.ws_url("PAIR"))
+    sleeper = await RawWebSocket.connect(ups.ws_url("PAIR"))
+    assert sleeper.status == 101
+    try:
+        uids = [await ups.create(unassigned()) for _ in range(2)]
+        await reader.wait(2, uid=uids)  # confirmed by this one, never by the sleeper
+    finally:
+        await reader.close()
+        sleeper.abort()
+    await proc.wait_for_log("event channel closed", ae="PAIR", count=3)
+
+    again = await WsListener.open(http, ups.ws_url("PAIR"))
+    try:
+        frames = await again.wait(2, uid=uids)
+        assert [frame_uid(f) for f in frames] == uids
+        assert not again.received(uid=first)
+    finally:
+        await again.close()
+
+
 # ---- URL forms and the AE title ---------------------------------------------------------------------
 
 async def test_the_channel_url_forms_of_ps3_18_8_10(proc, http):

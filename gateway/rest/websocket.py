@@ -45,8 +45,8 @@ async def open_channel(request: web.Request, fanout: WebSocketFanout, ae: str,
         check_ae(ae)  # exactly as Subscribe checks it
     except UPSError as error:
         return problem(request, 400, f"event channel: {error.message}")
-    offered = [p.strip() for p in request.headers.getall("Sec-WebSocket-Protocol", ())
-               for p in p.split(",") if p.strip()]
+    offered = [name.strip() for header in request.headers.getall("Sec-WebSocket-Protocol", ())
+               for name in header.split(",") if name.strip()]
     chosen = next((p for p in offered if p in subprotocols), None)
     if offered and chosen is None:  # a 101 without one of them would be dropped by the client
         return problem(request, 400, f"event channel: none of the offered WebSocket "

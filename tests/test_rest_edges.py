@@ -39,7 +39,7 @@ async def test_an_attribute_that_is_no_matching_key_is_ignored_with_a_warning(ga
         assert r.status == 400
 
 
-async def test_an_unencoded_plus_is_a_plus_and_escapes_must_be_utf8(gateway, http):
+async def test_an_unencoded_plus_in_a_date_time_is_a_plus_and_escapes_must_be_utf8(gateway, http):
     ups = Ups(http, gateway.base)
     pid = f"PLUS-{new_uid()[-10:]}"
     uid = await ups.create(workitem(patient_id=pid, start="20261125100000"))
@@ -51,6 +51,15 @@ async def test_an_unencoded_plus_is_a_plus_and_escapes_must_be_utf8(gateway, htt
     async with http.get(f"{gateway.base}/workitems?PatientID={pid}&"
                         "ScheduledProcedureStepStartDateTime=20261125110000%2B0100") as r:
         assert r.status == 200  # the encoded form, as before
+    async with http.get(f"{gateway.base}/workitems?PatientID={pid}&TimezoneOffsetFromUTC=+0100&"
+                        "ScheduledProcedureStepStartDateTime=20261125110000") as r:
+        assert r.status == 200, warnings(gateway, r)
+        assert [ds["00080018"]["Value"][0] for ds in await r.json()] == [uid]
+    # elsewhere + is the space of form encoding (URLSearchParams, requests, aiohttp write it)
+    async with http.get(f"{gateway.base}/workitems?PatientID={pid}&"
+                        "ProcedureStepState=SCHEDULED&ProcedureStepLabel=AI+analysis") as r:
+        assert r.status == 200
+        assert [ds["00080018"]["Value"][0] for ds in await r.json()] == [uid]
     for query in ("PatientID=%FF%FE", "PatientName=M%FCller"):  # Latin-1 bytes, not UTF-8
         async with http.get(f"{gateway.base}/workitems?{query}") as r:
             assert r.status == 400

@@ -8,7 +8,10 @@ return key — and the answer says so in a Warning (``Search.warnings``); only a
 parameter (a bad value, an unknown ``includefield`` name, text that does not decode) is a 400.
 
 The query string is read as sent (``query_pairs``): percent-escapes are decoded as UTF-8 (not
-valid UTF-8 → 400) and an unencoded ``+`` is a plus sign (``+0100`` offsets), not a space.
+valid UTF-8 → 400). An unencoded ``+`` is a plus sign in the values of date and time attributes
+(DA, DT, TM) and of Timezone Offset From UTC — where it can only be a UTC offset (``+0100``) and a
+space is never valid — and a space elsewhere, as the form encoding of most HTTP clients
+(URLSearchParams, requests, aiohttp) writes ``IN PROGRESS``. ``%2B`` is always a plus.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from urllib.parse import unquote
 
 from gateway.ups import matching
 from gateway.ups import tags as t
-from gateway.ups.dataset import resolve
+from gateway.ups.dataset import dictionary_vr, resolve
 from gateway.ups.dicomtime import UTC, parse_offset
 from gateway.ups.errors import InvalidQuery
 
@@ -43,15 +46,40 @@ class Search:
     warnings: list[str] = field(default_factory=list)
 
 
+_PLUS_VRS = frozenset(("DA", "DT", "TM"))
+
+
 def query_pairs(raw: str) -> list[tuple[str, str]]:
     """The (name, value) pairs of a raw query string, decoded strictly (see the module's
     docstring); ``InvalidQuery`` for an escape that is not UTF-8."""
     pairs = []
     for part in raw.split("&"):
         if part:
-            name, _, value = part.partition("=")
-            pairs.append((_unquote(name, part), _unquote(value, part)))
+            raw_name, _, raw_value = part.partition("=")
+            name = _unquote(raw_name.replace("+", " "), part)
+            if name.lower() == "filter":  # Key=Value,Key=Value: each value as its key says
+                value = ",".join(_filter_part(item, part) for item in raw_value.split(","))
+            else:
+                value = _unquote(_plus(name, raw_value), part)
+            pairs.append((name, value))
     return pairs
+
+
+def _filter_part(item: str, part: str) -> str:
+    raw_key, sep, raw_text = item.partition("=")
+    key = _unquote(raw_key.replace("+", " "), part)
+    return f"{key}{sep}{_unquote(_plus(key, raw_text), part)}"
+
+
+def _plus(name: str, raw_value: str) -> str:
+    """``raw_value`` with each unencoded ``+`` made what it means for the attribute ``name``."""
+    if "+" not in raw_value:
+        return raw_value
+    if name in ("TimezoneOffsetFromUTC", t.TimezoneOffsetFromUTC):
+        return raw_value
+    path = attribute_path(name.strip())
+    vr = dictionary_vr(path[-1]) if path else None
+    return raw_value if vr in _PLUS_VRS else raw_value.replace("+", " ")
 
 
 def _unquote(text: str, part: str) -> str:

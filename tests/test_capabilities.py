@@ -28,6 +28,7 @@ async def test_options_on_the_service_root_lists_every_resource_and_the_channel(
     assert found["workitems/{workitem}/subscribers/{aetitle}/suspend"]["POST"] == \
         "SuspendGlobalSubscription"
     assert found["ws/subscribers/{aetitle}"]["GET"] == "OpenNotificationConnection"
+    assert found[""] == {"OPTIONS": "RetrieveCapabilities"}  # the root itself
     channel = next(res for res in resources.findall("w:resource", NS)
                    if res.get("path") == "ws/subscribers/{aetitle}")
     upgrade = channel.find("w:method/w:request/w:param", NS)

@@ -39,17 +39,19 @@ TRANSACTIONS = {
     ("subscription", "GET"): "OpenNotificationConnection",
     ("suspend", "POST"): "SuspendGlobalSubscription",
     ("channel", "GET"): "OpenNotificationConnection",
-    ("root", "GET"): "OpenNotificationConnection",
 }
+# The service root serves only Retrieve Capabilities (its GET just explains where the resources
+# and the event channel are), so only that is described for it.
+_DESCRIBED_ONLY_OPTIONS = ("root",)
 _SEARCH_PARAMETERS = ("{attributeID}", "includefield", "fuzzymatching", "offset", "limit")
-_WEBSOCKET = ("channel", "subscription", "root")
+_WEBSOCKET = ("channel", "subscription")
 
 
 def describe(routes: Mapping[str, Mapping], kinds: list[str]) -> list[dict]:
     resources = []
     for kind in kinds:
         methods = []
-        for method, handler in routes[kind].items():
+        for method, handler in () if kind in _DESCRIBED_ONLY_OPTIONS else routes[kind].items():
             entry = {"name": method, "id": TRANSACTIONS.get((kind, method), handler.__name__)}
             if entry["id"] == "OpenNotificationConnection" and kind in _WEBSOCKET:
                 entry["request"] = {"headers": {"Upgrade": "websocket"}}

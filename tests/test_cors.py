@@ -114,6 +114,12 @@ async def test_preflight_on_every_route_and_the_headers_of_an_allowed_origin(tmp
                 assert r.headers["Access-Control-Allow-Origin"] == origin
                 assert method in r.headers["Access-Control-Allow-Methods"].split(", ")
                 assert r.headers["Access-Control-Allow-Headers"] == "content-type, authorization"
+        # Retrieve Capabilities from a page: its OPTIONS is preflighted too
+        async with http.options(proc.base, headers={
+                "Origin": origin, "Access-Control-Request-Method": "OPTIONS"}) as r:
+            assert r.status == 204
+        async with http.options(proc.base, headers={"Origin": origin}) as r:
+            assert r.status == 200 and r.headers["Access-Control-Allow-Origin"] == origin
         async with http.options(proc.base + "/workitems", headers={
                 "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}) as r:
             assert r.status == 403 and "cors_allow_origins" in r.headers["Warning"]

@@ -56,7 +56,7 @@ def cors_middleware(allowed: list[str], methods_of: Methods,
                           "(rest.cors_allow_origins)")
         methods = methods_of(request)
         wanted = request.headers["Access-Control-Request-Method"].strip().upper()
-        if methods is None or wanted not in methods:
+        if methods is None or wanted not in (*methods, "OPTIONS"):  # OPTIONS: capabilities
             refusal = refuse(request, 404, f"no UPS-RS resource at {request.path}") \
                 if methods is None else refuse(request, 405, f"{wanted} is not allowed on "
                                                f"{request.path}; use {', '.join(methods)}")

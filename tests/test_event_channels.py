@@ -7,6 +7,8 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
+from gateway.config import ConfigError, load
+
 from tests.event_receiver import GLOBAL, Ups, WsListener, frame_uid, unassigned
 from tests.helpers import GatewayProcess
 from tests.raw_websocket import CLOSE, PING, TEXT, RawWebSocket
@@ -238,3 +240,18 @@ async def test_a_client_that_never_reads_is_closed_with_a_code_and_its_events_wa
             await listener.close()
     finally:
         proc.stop()
+
+
+# ---- the settings ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,value", [
+    ("MAX_CHANNELS_PER_AE", "0"), ("MAX_CHANNELS", "0"), ("CHANNEL_SEND_BUFFER_BYTES", "100"),
+    ("CHANNEL_ACK_TIMEOUT_SECONDS", "0"), ("WEBSOCKET_SUBPROTOCOLS", '["two words"]'),
+    ("WEBSOCKET_SUBPROTOCOLS", '[""]')])
+def test_channel_settings_are_checked(name, value):
+    with pytest.raises(ConfigError, match=f"events.{name.lower()}"):
+        load(None, {f"UPSGW_EVENTS__{name}": value})
+    defaults = load(None, {}).events
+    assert (defaults.max_channels_per_ae, defaults.max_channels,
+            defaults.channel_send_buffer_bytes, defaults.channel_ack_timeout_seconds,
+            defaults.websocket_subprotocols) == (8, 1000, 1048576, 30.0, ["dicom+json", "json"])

@@ -95,6 +95,23 @@ class Events:
 
 
 @dataclass
+class Mwl:
+    enabled: bool = True  # Modality Worklist Information Model - FIND on the DIMSE listener
+    default_modality: str = "OT"  # Modality when no Scheduled Station Class code is a modality
+    # SCHEDULED workitems for modalities: those matching any rule ({UPS attribute path: value});
+    # empty: every SCHEDULED workitem.
+    rules: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Mpps:
+    enabled: bool = True  # Modality Performed Procedure Step SOP Class on the DIMSE listener
+    # An MPPS never COMPLETED or DISCONTINUED is dropped this long after its last change (a
+    # COMPLETED/DISCONTINUED one after ups.retention_hours).
+    open_retention_hours: float = 168.0
+
+
+@dataclass
 class Log:
     level: str = "INFO"
     format: str = "json"  # json | text
@@ -111,6 +128,8 @@ class Config:
     peers: dict[str, Peer] = field(default_factory=dict)
     ups: Ups = field(default_factory=Ups)
     events: Events = field(default_factory=Events)
+    mwl: Mwl = field(default_factory=Mwl)
+    mpps: Mpps = field(default_factory=Mpps)
     log: Log = field(default_factory=Log)
     source: str = field(default="", repr=False, metadata={"internal": True})
 
@@ -254,6 +273,21 @@ def _check(config: Config) -> None:
             raise ConfigError(f"ups.{name}: must be at least 1")
     if config.ups.search_cache_mb < 0:
         raise ConfigError("ups.search_cache_mb: must be 0 or more")
+    if config.mpps.open_retention_hours <= 0:
+        raise ConfigError("mpps.open_retention_hours: must be more than 0")
+    if not config.mwl.default_modality or len(config.mwl.default_modality) > 16:
+        raise ConfigError(f"mwl.default_modality: {config.mwl.default_modality!r} is not a "
+                          "Modality (CS, 1-16 characters)")
+    from gateway.ups.errors import InvalidQuery
+    from gateway.ups.mwl import compile_rules
+    for i, rule in enumerate(config.mwl.rules):
+        try:
+            compile_rules([rule], parse_offset(config.ups.timezone_offset))
+        except KeyError as exc:
+            raise ConfigError(f"mwl.rules[{i}]: {exc.args[0]!r} is not a DICOM attribute "
+                              "keyword or tag") from None
+        except InvalidQuery as exc:
+            raise ConfigError(f"mwl.rules[{i}]: {exc}") from None
     events = config.events
     for name in ("max_channels_per_ae", "max_channels"):
         if getattr(events, name) < 1:

@@ -114,6 +114,13 @@ async def test_preflight_on_every_route_and_the_headers_of_an_allowed_origin(tmp
                 assert r.headers["Access-Control-Allow-Origin"] == origin
                 assert method in r.headers["Access-Control-Allow-Methods"].split(", ")
                 assert r.headers["Access-Control-Allow-Headers"] == "content-type, authorization"
+        # the routes other services add (Modality Worklist) and /health
+        for path, method in ((proc.base + "/modality-scheduled-procedure-steps", "GET"),
+                             (proc.base.rsplit("/", 1)[0] + "/health", "GET")):
+            async with http.options(path, headers={
+                    "Origin": origin, "Access-Control-Request-Method": method}) as r:
+                assert r.status == 204, (path, r.status, r.headers.get("Warning"))
+                assert r.headers["Access-Control-Allow-Methods"] == "GET, OPTIONS"
         # Retrieve Capabilities from a page: its OPTIONS is preflighted too
         async with http.options(proc.base, headers={
                 "Origin": origin, "Access-Control-Request-Method": "OPTIONS"}) as r:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -92,9 +92,12 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(settings: Rest, service: UPSService, fanout: WebSocketFanout,
-               health: Health, subprotocols: list[str] | None = None) -> web.Application:
+               health: Health, extensions: Sequence[Callable[[web.Application], None]] = (),
+               subprotocols: list[str] | None = None) -> web.Application:
     """The REST/WebSocket front end: UPS-RS on ``service``, event channels on ``fanout``
-    (accepting the WebSocket ``subprotocols``), /health answered by ``health()``."""
+    (accepting the WebSocket ``subprotocols``), /health answered by ``health()``; each of
+    ``extensions`` adds its own routes (the PS3.18 Modality Worklist and MPPS services,
+    ``rest/mwl.py``, ``rest/mpps.py``)."""
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[
         cors.cors_middleware(settings.cors_allow_origins, _methods_of, problem),
         errors_middleware])
@@ -105,16 +108,33 @@ def create_app(settings: Rest, service: UPSService, fanout: WebSocketFanout,
     app[SUBPROTOCOLS] = list(subprotocols or [])
     app[ORIGIN] = _origin_function(settings.public_url)
     app.router.add_get("/health", health_route)
+    for install in extensions:
+        install(app)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
 
 
-def _methods_of(request: web.Request) -> list[str] | None:
-    """The methods the route table offers at the request's path (None: no resource there)."""
-    if request.path == "/health":
-        return ["GET"]
+ANY_METHOD = ["GET", "POST", "PUT", "DELETE"]  # what a catch-all route of an extension may serve
+
+
+async def _methods_of(request: web.Request) -> list[str] | None:
+    """The methods offered at the request's path (None: no resource there): UPS-RS resources
+    from the route table, /health and the extensions' routes from aiohttp's router."""
     resource = paths.parse(request.path, request.app[SETTINGS].base_path)
-    return None if resource is None else list(ROUTES[resource.kind])
+    if resource is not None:
+        return list(ROUTES[resource.kind])
+    methods: set[str] = set()
+    for candidate in request.app.router.resources():
+        if candidate.canonical == "/{tail}":  # the UPS-RS dispatcher itself
+            continue
+        match, allowed = await candidate.resolve(request)
+        if match is not None or allowed:
+            methods |= set(allowed)
+    if not methods:
+        return None
+    if "*" in methods:
+        methods = (methods - {"*"}) | set(ANY_METHOD)
+    return sorted(methods - {"HEAD", "OPTIONS"})
 
 
 async def health_route(request: web.Request) -> web.Response:

@@ -14,14 +14,14 @@ allowed: a browser app sends its ``Authorization`` header explicitly.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Awaitable, Callable
 
 from aiohttp import web
 
 EXPOSED = "Location, Content-Location, Warning, Retry-After, X-UPS-Modifications"
 MAX_AGE = "600"  # seconds a browser may keep a preflight's answer
 
-Methods = Callable[[web.Request], list[str] | None]  # a path's methods in the route table
+Methods = Callable[[web.Request], Awaitable[list[str] | None]]  # a path's methods
 
 
 def origin_allowed(allowed: list[str], origin: str | None) -> bool:
@@ -43,18 +43,18 @@ def cors_middleware(allowed: list[str], methods_of: Methods,
         if not allowed or not origin:
             return await handler(request)
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            return preflight(request, origin)
+            return await preflight(request, origin)
         response = await handler(request)
         if origin_allowed(allowed, origin) and not response.prepared:
             response.headers.update(allow_origin(origin))
             response.headers["Access-Control-Expose-Headers"] = EXPOSED
         return response
 
-    def preflight(request: web.Request, origin: str) -> web.Response:
+    async def preflight(request: web.Request, origin: str) -> web.Response:
         if not origin_allowed(allowed, origin):
             return refuse(request, 403, f"cross-origin requests from {origin} are not allowed "
                           "(rest.cors_allow_origins)")
-        methods = methods_of(request)
+        methods = await methods_of(request)
         wanted = request.headers["Access-Control-Request-Method"].strip().upper()
         if methods is None or wanted not in (*methods, "OPTIONS"):  # OPTIONS: capabilities
             refusal = refuse(request, 404, f"no UPS-RS resource at {request.path}") \

@@ -20,19 +20,29 @@ def warnings(gateway, response) -> list[str]:
     return [w.removeprefix(prefix) for w in response.headers.getall("Warning", [])]
 
 
-async def test_an_attribute_that_is_no_matching_key_is_ignored_with_a_warning(gateway, http):
+async def test_any_dictionary_attribute_is_matched_and_what_cannot_be_is_ignored_with_a_warning(
+        gateway, http):
+    """Not only the UPS IOD's attributes: any attribute of the data dictionary is a matching key
+    (as in C-FIND); what cannot be matched — a private or unknown tag, a binary VR, the
+    Transaction UID — is ignored with a Warning, not refused."""
     ups = Ups(http, gateway.base)
     pid = f"IGN-{new_uid()[-10:]}"
-    uid = await ups.create(workitem(patient_id=pid))
-    await ups.create(workitem(patient_id=pid + "X"))
-    query = f"PatientID={pid}&Modality=CT&00080080=Some%20Hospital&PatientWeight=70"
+    ct = await ups.create(workitem(patient_id=pid, **{"00080060": element("CS", "CT")}))
+    await ups.create(workitem(patient_id=pid, **{"00080060": element("CS", "MR")}))
+    await ups.create(workitem(patient_id=pid))  # no Modality: does not match a value
+    query = f"PatientID={pid}&Modality=CT&00091010=x&7FE00010=AAAA&TransactionUID=1.2.3"
     async with http.get(f"{gateway.base}/workitems?{query}") as r:
         assert r.status == 200, (await r.text())[:300]
         [found] = await r.json()
         [text] = warnings(gateway, r)
-    assert found["00080018"]["Value"] == [uid]  # PatientID still matched
+    assert found["00080018"]["Value"] == [ct]
+    assert found["00080060"]["Value"] == ["CT"]  # a matching key is returned
+    assert "00081195" not in found
     assert text == ("The following attributes are not supported as matching keys; they were "
-                    "ignored: Modality, 00080080, PatientWeight")
+                    "ignored: 00091010, 7FE00010, TransactionUID")
+    async with http.get(f"{gateway.base}/workitems?PatientID={pid}&"
+                        "InstitutionName=Nowhere") as r:
+        assert r.status == 204  # matched (nothing has it), not ignored
     # only a malformed parameter is refused
     async with http.get(f"{gateway.base}/workitems?PatientID={pid}&"
                         "ScheduledProcedureStepStartDateTime=2026-11-25") as r:

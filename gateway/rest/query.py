@@ -3,9 +3,11 @@
 Names are compared case-insensitively; attributes may be named by keyword or tag, nested ones as
 ``Sequence.Attribute``. Unknown parameters are ignored as PS3.18 8.3.4 allows, except inside an
 explicit ``filter=`` list, where ignoring one would silently widen a subscription. A search key
-that is a DICOM attribute but not one the gateway matches on is ignored too — it becomes a
-return key — and the answer says so in a Warning (``Search.warnings``); only a malformed
-parameter (a bad value, an unknown ``includefield`` name, text that does not decode) is a 400.
+that is a DICOM attribute of the data dictionary is matched under the general rules, whether or
+not the UPS IOD has it (as C-FIND matches it); one that cannot be matched (a private or unknown
+tag, a binary VR, the Transaction UID) is ignored — returned, not matched — and the answer says
+so in a Warning (``Search.warnings``). Only a malformed parameter (a bad value, an unknown
+``includefield`` name, text that does not decode) is a 400.
 
 The query string is read as sent (``query_pairs``): percent-escapes are decoded as UTF-8 (not
 valid UTF-8 → 400). An unencoded ``+`` is a plus sign in the values of date and time attributes
@@ -25,6 +27,7 @@ from gateway.ups import tags as t
 from gateway.ups.dataset import dictionary_vr, resolve
 from gateway.ups.dicomtime import UTC, parse_offset
 from gateway.ups.errors import InvalidQuery
+from gateway.ups.vr import BINARY_VRS
 
 _CONTROL = frozenset(("accept", "charset", "requester"))
 _NOT_FILTER = frozenset(("deletionlock", "filter", "accept", "charset"))
@@ -134,16 +137,32 @@ def search_request(params: list[tuple[str, str]], *, tz: timezone = UTC, default
         path = attribute_path(name)
         if path is None:
             continue  # not a DICOM attribute: an unknown parameter (PS3.18 §8.3.4: ignored)
-        if path[0] not in matching.MATCHABLE:
+        if not _matchable(path):
             ignored.append(name)
             if path[0] not in matching.NEVER_RETURNED:
-                query.include.add(path[0])  # returned, as a matching key would be
+                query.include.add(path[0])  # returned (empty when absent), never matched
             continue
-        matching.add_term(query, path, value, key_tz, name)
+        # Any attribute of the data dictionary is matched under the general rules, the UPS
+        # IOD's and others alike, as C-FIND matches them (one rule for both protocols).
+        tag, node = matching.build_key(path, value, key_tz, top_level=False)
+        matching.merge(query.keys, tag, node, name)
     if ignored:
         search.warnings.append("The following attributes are not supported as matching keys; "
                                f"they were ignored: {', '.join(ignored)}")
     return search
+
+
+def _matchable(path: list[str]) -> bool:
+    """Whether the attribute ``path`` can be matched: in the data dictionary (a private or
+    unknown tag cannot), not the Transaction UID (never matched nor returned), not of a binary
+    VR, at every level."""
+    if path[0] in matching.NEVER_RETURNED:
+        return False
+    for tag in path:
+        vr = dictionary_vr(tag)
+        if vr is None or set(vr.split(" or ")) <= BINARY_VRS:
+            return False
+    return True
 
 
 def filter_terms(params: list[tuple[str, str]], filtered: bool) -> matching.Terms | None:

@@ -19,7 +19,8 @@ def ct_workitem(uid=None, *, station="CT01", classes=("CT",), start="20261125103
                   **kw)
     ds["00404026"] = element("SQ", *(code(c, "DCM") for c in classes))
     ds["00404027"] = element("SQ", code("ROOM3", "99LOCAL", "Radiology room 3"))
-    ds["00404034"] = element("SQ", {"00404037": element("PN", {"Alphabetic": "Tech^Tina"})})
+    ds["00404034"] = element("SQ", {"00404009": element("SQ", code("TECH01", "99LOCAL", "Tech Tina")),
+                                    "00404037": element("PN", {"Alphabetic": "Tech^Tina"})})
     ds["0040A370"]["Value"][0].update({
         "00401001": element("SH", "RP-1"),
         "00321060": element("LO", "CT head"),

@@ -26,6 +26,7 @@ from gateway.dimse import convert
 from gateway.dimse.requestor import AssociationError, Requestor, associate
 from gateway.events.hub import EventHub
 from gateway.events.queue import EventQueues, LeaseLost, QueuedEntry
+from gateway.security import tls
 from gateway.ups import events as ev
 
 log = logging.getLogger("gateway.events.dimse")
@@ -77,6 +78,9 @@ class PeerSender:
     def __init__(self, ae_title: str, ae: str, peer: Peer, config: Events, queues: EventQueues):
         self.ae_title = ae_title
         self.ae, self.peer, self.config = ae, peer, config
+        # TLS to this peer (PS3.15 B.1); files are read now, so a bad one stops the start.
+        self.ssl = tls.client_context(peer.ca_file, peer.cert_file, peer.key_file) \
+            if peer.tls else None
         self.queues = queues
         self.reader = queues.reader(TRANSPORT, ae, LEASE_MS)
         self.assoc: Requestor | None = None
@@ -202,7 +206,7 @@ class PeerSender:
                 self.assoc = None
                 self.assoc = await associate(
                     self.peer.host, self.peer.port, calling_ae=self.ae_title, called_ae=self.ae,
-                    timeout=self.config.send_timeout)
+                    timeout=self.config.send_timeout, ssl=self.ssl)
             self.last_used = time.monotonic()
             try:
                 dataset = convert.encode(entry.info, self.assoc.transfer_syntax)

@@ -27,6 +27,7 @@ TEMPLATES = {
     "subscription": "workitems/{workitem}/subscribers/{aetitle}",
     "suspend": "workitems/{workitem}/subscribers/{aetitle}/suspend",
     "channel": "ws/subscribers/{aetitle}",
+    "tickets": "ws-tickets",
 }
 
 # (kind, method) → the PS3.18 transaction it serves; anything else is named by its handler.
@@ -39,6 +40,7 @@ TRANSACTIONS = {
     ("subscription", "GET"): "OpenNotificationConnection",
     ("suspend", "POST"): "SuspendGlobalSubscription",
     ("channel", "GET"): "OpenNotificationConnection",
+    ("tickets", "POST"): "IssueChannelTicket",  # the gateway's own (docs/security.md)
 }
 # The service root serves only Retrieve Capabilities (its GET just explains where the resources
 # and the event channel are), so only that is described for it.

@@ -24,6 +24,7 @@ Layout (``p`` = the key prefix, ``redis.key_prefix``, default ``ups:``):
                                 COMPLETED/DISCONTINUED)
   p procs                zset   live gateway processes → heartbeat expiry
   p notify               pubsub wake-ups (and the events themselves) for the deliverers
+  p tkt:{digest}         string a WebSocket ticket (SHA-256 of it) → who and which AE (TTL)
 
 The Lua scripts get the same names as functions (``lua_functions``), generated from the methods
 below, so a key's name cannot differ between the two languages.
@@ -91,6 +92,9 @@ class Keys:
 
     def notify(self) -> str:
         return f"{self.prefix}notify"
+
+    def ticket(self, digest: str) -> str:
+        return f"{self.prefix}tkt:{digest}"
 
 
 _HOLE = "\x00"

@@ -53,8 +53,7 @@ class RawWebSocket:
             reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
         key = base64.b64encode(os.urandom(16)).decode()
         head = [f"GET {parts.path} HTTP/1.1", f"Host: {parts.netloc}", "Upgrade: websocket",
-                "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
-                "Origin: http://localhost"]
+                "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
         if protocols:
             head.append(f"Sec-WebSocket-Protocol: {', '.join(protocols)}")
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode())

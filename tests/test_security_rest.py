@@ -86,6 +86,7 @@ CASES = [
     ("GET", f"/workitems/{UID}/subscribers/SOME_AE", WATCH),
     ("POST", f"/workitems/{GLOBAL}/subscribers/SOME_AE/suspend", WATCH),
     ("GET", "/ws/subscribers/SOME_AE", WATCH), ("POST", "/ws-tickets", WATCH),
+    ("GET", "", READ),  # the service root (it explains where things are)
 ]
 
 

@@ -31,7 +31,7 @@ from gateway.dimse.handlers import DimseHandlers
 from gateway.dimse.mpps import MppsScp
 from gateway.dimse.mwl import MwlFind
 from gateway.dimse.server import DimseServer
-from gateway.events.fanout import WebSocketFanout
+from gateway.events.fanout import ChannelLimits, WebSocketFanout
 from gateway.events.hub import EventHub
 from gateway.events.queue import EventQueues
 from gateway.events.status import ServiceStatus
@@ -153,7 +153,11 @@ class Gateway:
             await asyncio.wait_for(hub.ready.wait(), HUB_READY_SECONDS)
         except asyncio.TimeoutError:
             raise ConfigError("redis: the event notification channel cannot be subscribed") from None
-        self.fanout = WebSocketFanout(self.redis, queues, hub)
+        events = cfg.events
+        self.fanout = WebSocketFanout(self.redis, queues, hub, ChannelLimits(
+            per_ae=events.max_channels_per_ae, total=events.max_channels,
+            send_buffer_bytes=events.channel_send_buffer_bytes,
+            ack_timeout_seconds=events.channel_ack_timeout_seconds))
         self.supervisor.start("websocket-fanout", self.fanout.run)
         self.supervisor.start("websocket-upkeep", self.fanout.keep)
 
@@ -166,7 +170,8 @@ class Gateway:
                             allowed_origins(cfg.rest.cors_allow_origins, cfg.rest.public_url))
         await self._start_rest(create_app(
             cfg.rest, service, self.fanout, self.health, security, record,
-            [rest_mwl.installer(core.worklist), rest_mpps.installer(core.mpps)]))
+            [rest_mwl.installer(core.worklist), rest_mpps.installer(core.mpps)],
+            subprotocols=events.websocket_subprotocols))
         if cfg.dimse.enabled:
             access = AssociationAccess(self.authenticator, cfg.dimse.ae_scopes,
                                        cfg.dimse.require_identity)

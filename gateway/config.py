@@ -22,6 +22,8 @@ from urllib.parse import parse_qs, unquote
 import yaml
 
 ENV_PREFIX = "UPSGW_"
+_ORIGIN = re.compile(r"^https?://[^/\s:]+(:\d{1,5})?$")  # a serialized origin
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token (a subprotocol name)
 
 
 class ConfigError(Exception):
@@ -73,9 +75,11 @@ class Rest:
     base_path: str = "/dicom-web"
     max_body_bytes: int = 1048576
     public_url: str | None = None  # advertised origin, e.g. https://ups.example.org; null: from Host
-    # Origins (scheme://host[:port]) whose pages may change state or open event channels; a
-    # request with any other Origin header is refused (403). "*": any.
+    # Origins (scheme://host[:port]) whose pages may call UPS-RS (CORS: gateway/rest/cors.py),
+    # change state or open event channels; a request with any other Origin header is refused
+    # (403). "*": any.
     cors_allow_origins: list[str] = field(default_factory=list)
+    default_requester: str = "UPSRS_CLIENT"  # Requesting AE of a cancel request naming none
     tls: RestTls = field(default_factory=RestTls)
     request_timeout: float = 20.0  # seconds a request may take once its body is in (not channels)
 
@@ -158,6 +162,12 @@ class Events:
     retry_max_seconds: float = 60.0
     send_timeout: float = 5.0
     association_idle_seconds: float = 30.0
+    # WebSocket event channels (docs/conformance.md §7)
+    websocket_subprotocols: list[str] = field(default_factory=lambda: ["dicom+json", "json"])
+    max_channels_per_ae: int = 8  # open channels of one subscriber AE in one process
+    max_channels: int = 1000  # open channels in one process
+    channel_send_buffer_bytes: int = 1048576  # sent to a channel, not yet confirmed by its pong
+    channel_ack_timeout_seconds: float = 30.0  # a channel whose client confirms nothing is closed
 
 
 @dataclass
@@ -334,6 +344,7 @@ def _check(config: Config) -> None:
                                  and " " not in name):
         raise ConfigError(f"instance_name: {name[:70]!r} must be 1-64 printable ASCII characters "
                           "without spaces")
+    ae("rest.default_requester", config.rest.default_requester)
     for title, peer in config.peers.items():
         ae(f"peers.{title}", title)
         _port(f"peers.{title}.port", peer.port)
@@ -381,6 +392,21 @@ def _check(config: Config) -> None:
                               "keyword or tag") from None
         except InvalidQuery as exc:
             raise ConfigError(f"mwl.rules[{i}]: {exc}") from None
+    events = config.events
+    for name in ("max_channels_per_ae", "max_channels"):
+        if getattr(events, name) < 1:
+            raise ConfigError(f"events.{name}: must be at least 1")
+    if events.channel_send_buffer_bytes < 4096:
+        raise ConfigError("events.channel_send_buffer_bytes: must be at least 4096")
+    if events.channel_ack_timeout_seconds <= 0:
+        raise ConfigError("events.channel_ack_timeout_seconds: must be more than 0")
+    for protocol in events.websocket_subprotocols:
+        if not protocol or not _TOKEN.match(protocol):
+            raise ConfigError(f"events.websocket_subprotocols: {protocol!r} is not an HTTP token")
+    for origin in config.rest.cors_allow_origins:
+        if origin != "*" and not _ORIGIN.match(origin):
+            raise ConfigError(f"rest.cors_allow_origins: {origin!r} is not an origin "
+                              "(scheme://host[:port], no path) or \"*\"")
     if config.rest.max_body_bytes < 1024:
         raise ConfigError("rest.max_body_bytes: must be at least 1024")
     _check_security(config)

@@ -281,6 +281,26 @@ class WsListener:
         self.close_code = ws.close_code
         self._changed.set()
 
+    async def close_confirmed(self, proc, ae: str, timeout: float = HANG_GUARD) -> None:
+        """Close once the gateway (``proc``, default key prefix) has stored ``ae``'s delivery
+        as far as the last frame received: a channel counts frames as delivered only when its
+        client's pong confirms them, so a client that closes right after reading may get the
+        last ones again (at least once) — unless it waits for this."""
+        from gateway.store.client import connect
+        wanted = frame_value(self.frames[-1], MESSAGE_ID)
+        client = connect(proc.redis_url)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                raw = await client.get(f"ups:cur:ws:{ae}")
+                if raw and (int(raw.split()[1]) - 1) % 0xFFFF + 1 == wanted:
+                    break
+                assert time.monotonic() < deadline, f"{ae}: delivery never confirmed"
+                await asyncio.sleep(0.01)
+        finally:
+            await client.aclose()
+        await self.close()
+
     async def close(self) -> None:
         if self.ws is not None and not self.ws.closed:
             await self.ws.close()

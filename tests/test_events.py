@@ -223,7 +223,10 @@ async def test_scp_status_going_down_and_restarted_warm_start(tmp_path, http):
             await status_rcv.wait(1, uid=uid)
             await listener.wait(1, uid=uid)
 
-            assert proc.stop() == 0  # SIGTERM: graceful
+            # SIGTERM: graceful. Stopped from a thread, so that this test's WebSocket client
+            # keeps reading meanwhile and confirms (pongs) the GOING DOWN frame as any live
+            # client does: a frame it had not confirmed would come again on its next channel.
+            assert await asyncio.to_thread(proc.stop) == 0
             [down] = await status_rcv.wait(1, event_type=SCP_STATUS_CHANGE)
             assert down.uid == GLOBAL
             assert down.dataset.SCPStatus == "GOING DOWN"

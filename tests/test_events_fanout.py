@@ -186,7 +186,7 @@ async def test_a_long_backlog_is_sent_aside_while_others_keep_receiving(tmp_path
         back = await WsListener.open(http, ups.ws_url("BACK"))
         first = await ups.create(unassigned())
         [seen] = await back.wait(1, uid=first)
-        await back.close()
+        await back.close_confirmed(proc, "BACK")
 
         uid = await ups.create(unassigned())
         tx = await ups.claim(uid)

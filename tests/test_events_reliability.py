@@ -175,24 +175,33 @@ async def test_websocket_abrupt_disconnect_then_reconnect(tmp_path, http):
         proc.stop()
 
 
-async def test_newer_connection_for_the_same_ae_takes_over(tmp_path, http):
-    proc = GatewayProcess(tmp_path).start()
+async def test_a_channel_on_another_process_takes_the_ae_over(tmp_path, http):
+    """Several channels of one AE in one process all receive its events
+    (tests/test_event_channels.py); a channel for the AE opened on another gateway process of
+    the same Redis takes the AE's delivery over: the first process's channel is closed as
+    replaced (4000) and each event goes to one process's channels only."""
+    first = GatewayProcess(tmp_path / "first").start()
+    second = None
     try:
-        ups = Ups(http, proc.base)
+        second = GatewayProcess(tmp_path / "second", redis_url=first.redis_url).start()
+        ups = Ups(http, first.base)
         await ups.subscribe(GLOBAL, "WATCHER")
         old = await WsListener.open(http, ups.ws_url("WATCHER"))
-        new = await WsListener.open(http, ups.ws_url("WATCHER"))
+        new = await WsListener.open(http, Ups(http, second.base).ws_url("WATCHER"))
         try:
             uids = [await ups.create(unassigned()) for _ in range(3)]
             frames = await new.wait(3, uid=uids)
             assert [frame_uid(f) for f in frames] == uids
             # each event went to one connection only
             assert old.received(uid=uids) == []
+            await first.wait_for_log("event channel closed", ae="WATCHER", code=4000)
         finally:
             await old.close()
             await new.close()
     finally:
-        proc.stop()
+        if second is not None:
+            second.stop()
+        first.stop()
 
 
 # ---- gateway killed ----------------------------------------------------------------------

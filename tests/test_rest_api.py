@@ -302,33 +302,44 @@ async def test_wrong_transaction_uid_on_update_and_complete_is_400_incorrect(gat
     status, text, headers = await update(http, gateway, uid, {"00741204": element("LO", "x")},
                                          new_uid())
     assert status == 400 and error_status(text) == "0xC301"
-    assert warning_text(gateway, headers) == "The Transaction UID is incorrect."
+    assert warning_text(gateway, headers) == \
+        "The target URI did not reference a claimed Workitem. The Transaction UID is incorrect."
     status, text, headers = await put_state(http, gateway, uid, "COMPLETED", new_uid())
     assert status == 400 and error_status(text) == "0xC301"
     assert warning_text(gateway, headers) == "The Transaction UID is incorrect."
     status, text, headers = await update(http, gateway, uid, {"00741204": element("LO", "x")})
     assert status == 400
-    assert warning_text(gateway, headers) == "The Transaction UID is missing."
+    assert warning_text(gateway, headers) == \
+        "The target URI did not reference a claimed Workitem. The Transaction UID is missing."
     ds = await retrieve(http, gateway, uid)
     assert ds["00741000"]["Value"] == ["IN PROGRESS"]
     assert ds["00741204"]["Value"] == ["AI analysis"]
 
 
-async def test_update_of_a_completed_workitem_is_409_c300(gateway, http):
+async def test_update_of_a_completed_or_canceled_workitem_is_400_c300(gateway, http):
+    """PS3.18 §11.6.2: an Update of a COMPLETED or CANCELED workitem fails with 400, and the
+    Warning is Update's own text."""
     uid, tx = await completed(http, gateway)
     status, text, headers = await update(http, gateway, uid, {"00741204": element("LO", "x")},
                                          tx)
-    assert status == 409 and error_status(text) == "0xC300"
-    assert warning_text(gateway, headers)
+    assert status == 400 and error_status(text) == "0xC300"
+    assert warning_text(gateway, headers).startswith(
+        "The submitted request is inconsistent with the current state of the Workitem.")
     status, text, _ = await update(http, gateway, uid, {"00741204": element("LO", "x")})
-    assert status == 409 and error_status(text) == "0xC300"
+    assert status == 400 and error_status(text) == "0xC300"
+    uid = await canceled(http, gateway)
+    status, text, headers = await update(http, gateway, uid, {"00741204": element("LO", "x")})
+    assert status == 400 and error_status(text) == "0xC300"
+    assert "CANCELED" in warning_text(gateway, headers)
 
 
 async def test_update_of_a_scheduled_workitem_with_a_transaction_uid_is_409_c310(gateway, http):
     uid = await create(http, gateway)
-    status, text, _ = await update(http, gateway, uid, {"00741204": element("LO", "x")},
-                                   new_uid())
+    status, text, headers = await update(http, gateway, uid, {"00741204": element("LO", "x")},
+                                         new_uid())
     assert status == 409 and error_status(text) == "0xC310"
+    assert warning_text(gateway, headers).startswith(
+        "The submitted request is inconsistent with the current state of the Workitem.")
     status, text, _ = await update(http, gateway, uid, {"00741204": element("LO", "x")})
     assert status == 200, text
     assert (await retrieve(http, gateway, uid))["00741204"]["Value"] == ["x"]
@@ -509,13 +520,13 @@ async def test_search_paging_warns_about_the_remaining_results(gateway, http):
 @pytest.mark.parametrize("params,word", [
     ({"limit": "-1"}, "limit"),
     ({"fuzzymatching": "maybe"}, "fuzzymatching"),
-    ({"Modality": "CT"}, "Modality"),
+    ({"limit": "0"}, "limit"),
     ({"ScheduledProcedureStepStartDateTime": "2026-11-25"}, "ScheduledProcedureStepStartDateTime"),
     ({"includefield": "NoSuchAttribute"}, "NoSuchAttribute"),
 ])
 async def test_bad_search_is_400_naming_it(gateway, http, params, word):
     async with http.get(f"{gateway.base}/workitems", params=params) as r:
-        assert r.status == 400, await r.text()
+        assert r.status == 400, (await r.text())[:500]
         assert word in warning_text(gateway, r.headers)
 
 

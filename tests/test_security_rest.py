@@ -90,6 +90,7 @@ CASES = [
     ("GET", "/modality-scheduled-procedure-steps", READ),
     ("GET", f"/modality-performed-procedure-steps/{UID}", READ),
     ("POST", f"/modality-performed-procedure-steps/{UID}", PERFORM),
+    ("GET", "", READ),  # the service root (it explains where things are)
 ]
 EXTENSION_ROUTES = {"mwl": {"GET"}, "mpps": {"GET", "POST"}}
 

@@ -17,6 +17,20 @@ acknowledgements reach Redis in order. A frame is written in the round only when
 buffer can take it without waiting; a client that is not reading gets its frames from a task of
 its own (``Channel.sending``) and is left out of the rounds until that is done, so it holds up
 nobody else.
+
+Delivered means confirmed by the client: after its frames a channel sends a WebSocket ping, and
+the events before it count as delivered (the AE's cursor may move past them) only when the
+client's pong for that ping comes back — its WebSocket stack has then read every frame before it.
+Frames a client dropped unread (it closed, or never accepted the connection) are sent again on
+its next channel. A channel holds at most ``ChannelLimits.send_buffer_bytes`` of unconfirmed
+frames (then it gets nothing more until it confirms), and one whose client confirms nothing for
+``ack_timeout_seconds`` is closed (``Channel.too_slow``): its events stay queued.
+
+Several channels of one AE (performer replicas, two monitors) in one process share the AE's
+lease and each get every event; the AE's stored cursor is the slowest of them: it advances when
+every open channel of the AE has confirmed an event. A channel joining starts at that cursor. A
+channel for the AE opened in another process takes the AE's delivery over (the lease), and this
+process's channels of the AE are closed as replaced.
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -31,7 +46,7 @@ from redis.exceptions import RedisError
 
 from gateway.events.frames import FrameEncoder, overflow_notice
 from gateway.events.hub import EventHub
-from gateway.events.queue import (EventQueues, LeaseLapsed, LeaseLost, QueuedEntry,
+from gateway.events.queue import (EventQueues, Lease, LeaseLapsed, LeaseLost, QueuedEntry,
                                   QueueReader)
 from gateway.store import scripts
 from gateway.store.codec import pack_for_lua
@@ -49,13 +64,33 @@ POLL_SECONDS = 5.0  # every channel's queue is read this often even without a no
 ACK_SECONDS = 0.02
 
 
+@dataclass
+class ChannelLimits:
+    """Bounds on the channels of one process (``events.*`` in config.yaml)."""
+
+    per_ae: int = 8
+    total: int = 1000
+    send_buffer_bytes: int = 1 << 20
+    ack_timeout_seconds: float = 30.0
+
+
+class ChannelRefused(Exception):
+    """A channel cannot be opened now: ``status`` is the HTTP answer, ``reason`` says why."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
 class Channel(Protocol):
     """What the fan-out needs of one open event channel (``gateway.rest.websocket``)."""
 
     ae: str
     id: str
-    reader: QueueReader
+    reader: QueueReader | None  # set by ``WebSocketFanout.open``
     sending: asyncio.Task | None  # frames to a slow client, outside the rounds
+    unconfirmed_bytes: int  # sent, not yet confirmed by the client's pong
 
     @property
     def closed(self) -> bool: ...
@@ -65,16 +100,36 @@ class Channel(Protocol):
 
     def can_send_now(self, frames: list[bytes]) -> bool: ...
 
-    async def send(self, frames: list[bytes]) -> None: ...
+    async def send(self, frames: list[bytes], last: QueuedEntry) -> None:
+        """Write ``frames`` (the last event in them: ``last``), then ask the client to confirm
+        them; ``WebSocketFanout.confirmed`` is called when it does."""
+
+    def stalled(self, now: float, timeout: float) -> bool:
+        """Whether frames have waited for the client's confirmation longer than ``timeout``."""
 
     def replaced(self) -> None: ...
 
+    def too_slow(self) -> None:
+        """Close: the client confirms nothing (never reads); its events stay queued."""
+
+
+@dataclass(eq=False)
+class _AeChannels:
+    """This process's open channels of one AE: one lease, one stored cursor for all of them."""
+
+    lease: Lease
+    members: set = field(default_factory=set)
+    acked: int = -1  # the sequence number the stored cursor was last advanced to
+
 
 class WebSocketFanout:
-    def __init__(self, client: aioredis.Redis, queues: EventQueues, hub: EventHub):
+    def __init__(self, client: aioredis.Redis, queues: EventQueues, hub: EventHub,
+                 limits: ChannelLimits | None = None):
         self.queues = queues
         self.keys = queues.keys
-        self._channels: dict[str, set[Channel]] = {}  # AE → this process's channels for it
+        self.limits = limits or ChannelLimits()
+        self._channels: dict[str, set[Channel]] = {}  # AE → this process's served channels
+        self._aes: dict[str, _AeChannels] = {}  # AE → its open channels here (served or not)
         self._wanted: dict[Channel, None] = {}  # channels to serve in the next round (ordered)
         self._waiting: dict[Channel, list[asyncio.Future]] = {}  # ``deliver`` calls per channel
         self._wake = asyncio.Event()
@@ -83,22 +138,39 @@ class WebSocketFanout:
         self._acking: set[asyncio.Task] = set()
         self._keep = scripts.on_lane(queues.lane, "keep_channels.lua")
         self.redis = client
+        self.hub = hub
         hub.listen(self._notified)
+        hub.listen_takeovers(self._taken_over)
 
     # ---- channels ---------------------------------------------------------------------------
 
-    def reader(self, ae: str) -> QueueReader:
-        return self.queues.reader(TRANSPORT, ae, LEASE_MS)
-
     async def open(self, channel: Channel) -> None:
-        """Take over the AE's delivery from any older connection, in any process, and register
-        the channel (``channel_open``); ``serve`` it once its connection is ready."""
-        await self.flush_acks()  # the older connection's, so that this one starts after them
-        await self.queues.hold(channel.reader.lease, take=True)
-        await self.redis.zadd(self.keys.channels(channel.ae),
-                              {channel.id: time.time() + LEASE_MS / 1000})
-        for older in self._channels.get(channel.ae, ()):
-            older.replaced()  # in this process: at once, not at its next lease check
+        """Admit ``channel`` (``ChannelRefused`` past the limits), give it a reader on its AE's
+        lease — taken over from any other process — and register it (``channel_open``);
+        ``serve`` it once its connection is ready."""
+        ae = channel.ae
+        group = self._aes.get(ae)
+        if group is not None and len(group.members) >= self.limits.per_ae:
+            raise ChannelRefused(429, f"AE {ae} already has {len(group.members)} open event "
+                                 f"channels, the most allowed (events.max_channels_per_ae)")
+        total = sum(len(g.members) for g in self._aes.values())
+        if total >= self.limits.total:
+            raise ChannelRefused(503, f"the gateway already holds {total} open event channels, "
+                                 "the most allowed (events.max_channels); try again later")
+        if group is None:
+            group = self._aes[ae] = _AeChannels(Lease(self.keys.lease(TRANSPORT, ae), LEASE_MS))
+        group.members.add(channel)  # counted from now on, before anything waits
+        channel.reader = QueueReader(self.queues, TRANSPORT, ae, group.lease)
+        try:
+            await self.flush_acks()  # an older connection's, so that this one starts after them
+            await self.queues.hold(group.lease, take=True)
+            await self.redis.zadd(self.keys.channels(ae),
+                                  {channel.id: time.time() + LEASE_MS / 1000})
+            # other processes close their channels of the AE now, not at a lease check
+            await self.hub.announce_takeover(ae, group.lease.owner)
+        except BaseException:
+            await self._leave(channel)
+            raise
 
     def serve(self, channel: Channel) -> None:
         self._channels.setdefault(channel.ae, set()).add(channel)
@@ -111,9 +183,52 @@ class WebSocketFanout:
                 del self._channels[channel.ae]
         self._wanted.pop(channel, None)
         self._resolve(self._waiting.pop(channel, ()))
+        await self._leave(channel)
+
+    async def _leave(self, channel: Channel) -> None:
+        group = self._aes.get(channel.ae)
+        if group is None or channel not in group.members:
+            return
+        group.members.discard(channel)
+        if group.members:
+            self._advance_group(channel.ae)  # it may have been the slowest
+        else:
+            del self._aes[channel.ae]
         await self.flush_acks()  # while the lease is still ours: after, they would be refused
         await self.redis.zrem(self.keys.channels(channel.ae), channel.id)
-        await self.queues.release(channel.reader.lease)
+        if not group.members:
+            await self.queues.release(group.lease)
+
+    def _taken_over(self, ae: str, owner: str) -> None:
+        group = self._aes.get(ae)
+        if group is not None and group.lease.owner != owner:
+            for channel in list(group.members):
+                channel.replaced()
+
+    # ---- confirmations ------------------------------------------------------------------------
+
+    def confirmed(self, channel: Channel, entry: QueuedEntry) -> None:
+        """The client of ``channel`` has read everything up to ``entry``."""
+        reader = channel.reader
+        if reader is None or (reader.confirmed and reader.confirmed[1] >= entry.n):
+            return
+        reader.confirmed = (entry.id, entry.n)
+        self._advance_group(channel.ae)
+        if channel.unconfirmed_bytes < self.limits.send_buffer_bytes:
+            self._want(channel)  # room again for what it was not sent
+
+    def _advance_group(self, ae: str) -> None:
+        """Move the AE's stored cursor to what every open channel of the AE has confirmed."""
+        group = self._aes.get(ae)
+        if group is None:
+            return
+        positions = [ch.reader.confirmed for ch in group.members if ch.reader is not None]
+        if not positions or any(p is None for p in positions):
+            return  # a channel that has not read its starting point yet
+        low = min(positions, key=lambda p: p[1])
+        if low[1] > group.acked:
+            group.acked = low[1]
+            self._note_acks([[ae, group.lease.owner, f"{low[0]} {low[1]}"]])
 
     @property
     def channels(self) -> list[Channel]:
@@ -198,7 +313,7 @@ class WebSocketFanout:
                 except LeaseLost:
                     channel.replaced()
         encoder = FrameEncoder()
-        acks = []
+        budget = self.limits.send_buffer_bytes
         for channel, (entries, lost) in got.items():
             if not entries or channel.closing:
                 continue  # (a closing connection's channel ends; its events stay queued)
@@ -206,22 +321,30 @@ class WebSocketFanout:
             if lost:
                 frames.insert(0, overflow_notice(lost))
                 log.warning("event backlog overflowed", extra={"ae": channel.ae, "lost": lost})
+            size = sum(map(len, frames))
+            if channel.unconfirmed_bytes and channel.unconfirmed_bytes + size > budget:
+                # Its send buffer is full: nothing more until the client confirms (its pong
+                # wants it again), or it is closed as too slow. The events stay queued.
+                log.debug("event channel send buffer full", extra={
+                    "ae": channel.ae, "unconfirmed": channel.unconfirmed_bytes})
+                continue
             if len(entries) == BATCH:
                 self._want(channel)  # more may be queued: next round
+            last = entries[-1]
             if channel.can_send_now(frames):
                 try:
-                    await channel.send(frames)  # does not wait: the socket buffer has room
+                    await channel.send(frames, last)  # does not wait: the buffer has room
                 except (ConnectionError, RuntimeError) as exc:
                     log.debug("event channel send failed", extra={"ae": channel.ae,
                                                                   "error": str(exc)})
                     continue
-                acks.append(channel.reader.advance(entries[-1]))
+                channel.reader.advance(last)  # sent; stored once its client confirms it
             else:
                 log.info("event channel sends outside the rounds: its client is slow or has a "
                          "backlog", extra={"ae": channel.ae, "frames": len(frames)})
+                channel.reader.advance(last)
                 channel.sending = asyncio.create_task(
-                    self._send_slowly(channel, frames, entries[-1], waiting.pop(channel)))
-        self._note_acks(acks)
+                    self._send_slowly(channel, frames, last, waiting.pop(channel)))
         for futures in waiting.values():
             self._resolve(futures)
 
@@ -257,9 +380,8 @@ class WebSocketFanout:
                            waiting: list[asyncio.Future]) -> None:
         sent = False
         try:
-            await channel.send(frames)
+            await channel.send(frames, last)
             sent = True
-            self._note_acks([channel.reader.advance(last)])
         except (ConnectionError, RuntimeError) as exc:
             log.debug("event channel send failed", extra={"ae": channel.ae, "error": str(exc)})
         finally:
@@ -289,6 +411,12 @@ class WebSocketFanout:
                 for channel, ok in zip(channels, kept):
                     if not ok:
                         channel.replaced()
+            now = time.monotonic()
+            for channel in channels:
+                if channel.stalled(now, self.limits.ack_timeout_seconds):
+                    log.warning("event channel closed: its client confirms nothing", extra={
+                        "ae": channel.ae, "unconfirmed": channel.unconfirmed_bytes})
+                    channel.too_slow()
             if time.monotonic() - polled > POLL_SECONDS:
                 polled = time.monotonic()
                 self.wake_all()  # in case a notification was missed

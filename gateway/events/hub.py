@@ -10,6 +10,10 @@ every reconnection to Redis, is passed on as None: "any AE may have events; read
 A commit made by this process hands its notification to the hub as soon as it returns
 (``published_here``), so local subscribers do not wait for Redis to echo it back; the echo, or
 whichever copy comes second, is passed over.
+
+The same channel carries one more kind of message: a WebSocket takeover (``announce_takeover``),
+which a process publishes when a channel there takes an AE's delivery over, so that the other
+processes close their channels of that AE at once rather than at their next lease check.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from gateway.store.keys import Keys
 log = logging.getLogger("gateway.events")
 
 Listener = Callable[[dict[str, list[QueuedEntry]] | None], None]
+TakeoverListener = Callable[[str, str], None]  # (AE, the new lease owner)
+_TAKEOVER = b"ws-takeover"
 RECONNECT_SECONDS = 1.0
 
 
@@ -42,6 +48,7 @@ class EventHub:
         self.redis = client
         self.channel = keys.notify()
         self._listeners: list[Listener] = []
+        self._takeover_listeners: list[TakeoverListener] = []
         self._once: OrderedDict[int, None] = OrderedDict()
         self.ready = asyncio.Event()  # subscribed: what is published from now on is heard
 
@@ -52,6 +59,13 @@ class EventHub:
     def unlisten(self, listener: Listener) -> None:
         if listener in self._listeners:
             self._listeners.remove(listener)
+
+    def listen_takeovers(self, listener: TakeoverListener) -> None:
+        """Call ``listener(ae, owner)`` when a process takes an AE's WebSocket delivery over."""
+        self._takeover_listeners.append(listener)
+
+    async def announce_takeover(self, ae: str, owner: str) -> None:
+        await self.redis.publish(self.channel, msgpack.packb([_TAKEOVER, ae, owner]))
 
     def published_here(self, data: bytes) -> None:
         """A notification this process's commit just published: delivered now, and its echo
@@ -82,7 +96,7 @@ class EventHub:
                 self._notify(None)  # what was published while we were not subscribed
                 async for message in pubsub.listen():
                     if message and message.get("type") == "message":
-                        self._heard(message["data"])
+                        self._received(message["data"])
             except (RedisError, OSError) as exc:
                 self.ready.clear()
                 log.warning("event hub lost Redis; reconnecting", extra={"error": str(exc)})
@@ -93,6 +107,20 @@ class EventHub:
                     await pubsub.aclose()
                 except (RedisError, OSError):
                     pass
+
+    def _received(self, data: bytes) -> None:
+        """A message from Redis: a takeover (a 3-element array; a notification has 2) or a
+        notification."""
+        if data[:1] == b"\x93":
+            try:
+                message = msgpack.unpackb(data, raw=True)
+            except (ValueError, msgpack.UnpackException):
+                message = None
+            if isinstance(message, list) and len(message) == 3 and message[0] == _TAKEOVER:
+                for listener in list(self._takeover_listeners):
+                    listener(message[1].decode(), message[2].decode())
+                return
+        self._heard(data)
 
 
 def _decode(data: bytes) -> dict[str, list[QueuedEntry]] | None:

@@ -94,7 +94,7 @@ class EventQueues:
             stored = await self.redis.mget([reader.cursor_key for reader in unknown])
             for reader, raw in zip(unknown, stored):
                 entry_id, n = raw.decode().split() if raw else ("0-0", 0)
-                reader.cursor = (entry_id, int(n))
+                reader.cursor = reader.confirmed = (entry_id, int(n))
         # XREAD takes each stream once: two readers of one AE (a takeover) go in separate reads.
         reads: list[dict[bytes, str]] = []
         placement = []
@@ -179,7 +179,9 @@ class QueueReader:
         self.queue_key = queues.keys.queue(ae).encode()
         self.cursor_key = queues.keys.cursor(transport, ae)
         self._owner = lease.owner.encode()
-        self.cursor: tuple[str, int] | None = None  # (entry id, n) delivered; None: not read yet
+        self.cursor: tuple[str, int] | None = None  # (entry id, n) sent; None: not read yet
+        # (entry id, n) the receiver has confirmed (WebSocket: its pong), from the stored cursor on
+        self.confirmed: tuple[str, int] | None = None
         self._offered: list[QueuedEntry] = []
 
     # ---- events straight from the notification ------------------------------------------------
@@ -242,7 +244,7 @@ class QueueReader:
 
     def forget(self) -> None:
         """Re-read the cursor next time (after losing and regaining the lease)."""
-        self.cursor = None
+        self.cursor = self.confirmed = None
         self._offered = []
 
 

@@ -18,12 +18,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gateway import logs
 from gateway.config import Rest
 from gateway.events.fanout import WebSocketFanout
-from gateway.rest import paths, subscriptions, tickets, workitems
+from gateway.rest import capabilities, cors, paths, subscriptions, tickets, workitems
 from gateway.rest.audit_hook import Record, audit_middleware, channel_opened
 from gateway.rest.auth import security_middleware
 from gateway.rest.messages import error_response, problem
 from gateway.rest.state import (FANOUT, HEALTH, ORIGIN, REQUEST_ID, SECURITY, SERVICE, SETTINGS,
-                                Health, Security)
+                                SUBPROTOCOLS, Health, Security)
 from gateway.security.principal import PERFORM, READ, WATCH, WRITE
 from gateway.ups import status as st
 from gateway.ups.attempt import commit_tracking
@@ -37,6 +37,7 @@ Handler = Callable[[web.Request, paths.Resource], Awaitable[web.StreamResponse]]
 
 # Resource kind (``paths.Resource.kind``) → method → handler.
 ROUTES: dict[str, dict[str, Handler]] = {
+    "root": {"GET": subscriptions.channel_needs_ae},
     "workitems": {"POST": workitems.create, "GET": workitems.search},
     "workitem": {"GET": workitems.retrieve, "POST": workitems.update, "PUT": workitems.update},
     "state": {"PUT": workitems.change_state, "POST": workitems.change_state},
@@ -51,6 +52,7 @@ ROUTES: dict[str, dict[str, Handler]] = {
 # The scope each route needs when auth is enabled (operation classes of issue 17; the same
 # kinds and methods as ROUTES: tests/test_security_rest.py checks that none is missing).
 SCOPES: dict[str, dict[str, str]] = {
+    "root": {"GET": READ},
     "workitems": {"POST": WRITE, "GET": READ},
     "workitem": {"GET": READ, "POST": WRITE, "PUT": WRITE},
     "state": {"PUT": PERFORM, "POST": PERFORM},
@@ -143,9 +145,11 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     methods = ROUTES.get(resource.kind)
     if methods is None:  # a path of rest/mwl.py or rest/mpps.py that they do not serve
         raise web.HTTPNotFound(text=f"no resource at {request.path}")
+    if request.method == "OPTIONS":  # Retrieve Capabilities (a CORS preflight never gets here)
+        return capabilities.respond(request, ROUTES, resource.kind)
     handler = methods.get(request.method)
     if handler is None:
-        allowed = list(methods)
+        allowed = [*methods, "OPTIONS"]
         raise web.HTTPMethodNotAllowed(request.method, allowed, text=f"{request.method} is not "
                                        f"allowed here; use {', '.join(allowed)}")
     return await handler(request, resource)
@@ -153,15 +157,18 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 def create_app(settings: Rest, service: UPSService, fanout: WebSocketFanout,
                health: Health, security: Security, audit: Record | None = None,
-               extensions: Sequence[Callable[[web.Application], None]] = ()
-               ) -> web.Application:
-    """The REST/WebSocket front end: UPS-RS on ``service``, event channels on ``fanout``,
-    /health answered by ``health()``, callers checked as ``security`` says, what happened
-    told to ``audit`` (when auditing is on); each of ``extensions`` adds its own routes (the
-    PS3.18 Modality Worklist and MPPS services, ``rest/mwl.py``, ``rest/mpps.py``)."""
-    middlewares = [errors_middleware, security_middleware(scope_of)]
+               extensions: Sequence[Callable[[web.Application], None]] = (),
+               subprotocols: list[str] | None = None) -> web.Application:
+    """The REST/WebSocket front end: UPS-RS on ``service``, event channels on ``fanout``
+    (accepting the WebSocket ``subprotocols``), /health answered by ``health()``, callers
+    checked as ``security`` says, what happened told to ``audit`` (when auditing is on); each
+    of ``extensions`` adds its own routes (the PS3.18 Modality Worklist and MPPS services,
+    ``rest/mwl.py``, ``rest/mpps.py``). CORS (``rest/cors.py``) is outermost, so that every
+    answer — refusals too — carries its headers and a preflight needs no credential."""
+    middlewares = [cors.cors_middleware(settings.cors_allow_origins, _methods_of, problem),
+                   errors_middleware, security_middleware(scope_of)]
     if audit is not None:
-        middlewares.insert(0, audit_middleware(audit))
+        middlewares.insert(1, audit_middleware(audit))
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
     if audit is not None:
         app.on_response_prepare.append(channel_opened(audit))
@@ -170,12 +177,36 @@ def create_app(settings: Rest, service: UPSService, fanout: WebSocketFanout,
     app[SERVICE] = service
     app[FANOUT] = fanout
     app[HEALTH] = health
+    app[SUBPROTOCOLS] = list(subprotocols or [])
     app[ORIGIN] = _origin_function(settings.public_url)
     app.router.add_get("/health", health_route)
     for install in extensions:
         install(app)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
+
+
+ANY_METHOD = ["GET", "POST", "PUT", "DELETE"]  # what a catch-all route of an extension may serve
+
+
+async def _methods_of(request: web.Request) -> list[str] | None:
+    """The methods offered at the request's path (None: no resource there): UPS-RS resources
+    from the route table, /health and the extensions' routes from aiohttp's router."""
+    resource = paths.parse(request.path, request.app[SETTINGS].base_path)
+    if resource is not None and resource.kind in ROUTES:
+        return list(ROUTES[resource.kind])
+    methods: set[str] = set()
+    for candidate in request.app.router.resources():
+        if candidate.canonical == "/{tail}":  # the UPS-RS dispatcher itself
+            continue
+        match, allowed = await candidate.resolve(request)
+        if match is not None or allowed:
+            methods |= set(allowed)
+    if not methods:
+        return None
+    if "*" in methods:
+        methods = (methods - {"*"}) | set(ANY_METHOD)
+    return sorted(methods - {"HEAD", "OPTIONS"})
 
 
 async def health_route(request: web.Request) -> web.Response:

@@ -16,6 +16,9 @@ DICOM_JSON = "application/dicom+json"
 _JSON_TYPES = ("application/dicom+json", "application/json")
 
 STATE_CONFLICT = "The submitted request is inconsistent with the state of the UPS Instance."
+# Update Workitem's own texts (PS3.18 §11.6.3)
+UPDATE_CONFLICT = "The submitted request is inconsistent with the current state of the Workitem."
+NOT_CLAIMED = "The target URI did not reference a claimed Workitem."
 
 # DIMSE status → HTTP status (decisions.md "HTTP mapping").
 HTTP_STATUS = {
@@ -57,6 +60,19 @@ def error_response(request: web.Request, error: UPSError) -> web.Response:
     if isinstance(error, OutcomeUnknown):  # where to look (an assigned UID too: retry with it)
         headers = {"Content-Location": f"{service_url(request)}/workitems/{error.uid}"}
     return problem(request, http, text, error.status, headers)
+
+
+def update_error_response(request: web.Request, error: UPSError) -> web.Response:
+    """A refused Update Workitem: a COMPLETED or CANCELED workitem is 400 (§11.6.2 says so), any
+    other state conflict 409, a missing or wrong Transaction UID 400, with the Update texts
+    followed by the reason."""
+    if error.status == st.MAY_NO_LONGER_BE_UPDATED:
+        return problem(request, 400, f"{UPDATE_CONFLICT} {error.message}", error.status)
+    if error.status in _STATE_CODES:
+        return problem(request, 409, f"{UPDATE_CONFLICT} {error.message}", error.status)
+    if error.status == st.WRONG_TRANSACTION_UID:
+        return problem(request, 400, f"{NOT_CLAIMED} {error.message}", error.status)
+    return error_response(request, error)
 
 
 def problem(request: web.Request, http: int, text: str, dimse: int | None = None,

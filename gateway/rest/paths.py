@@ -2,6 +2,11 @@
 
 Accepted: ``{base_path}/workitems…`` (the configured root), ``/workitems…`` at the server root, and
 dcm4chee-style ``…/rs/workitems…``; segment names in any case, repeated or trailing slashes.
+The event channel (PS3.18 §8.10): ``{base_path}/ws/subscribers/{AE}`` (what Subscribe returns),
+``{base_path}/subscribers/{AE}`` (the ``{+WSSERVICE}/subscribers/{AETitle}`` form), both also at
+the server root, dcm4chee's ``…/aets/{AET}/ws/subscribers/{AE}`` and a subscription's own URL
+``…/workitems/{uid}/subscribers/{AE}``. The service root itself (``{base_path}``, ``/``) is the
+``root`` resource (Retrieve Capabilities; a WebSocket upgrade there is told to name its AE).
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ from urllib.parse import unquote
 
 @dataclass(frozen=True)
 class Resource:
-    kind: str  # workitems | workitem | state | cancelrequest | subscription | suspend | channel
-    #            | tickets
+    kind: str  # root | workitems | workitem | state | cancelrequest | subscription | suspend
+    #            | channel | tickets
     uid: str | None = None
     ae: str | None = None  # requester (state, cancelrequest) or subscriber AE
 
@@ -42,8 +47,13 @@ def parse(path: str, base_path: str) -> Resource | None:
         prefix = lowered[:at]
         if prefix[-1:] == ["ws"]:
             prefix = prefix[:-1]
+            if prefix[-2:-1] == ["aets"]:  # dcm4chee: …/aets/{called AET}/ws/subscribers/{AE}
+                prefix = base
         if prefix in (base, []) and len(segments) == at + 2:
             return Resource("channel", ae=segments[at + 1])
+        return None
+    if lowered in (base, [], base + ["ws"], ["ws"]):
+        return Resource("root")
     return None
 
 

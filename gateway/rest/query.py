@@ -2,27 +2,108 @@
 
 Names are compared case-insensitively; attributes may be named by keyword or tag, nested ones as
 ``Sequence.Attribute``. Unknown parameters are ignored as PS3.18 8.3.4 allows, except inside an
-explicit ``filter=`` list, where ignoring one would silently widen a subscription.
+explicit ``filter=`` list, where ignoring one would silently widen a subscription. A search key
+that is a DICOM attribute of the data dictionary is matched under the general rules, whether or
+not the UPS IOD has it (as C-FIND matches it); one that cannot be matched (a private or unknown
+tag, a binary VR, the Transaction UID) is ignored — returned, not matched — and the answer says
+so in a Warning (``Search.warnings``). Only a malformed parameter (a bad value, an unknown
+``includefield`` name, text that does not decode) is a 400.
+
+The query string is read as sent (``query_pairs``): percent-escapes are decoded as UTF-8 (not
+valid UTF-8 → 400). An unencoded ``+`` is a plus sign in the values of date and time attributes
+(DA, DT, TM) and of Timezone Offset From UTC — where it can only be a UTC offset (``+0100``) and a
+space is never valid — and a space elsewhere, as the form encoding of most HTTP clients
+(URLSearchParams, requests, aiohttp) writes ``IN PROGRESS``. ``%2B`` is always a plus.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import timezone
+from urllib.parse import unquote
 
 from gateway.ups import matching
 from gateway.ups import tags as t
-from gateway.ups.dataset import resolve
+from gateway.ups.dataset import dictionary_vr, resolve
 from gateway.ups.dicomtime import UTC, parse_offset
 from gateway.ups.errors import InvalidQuery
+from gateway.ups.vr import BINARY_VRS
 
 _CONTROL = frozenset(("accept", "charset", "requester"))
 _NOT_FILTER = frozenset(("deletionlock", "filter", "accept", "charset"))
 
 
+UNSUPPORTED_MATCHING = {
+    "emptyvaluematching": "The emptyvaluematching parameter is not supported. "
+                          "Empty Value Matching has not been performed.",
+    "multiplevaluematching": "The multiplevaluematching parameter is not supported. "
+                             "Multiple Value Matching has not been performed.",
+}
+
+
+@dataclass
+class Search:
+    """A Search Workitems request: the core's query and the Warning texts its answer carries."""
+
+    query: matching.Query
+    warnings: list[str] = field(default_factory=list)
+
+
+_PLUS_VRS = frozenset(("DA", "DT", "TM"))
+
+
+def query_pairs(raw: str) -> list[tuple[str, str]]:
+    """The (name, value) pairs of a raw query string, decoded strictly (see the module's
+    docstring); ``InvalidQuery`` for an escape that is not UTF-8."""
+    pairs = []
+    for part in raw.split("&"):
+        if part:
+            raw_name, _, raw_value = part.partition("=")
+            name = _unquote(raw_name.replace("+", " "), part)
+            if name.lower() == "filter":  # Key=Value,Key=Value: each value as its key says
+                value = ",".join(_filter_part(item, part) for item in raw_value.split(","))
+            else:
+                value = _unquote(_plus(name, raw_value), part)
+            pairs.append((name, value))
+    return pairs
+
+
+def _filter_part(item: str, part: str) -> str:
+    raw_key, sep, raw_text = item.partition("=")
+    key = _unquote(raw_key.replace("+", " "), part)
+    return f"{key}{sep}{_unquote(_plus(key, raw_text), part)}"
+
+
+def _plus(name: str, raw_value: str) -> str:
+    """``raw_value`` with each unencoded ``+`` made what it means for the attribute ``name``."""
+    if "+" not in raw_value:
+        return raw_value
+    if name in ("TimezoneOffsetFromUTC", t.TimezoneOffsetFromUTC):
+        return raw_value
+    path = attribute_path(name.strip())
+    vr = dictionary_vr(path[-1]) if path else None
+    return raw_value if vr in _PLUS_VRS else raw_value.replace("+", " ")
+
+
+def _unquote(text: str, part: str) -> str:
+    try:
+        return unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        shown = part if len(part) <= 80 else part[:77] + "..."
+        raise InvalidQuery(f"{shown!r}: a percent-encoded value that is not valid UTF-8") from None
+
+
 def search_query(params: list[tuple[str, str]], *, tz: timezone = UTC, default_limit: int = 100,
                  max_limit: int = 1000) -> matching.Query:
     """The Search Workitems query of these parameters."""
+    return search_request(params, tz=tz, default_limit=default_limit, max_limit=max_limit).query
+
+
+def search_request(params: list[tuple[str, str]], *, tz: timezone = UTC, default_limit: int = 100,
+                   max_limit: int = 1000) -> Search:
+    """The Search Workitems query of these parameters, and what its answer must warn of."""
     query = matching.Query(limit=default_limit, store_tz=tz)
+    search = Search(query)
     terms: list[tuple[str, str]] = []
     key_tz = tz
     for name, value in params:
@@ -35,20 +116,53 @@ def search_query(params: list[tuple[str, str]], *, tz: timezone = UTC, default_l
             query.offset = _count(name, value)
         elif lower == "limit":
             number = _count(name, value)
-            query.limit = min(number, max_limit) if number else default_limit
-        elif lower in ("emptyvaluematching", "multiplevaluematching"):
-            _boolean(name, value)
+            if number == 0:
+                raise InvalidQuery("limit: 0 asks for no results; give 1 or more (the largest "
+                                   f"page is {max_limit})")
+            if number > max_limit:
+                search.warnings.append(f"limit {number} exceeds the largest page of {max_limit} "
+                                       f"results; {max_limit} are returned per page")
+            query.limit = min(number, max_limit)
+        elif lower in UNSUPPORTED_MATCHING:
+            if _boolean(name, value):
+                search.warnings.append(UNSUPPORTED_MATCHING[lower])
         elif lower in _CONTROL:
             continue
         elif name in ("TimezoneOffsetFromUTC", t.TimezoneOffsetFromUTC):
             key_tz = _offset(value, tz)
         else:
             terms.append((name, value))
+    ignored = []
     for name, value in terms:
         path = attribute_path(name)
-        if path is not None:
-            matching.add_term(query, path, value, key_tz, name)
-    return query
+        if path is None:
+            continue  # not a DICOM attribute: an unknown parameter (PS3.18 §8.3.4: ignored)
+        if not _matchable(path):
+            ignored.append(name)
+            if path[0] not in matching.NEVER_RETURNED:
+                query.include.add(path[0])  # returned (empty when absent), never matched
+            continue
+        # Any attribute of the data dictionary is matched under the general rules, the UPS
+        # IOD's and others alike, as C-FIND matches them (one rule for both protocols).
+        tag, node = matching.build_key(path, value, key_tz, top_level=False)
+        matching.merge(query.keys, tag, node, name)
+    if ignored:
+        search.warnings.append("The following attributes are not supported as matching keys; "
+                               f"they were ignored: {', '.join(ignored)}")
+    return search
+
+
+def _matchable(path: list[str]) -> bool:
+    """Whether the attribute ``path`` can be matched: in the data dictionary (a private or
+    unknown tag cannot), not the Transaction UID (never matched nor returned), not of a binary
+    VR, at every level."""
+    if path[0] in matching.NEVER_RETURNED:
+        return False
+    for tag in path:
+        vr = dictionary_vr(tag)
+        if vr is None or set(vr.split(" or ")) <= BINARY_VRS:
+            return False
+    return True
 
 
 def filter_terms(params: list[tuple[str, str]], filtered: bool) -> matching.Terms | None:

@@ -41,6 +41,7 @@ FANOUT = web.AppKey("fanout", WebSocketFanout)
 HEALTH = web.AppKey("health", Health)
 ORIGIN = web.AppKey("origin", Callable[[web.Request], str])
 SECURITY = web.AppKey("security", Security)
+SUBPROTOCOLS = web.AppKey("subprotocols", list)  # WebSocket subprotocols the channel accepts
 
 # Per request.
 REQUEST_ID = web.RequestKey("id", str)

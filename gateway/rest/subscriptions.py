@@ -7,10 +7,10 @@ from aiohttp import web
 from gateway.rest import websocket
 from gateway.rest.messages import problem, service_url
 from gateway.rest.paths import Resource
-from gateway.rest.query import filter_terms
-from gateway.rest.state import FANOUT, SERVICE
+from gateway.rest.query import filter_terms, query_pairs
+from gateway.rest.state import FANOUT, SERVICE, SETTINGS, SUBPROTOCOLS
 from gateway.ups.errors import InvalidQuery
-from gateway.ups.uids import FILTERED_GLOBAL_SUBSCRIPTION
+from gateway.ups.uids import FILTERED_GLOBAL_SUBSCRIPTION, GLOBAL_SUBSCRIPTION
 
 
 def channel_url(request: web.Request, ae: str) -> str:
@@ -28,8 +28,12 @@ def _lock(request: web.Request) -> bool:
 
 async def subscribe(request: web.Request, resource: Resource) -> web.StreamResponse:
     lock = _lock(request)
-    terms = filter_terms(list(request.query.items()),
-                         filtered=resource.uid == FILTERED_GLOBAL_SUBSCRIPTION)
+    filtered = resource.uid == FILTERED_GLOBAL_SUBSCRIPTION
+    terms = filter_terms(query_pairs(request.rel_url.raw_query_string), filtered=filtered)
+    if filtered and terms is None:  # it would silently be a subscription to everything
+        raise InvalidQuery(f"the Filtered Global Subscription ({FILTERED_GLOBAL_SUBSCRIPTION}) "
+                           "needs a filter: filter=Key=Value[,Key=Value] or Key=Value "
+                           f"parameters; for every workitem subscribe to {GLOBAL_SUBSCRIPTION}")
     await request.app[SERVICE].subscribe(resource.uid, resource.ae, lock, terms)
     url = channel_url(request, resource.ae)
     return web.Response(status=201, headers={"Location": url, "Content-Location": url})
@@ -50,7 +54,8 @@ async def suspend(request: web.Request, resource: Resource) -> web.StreamRespons
 
 
 async def channel(request: web.Request, resource: Resource) -> web.StreamResponse:
-    return await websocket.open_channel(request, request.app[FANOUT], resource.ae)
+    return await websocket.open_channel(request, request.app[FANOUT], resource.ae,
+                                        request.app[SUBPROTOCOLS])
 
 
 async def channel_at_subscription(request: web.Request, resource: Resource) -> web.StreamResponse:
@@ -58,3 +63,14 @@ async def channel_at_subscription(request: web.Request, resource: Resource) -> w
     if request.headers.get("Upgrade", "").lower() != "websocket":
         raise web.HTTPMethodNotAllowed(request.method, ["POST", "DELETE"])
     return await channel(request, resource)
+
+
+async def channel_needs_ae(request: web.Request, resource: Resource) -> web.StreamResponse:
+    """The service root: a WebSocket upgrade here (PS3.18 §8.10.4's bare form) cannot say whose
+    events it wants; anything else finds no resource."""
+    base = request.app[SETTINGS].base_path
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return problem(request, 400, "event channel: name the subscriber AE title in the URL, "
+                       f"{base}/ws/subscribers/{{AETitle}} (the URL Subscribe returns)")
+    raise web.HTTPNotFound(text=f"no UPS-RS resource at {request.path}; the worklist is at "
+                           f"{base}/workitems")

@@ -7,15 +7,16 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.rest.messages import (DICOM_JSON, check_accept, json_response, read_dataset,
-                                   service_url, warning)
+                                   service_url, update_error_response, warning)
 from gateway.rest.paths import Resource
-from gateway.rest.query import search_query
-from gateway.rest.state import REQUESTER, SERVICE
+from gateway.rest.query import query_pairs, search_request
+from gateway.rest.state import REQUESTER, SERVICE, SETTINGS
 from gateway.ups import status as st
 from gateway.ups import tags as t
 from gateway.ups.dataset import first, is_uid
-from gateway.ups.errors import InvalidDataset, UPSError
+from gateway.ups.errors import InvalidDataset, InvalidQuery, UPSError
 from gateway.ups.service import UPSService
+from gateway.ups.watch import check_ae
 
 CREATED_WITH_MODIFICATIONS = "The Workitem was created with modifications."
 UPDATED_WITH_MODIFICATIONS = "The Workitem was updated with modifications."
@@ -52,7 +53,14 @@ def _one_uid(sources: list[tuple[str, str]], what: str) -> str | None:
 
 
 def _requester(request: web.Request, from_path: str | None) -> str | None:
-    return from_path or request.query.get("requester") or None
+    """The requester AE from the path or ``?requester=``, checked as an AE title."""
+    requester = from_path or request.query.get("requester") or None
+    if requester is not None:
+        try:
+            check_ae(requester)
+        except UPSError as error:
+            raise InvalidQuery(f"requester: {error.message}") from None
+    return requester
 
 
 async def create(request: web.Request, resource: Resource) -> web.Response:
@@ -86,10 +94,13 @@ async def update(request: web.Request, resource: Resource) -> web.Response:
     if tx_in_payload := first(mods, t.TransactionUID):
         sources.append(("payload TransactionUID", tx_in_payload))
     try:
-        tx = _one_uid(sources, "Transaction UID")
-    except InvalidDataset as exc:
-        raise UPSError(st.WRONG_TRANSACTION_UID, exc.message, reason="incorrect") from None
-    outcome = await _service(request).update(uid, mods, tx, requester=request.get(REQUESTER))
+        try:
+            tx = _one_uid(sources, "Transaction UID")
+        except InvalidDataset as exc:
+            raise UPSError(st.WRONG_TRANSACTION_UID, exc.message, reason="incorrect") from None
+        outcome = await _service(request).update(uid, mods, tx, requester=request.get(REQUESTER))
+    except UPSError as error:
+        return update_error_response(request, error)
     headers = {"Content-Location": workitem_url(request, uid)}
     if outcome.modifications:
         headers["Warning"] = warning(request, UPDATED_WITH_MODIFICATIONS)
@@ -116,8 +127,11 @@ async def change_state(request: web.Request, resource: Resource) -> web.Response
 async def request_cancel(request: web.Request, resource: Resource) -> web.Response:
     uid, requester = resource.uid, resource.ae
     info = await read_dataset(request, optional=True)
+    # Requesting AE (0074,1236) is type 1 in UPS Cancel Requested: a request naming nobody is
+    # sent as the configured default requester (rest.default_requester).
     outcome = await _service(request).request_cancel(
-        uid, info, requester=_requester(request, requester) or request.get(REQUESTER))
+        uid, info, requester=_requester(request, requester) or request.get(REQUESTER)
+        or request.app[SETTINGS].default_requester)
     headers = {"Content-Location": workitem_url(request, uid)}
     if outcome.status != st.SUCCESS:
         headers["Warning"] = warning(request, outcome.message)
@@ -127,28 +141,19 @@ async def request_cancel(request: web.Request, resource: Resource) -> web.Respon
 async def search(request: web.Request, resource: Resource) -> web.Response:
     check_accept(request)
     settings = _service(request).settings
-    query = search_query(list(request.query.items()), tz=settings.timezone,
-                         default_limit=settings.search_default_limit,
-                         max_limit=settings.search_max_limit)
-    result = await _service(request).search(query)
+    search = search_request(query_pairs(request.rel_url.raw_query_string),
+                            tz=settings.timezone, default_limit=settings.search_default_limit,
+                            max_limit=settings.search_max_limit)
+    result = await _service(request).search(search.query)
     headers = CIMultiDict()
-    for name, text in _UNSUPPORTED_MATCHING.items():
-        if request.query.get(name, "").lower() == "true":
-            headers.add("Warning", warning(request, text))
+    for text in search.warnings:
+        headers.add("Warning", warning(request, text))
     if not result.rendered:  # not ``items``: that would decode every result of the page
         return web.Response(status=204, headers=headers)
     if result.remaining:
         headers.add("Warning", warning(
             request, f"There are {result.remaining} additional results that can be requested"))
     return web.Response(body=result.to_json(), content_type=DICOM_JSON, headers=headers)
-
-
-_UNSUPPORTED_MATCHING = {
-    "emptyvaluematching": "The emptyvaluematching parameter is not supported. "
-                          "Empty Value Matching has not been performed.",
-    "multiplevaluematching": "The multiplevaluematching parameter is not supported. "
-                             "Multiple Value Matching has not been performed.",
-}
 
 
 def _header_safe(text: str) -> str:

@@ -154,7 +154,10 @@ def normalize(obj: Any, path: Any = "", _depth: int = 0) -> Dataset:
     canonical (as every encoder writes them) are kept as sent, not copied.
     """
     if not isinstance(obj, dict):
-        raise InvalidDataset(f"{_w(path) or 'Dataset'}: expected a JSON object, got {type(obj).__name__}")
+        where = _w(path).removesuffix(" > ")
+        kind = "null" if obj is None else type(obj).__name__
+        raise InvalidDataset(f"{where}: a sequence item must be a JSON object, got {kind}" if where
+                             else f"Dataset: expected a JSON object, got {kind}")
     if _depth > MAX_DEPTH:
         raise InvalidDataset(f"{_w(path)}: sequences are nested more than {MAX_DEPTH} levels deep")
     out: Dataset = {}

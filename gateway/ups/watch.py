@@ -62,7 +62,7 @@ class Watch:
                         terms: Terms | None = None, *, check_reachable: bool = False) -> str:
         """Subscribe; returns "" or the warning text when the lock was not granted (never,
         here). ``terms``: the Filtered Global Subscription's matching keys."""
-        _check_ae(ae)
+        check_ae(ae)
         if check_reachable and not await self.reachable(ae):
             raise UPSError(st.UNKNOWN_RECEIVING_AE,
                            f"Receiving AE {ae} is unknown: not a configured peer and no open "
@@ -100,7 +100,7 @@ class Watch:
 
     async def unsubscribe(self, uid: str, ae: str) -> bool:
         """Unsubscribe; False when there was no such subscription."""
-        _check_ae(ae)
+        check_ae(ae)
         if uid in WELL_KNOWN_SUBSCRIPTION_UIDS:
             had_global = await self.subs.remove_global(ae)
             self.forget_globals()
@@ -115,7 +115,7 @@ class Watch:
 
     async def suspend(self, uid: str, ae: str) -> bool:
         """Suspend a global subscription: no more auto-subscription of new workitems."""
-        _check_ae(ae)
+        check_ae(ae)
         if uid not in WELL_KNOWN_SUBSCRIPTION_UIDS:
             raise UPSError(st.ACTION_NOT_APPROPRIATE, "only a global subscription (UID "
                            f"{GLOBAL_SUBSCRIPTION} or {FILTERED_GLOBAL_SUBSCRIPTION}) can be suspended")
@@ -133,6 +133,6 @@ class Watch:
         return self._filters[cache_key]
 
 
-def _check_ae(ae: str) -> None:
+def check_ae(ae: str) -> None:
     if not ae or not _AE_RE.match(ae) or ae != ae.strip():
         raise UPSError(st.INVALID_ARGUMENT_VALUE, f"{ae!r} is not a valid AE title (1-16 characters)")

@@ -292,8 +292,10 @@ async def test_failover_loses_no_acknowledged_change_and_the_gateway_carries_on(
         assert (code, state) == (0, "IN PROGRESS")
         assert time.monotonic() - promoted_at < AFTER_FAILOVER_SECONDS + 10
 
-        # The failures meanwhile were clear answers: 503 with a Warning, never a 500.
-        assert all(status == 503 and warning for _, status, warning in load.failed), load.failed
+        # The failures meanwhile were clear answers, never a 500: 503 with a Warning (not sent:
+        # not applied) or, for a commit cut off in flight, 504 "outcome unknown" (issue 16).
+        assert all(status in (503, 504) and warning for _, status, warning in load.failed), \
+            load.failed
 
         # No acknowledged change lost: on the promoted master, every create is there and every
         # claim holds.

@@ -191,6 +191,10 @@ class RedisWorkitemStore:
         replication = self.replication
         for attempt in (1, 2):
             async with self.redis.pipeline(transaction=False) as pipe:
+                try:  # a connected connection first: failing here, nothing was sent
+                    pipe.connection = await self.redis.connection_pool.get_connection()
+                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                    raise NotSent(f"not sent to Redis: {exc}") from exc
                 pipe.execute_command("EVALSHA", self._commit.sha, len(keys), *keys, *args)
                 pipe.execute_command("WAIT", replication.replicas, replication.timeout_ms)
                 try:

@@ -173,3 +173,21 @@ async def test_mwl_c_cancel_stops_with_fe00(gateway, http):
     assert final is not None and final.Status == 0xFE00
     assert 1 <= len(results) < total
     assert status == 0x0000 and len(all_results) == total  # the association is still in step
+
+
+async def test_a_latin1_modality_gets_its_worklist_in_latin1(gateway, http):
+    """The worklist answers in the requester's character set when it holds the reply (the same
+    C-FIND streaming and conversion as UPS C-FIND): byte-correct ISO_IR 100 for a Latin-1
+    modality."""
+    station = f"CT{new_uid()[-10:]}"
+    await _create(http, gateway, _order(station, "20261125083000", patient_name="Müller^Jürgen"))
+
+    def query(identifier):
+        with d.association(gateway, contexts=(MWL,)) as assoc:
+            return d.c_find(assoc, identifier, MWL)
+
+    status, [result], _ = await asyncio.to_thread(
+        query, _mwl_identifier(station, SpecificCharacterSet="ISO_IR 100"))
+    assert status == 0x0000
+    assert result.SpecificCharacterSet == "ISO_IR 100"
+    assert str(result.PatientName) == "Müller^Jürgen"

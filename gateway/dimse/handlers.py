@@ -280,16 +280,26 @@ class DimseHandlers:
     # ---- C-FIND ------------------------------------------------------------------------------
 
     async def c_find(self, assoc: Association, req: Request) -> None:
-        """Stream matches as Pending responses; stop on C-CANCEL with 0xFE00."""
+        """Stream the matching workitems as Pending responses (``stream_find``)."""
+        await self.stream_find(assoc, req, self._find_query,
+                               self.service.search_stream, "Workitem", check=self._check_context)
+
+    async def stream_find(self, assoc: Association, req: Request, query_of, matches_of,
+                          what: str, check=None) -> None:
+        """A C-FIND on any information model (UPS, Modality Worklist): the identifier read and
+        its character set noted, ``query_of(identifier)`` the query, ``matches_of(query)`` the
+        async stream of matching datasets, each sent as a Pending response in the requester's
+        character set; a C-CANCEL stops it with 0xFE00, a failure with a C-FIND status."""
         try:
-            self._check_context(req)
+            if check is not None:
+                check(req)
             identifier = _noting_charsets(req, convert.identifier_to_canonical(
                 _decoded(req, "Identifier")))
-            query = self._find_query(identifier)
+            query = query_of(identifier)
         except Exception as exc:  # noqa: BLE001 - every failure gets an explicit status
             await self._find_failure(assoc, req, exc)
             return
-        stream = self.service.search_stream(query)
+        stream = matches_of(query)
         count = 0
         try:
             while assoc.is_established:  # else: aborted meanwhile, nobody to answer
@@ -301,7 +311,10 @@ class DimseHandlers:
                     ds = await anext(stream, None)
                 if ds is None:
                     break
-                result = self._find_result(ds, req)
+                result = convert.encode(ds, req.syntax, req.charsets)
+                if result is None:
+                    raise Refused(st.UNABLE_TO_PROCESS,
+                                  f"{what} {first(ds, t.SOPInstanceUID) or ''} cannot be encoded")
                 count += 1
                 await self._respond(assoc, req, st.PENDING, "", result)
                 # Let the upper layer read what the peer sent meanwhile (a C-CANCEL) even when
@@ -323,13 +336,6 @@ class DimseHandlers:
                           f"{describe(QUERY_RETRIEVE_LEVEL)} belongs to the Query/Retrieve "
                           "model, not to a UPS identifier")
         return matching.from_identifier(identifier, default_tz=self.service.settings.timezone)
-
-    def _find_result(self, ds: Dataset, req: Request) -> bytes:
-        result = convert.encode(ds, req.syntax, req.charsets)
-        if result is None:
-            raise Refused(st.UNABLE_TO_PROCESS,
-                          f"Workitem {first(ds, t.SOPInstanceUID)} cannot be encoded")
-        return result
 
     async def _find_failure(self, assoc: Association, req: Request, exc: BaseException) -> None:
         status, message = self._classify(req, exc)

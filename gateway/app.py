@@ -29,12 +29,14 @@ from gateway.events.fanout import WebSocketFanout
 from gateway.events.hub import EventHub
 from gateway.events.queue import EventQueues
 from gateway.events.status import ServiceStatus
+from gateway.metrics import Metrics, Sample
 from gateway.rest import websocket
 from gateway.rest.app import create_app
 from gateway.store import client
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.keys import Keys
 from gateway.store.lane import Lane
+from gateway.store.stats import WorklistStats
 from gateway.store.subscriptions import RedisSubscriptionStore
 from gateway.store.workitems import RedisWorkitemStore
 from gateway.supervisor import Supervisor
@@ -90,6 +92,9 @@ class Gateway:
         self.sender: DimseEventSender | None = None
         self.dimse: DimseServer | None = None
         self.runner: web.AppRunner | None = None
+        # The process's metrics registry, handed to everything that records (none reaches it
+        # any other way); /metrics serves it when metrics.enabled.
+        self.metrics = Metrics()
         self._started = False
         self._stopping = asyncio.Event()
 
@@ -111,16 +116,19 @@ class Gateway:
             await asyncio.wait_for(hub.ready.wait(), HUB_READY_SECONDS)
         except asyncio.TimeoutError:
             raise ConfigError("redis: the event notification channel cannot be subscribed") from None
-        self.fanout = WebSocketFanout(self.redis, queues, hub)
+        metrics = self.metrics
+        self.fanout = WebSocketFanout(self.redis, queues, hub, metrics)
         self.supervisor.start("websocket-fanout", self.fanout.run)
         self.supervisor.start("websocket-upkeep", self.fanout.keep)
 
-        await self._start_rest(create_app(cfg.rest, service, self.fanout, self.health))
+        await self._watch_worklist(keys)
+        await self._start_rest(create_app(cfg.rest, service, self.fanout, self.health,
+                                          metrics if cfg.metrics.enabled else None))
         if cfg.dimse.enabled:
             self.dimse = DimseServer(cfg.dimse, cfg.ae_title,
-                                     DimseHandlers(service, cfg.dimse.request_timeout))
+                                     DimseHandlers(service, cfg.dimse.request_timeout, metrics))
             await self.dimse.start()
-        self.sender = DimseEventSender(cfg.ae_title, cfg.peers, cfg.events, queues, hub)
+        self.sender = DimseEventSender(cfg.ae_title, cfg.peers, cfg.events, queues, hub, metrics)
         for name, worker in self.sender.workers.items():
             self.supervisor.start(name, worker.run)
 
@@ -211,6 +219,32 @@ class Gateway:
                               f"{exc or type(exc).__name__}") from None
         await _check_redis_settings(redis)
         return redis
+
+    async def _watch_worklist(self, keys: Keys) -> None:
+        """What /metrics reads when scraped: this process's channels and associations, and the
+        worklist's figures from Redis (``store.stats``)."""
+        metrics, peers = self.metrics, self.config.peers
+        stats = WorklistStats(self.redis, keys)
+        await stats.seed_labels()
+        metrics.watch("upsgw_websocket_channels", "Open WebSocket event channels (this process)",
+                      lambda: len(self.fanout.channels))
+        metrics.watch("upsgw_dimse_associations", "Established DIMSE associations (this process)",
+                      lambda: self.dimse.open_associations() if self.dimse else 0)
+        metrics.ping_with(self.redis.ping)
+
+        async def figures() -> list[Sample]:
+            found = await stats.read()
+            samples = [Sample("upsgw_workitems", key, n) for key, n in found.workitems.items()]
+            samples += [Sample("upsgw_transitions", key, n)
+                        for key, n in found.transitions.items()]
+            for queue in found.queues:
+                transport = "dimse" if queue.ae in peers else "ws"
+                samples.append(Sample("upsgw_events_queued", (queue.ae,), queue.queued))
+                samples.append(Sample("upsgw_events_backlog", (queue.ae, transport),
+                                      queue.backlog(transport)))
+            return samples
+
+        metrics.source(figures)
 
     async def _start_rest(self, app: web.Application) -> None:
         cfg = self.config.rest

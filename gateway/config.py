@@ -84,6 +84,12 @@ class Events:
 
 
 @dataclass
+class MetricsConfig:
+    enabled: bool = True  # serve /metrics (Prometheus text format) at the origin root
+    require_auth: bool = False  # /metrics only for authenticated callers
+
+
+@dataclass
 class Log:
     level: str = "INFO"
     format: str = "json"  # json | text
@@ -101,6 +107,7 @@ class Config:
     ups: Ups = field(default_factory=Ups)
     events: Events = field(default_factory=Events)
     log: Log = field(default_factory=Log)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = field(default="", repr=False, metadata={"internal": True})
 
 
@@ -242,6 +249,10 @@ def _check(config: Config) -> None:
             raise ConfigError(f"ups.{name}: must be at least 1")
     if config.ups.search_cache_mb < 0:
         raise ConfigError("ups.search_cache_mb: must be 0 or more")
+    if config.metrics.require_auth:
+        # Nothing authenticates REST callers in this version: /metrics could not be protected.
+        raise ConfigError("metrics.require_auth: no REST authentication is configured to "
+                          "require; set it to false or disable metrics")
     if config.rest.max_body_bytes < 1024:
         raise ConfigError("rest.max_body_bytes: must be at least 1024")
 

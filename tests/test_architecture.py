@@ -16,19 +16,21 @@ import gateway
 ROOT = Path(gateway.__file__).parent
 
 # room → the rooms it may import (besides itself). "gateway" is the package's __init__
-# (its version), "config", "logs" and "supervisor" are leaf modules.
+# (its version), "config", "logs", "metrics" and "supervisor" are leaf modules.
 ALLOWED = {
     "ups": set(),
     "store": {"ups"},
-    "events": {"ups", "store"},
-    "rest": {"ups", "events", "config", "logs", "gateway"},
-    "dimse": {"ups", "events", "config", "logs", "gateway"},
+    "events": {"ups", "store", "metrics"},
+    "rest": {"ups", "events", "config", "logs", "gateway", "metrics"},
+    "dimse": {"ups", "events", "config", "logs", "gateway", "metrics"},
     "config": {"ups"},
     "logs": set(),
+    "metrics": set(),
     "supervisor": set(),
     "testing": set(),
     "gateway": set(),
-    "app": {"ups", "store", "events", "rest", "dimse", "config", "logs", "supervisor"},
+    "app": {"ups", "store", "events", "rest", "dimse", "config", "logs", "metrics",
+            "supervisor"},
     "cli": {"app", "config", "logs", "gateway"},
     "__main__": {"cli"},
 }

@@ -26,6 +26,7 @@ from gateway.dimse import convert
 from gateway.dimse.requestor import AssociationError, Requestor, associate
 from gateway.events.hub import EventHub
 from gateway.events.queue import EventQueues, LeaseLost, QueuedEntry
+from gateway.metrics import Metrics
 from gateway.ups import events as ev
 
 log = logging.getLogger("gateway.events.dimse")
@@ -41,8 +42,9 @@ class DimseEventSender:
     """One ``PeerSender`` per configured peer, fed by the hub's notifications."""
 
     def __init__(self, ae_title: str, peers: dict[str, Peer], config: Events,
-                 queues: EventQueues, hub: EventHub):
-        self.senders = {ae: PeerSender(ae_title, ae, peer, config, queues)
+                 queues: EventQueues, hub: EventHub, metrics: Metrics | None = None):
+        metrics = metrics or Metrics(process=False)
+        self.senders = {ae: PeerSender(ae_title, ae, peer, config, queues, metrics)
                         for ae, peer in peers.items()}
         hub.listen(self._notified)
 
@@ -74,8 +76,10 @@ class DimseEventSender:
 
 
 class PeerSender:
-    def __init__(self, ae_title: str, ae: str, peer: Peer, config: Events, queues: EventQueues):
+    def __init__(self, ae_title: str, ae: str, peer: Peer, config: Events, queues: EventQueues,
+                 metrics: Metrics):
         self.ae_title = ae_title
+        self.metrics = metrics
         self.ae, self.peer, self.config = ae, peer, config
         self.queues = queues
         self.reader = queues.reader(TRANSPORT, ae, LEASE_MS)
@@ -170,6 +174,7 @@ class PeerSender:
         if lost:
             log.error("events dropped by the backlog bound before delivery",
                       extra={"ae": self.ae, "lost": lost})
+            self.metrics.events_dropped.labels(TRANSPORT, "backlog").inc(lost)
         for entry in entries:
             if not self.held:
                 return True
@@ -178,12 +183,14 @@ class PeerSender:
                 log.error("event expired undelivered", extra={
                     "ae": self.ae, "uid": entry.uid, "event": ev.NAMES.get(entry.type),
                     "age_s": int(age)})
+                self.metrics.events_expired.labels(TRANSPORT).inc()
             else:
                 error = await self._send(entry)
                 if error:
                     log.warning("N-EVENT-REPORT failed; will retry", extra={
                         "ae": self.ae, "uid": entry.uid, "event": ev.NAMES.get(entry.type),
                         "error": error, "retry_in_s": self.backoff})
+                    self.metrics.events_failed.labels(TRANSPORT).inc()
                     await asyncio.sleep(self.backoff)
                     self.backoff = min(self.backoff * 2, self.config.retry_max_seconds)
                     return True
@@ -213,6 +220,7 @@ class PeerSender:
                 log.error("event cannot be encoded: dropped", extra={
                     "ae": self.ae, "uid": entry.uid, "event": ev.NAMES.get(entry.type),
                     "error": problem})
+                self.metrics.events_dropped.labels(TRANSPORT, "unencodable").inc()
                 return None
             status, comment = await self.assoc.send_event_report(entry.uid, entry.type, dataset)
         except AssociationError as exc:
@@ -222,6 +230,7 @@ class PeerSender:
             log.warning("N-EVENT-REPORT refused by receiver", extra={
                 "ae": self.ae, "uid": entry.uid, "status": f"0x{status:04X}",
                 "comment": comment})
+        self.metrics.events_delivered.labels(TRANSPORT).inc()
         log.debug("N-EVENT-REPORT delivered", extra={"ae": self.ae, "uid": entry.uid,
                                                      "event": ev.NAMES.get(entry.type)})
         return None

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from gateway import logs
 from gateway.dimse import binary, convert, responses
 from gateway.dimse import messages as m
+from gateway.metrics import FAILURE, SUCCESS, WARNING, Metrics
 from gateway.ups import matching
 from gateway.ups import status as st
 from gateway.ups import tags as t
@@ -83,6 +84,12 @@ COMMANDS = {C_ECHO: "C-ECHO", C_FIND: "C-FIND", N_CREATE: "N-CREATE", N_SET: "N-
 
 COMMENT_MAX = 64         # Error Comment is LO
 
+# The UPS transaction of a request, for the metrics: the names the REST side uses too.
+TRANSACTIONS = {"N-CREATE": "create", "N-SET": "update", "N-GET": "retrieve", "C-FIND": "search",
+                "C-ECHO": "echo"}
+ACTION_TRANSACTIONS = {1: "change_state", 2: "request_cancel", 3: "subscribe", 4: "unsubscribe",
+                       5: "suspend"}
+
 
 class Refused(Exception):
     """A request the adapter itself refuses (wrong context, bad action type …)."""
@@ -111,10 +118,12 @@ class Request:
     sop_class: str | None = None  # the message's SOP class when it is not a UPS one
     instance: str | None = None  # the Affected SOP Instance UID of the response
     decoder: str | None = None  # what read the request's dataset: "binary" or "pydicom"
+    called_ae: str | None = None
     started: float = field(default_factory=time.perf_counter)
 
     def log_extra(self, **more: Any) -> dict[str, Any]:
-        return {"uid": self.uid, "ae": self.ae, "msg_id": self.msg_id, "op": self.op,
+        return {"uid": self.uid, "ae": self.ae, "called_ae": self.called_ae,
+                "msg_id": self.msg_id, "op": self.op,
                 "decoder": self.decoder,
                 "ms": round((time.perf_counter() - self.started) * 1000, 2), **more}
 
@@ -124,9 +133,11 @@ Outcome = tuple[int, str, bytes | None]
 
 
 class DimseHandlers:
-    def __init__(self, service: UPSService, request_timeout: float):
+    def __init__(self, service: UPSService, request_timeout: float,
+                 metrics: Metrics | None = None):
         self.service = service
         self.timeout = request_timeout
+        self.metrics = metrics or Metrics(process=False)
         self._bodies: dict[int, Callable[[Request], Awaitable[Outcome]]] = {
             N_CREATE: self.n_create, N_SET: self.n_set, N_GET: self.n_get,
             N_ACTION: self.n_action, N_EVENT_REPORT: self.n_event_report}
@@ -323,7 +334,7 @@ class DimseHandlers:
         op = COMMANDS.get(message.command_field, f"DIMSE 0x{message.command_field:04X}")
         syntax = agreement.transfer_syntaxes.get(message.context_id, binary.IMPLICIT_LE)
         req = Request(op, ae, msg_id, context_class, message, syntax, offered,
-                      instance=message.sop_instance)
+                      instance=message.sop_instance, called_ae=agreement.called_ae)
         sop_class = message.sop_class
         if sop_class not in UPS_CLASSES:
             req.sop_class = sop_class or ""
@@ -385,14 +396,25 @@ class DimseHandlers:
         return st.PROCESSING_FAILURE, f"Internal error; see the gateway log (msg {req.msg_id})"
 
     def _done(self, req: Request, code: int, message: str, **more: Any) -> None:
+        """Every answered request ends here: its log record and its metrics."""
         failed = code not in (st.SUCCESS, st.PENDING, st.CANCEL) and not st.is_warning(code)
+        outcome = FAILURE if failed else WARNING if st.is_warning(code) else SUCCESS
+        operation = _transaction(req)
+        self.metrics.request("dimse", operation, outcome, time.perf_counter() - req.started)
         level = logging.INFO if failed or st.is_warning(code) else logging.DEBUG
         if log.isEnabledFor(level):
             log.log(level, f"{req.op} 0x{code:04X}" + (f": {message}" if message else ""),
-                    extra=req.log_extra(status=f"0x{code:04X}", **more))
+                    extra=req.log_extra(status=f"0x{code:04X}", operation=operation,
+                                        outcome=outcome, **more))
 
 
 # ---- helpers -----------------------------------------------------------------------------------
+
+def _transaction(req: Request) -> str:
+    if req.op == "N-ACTION":
+        return ACTION_TRANSACTIONS.get(req.message.us(m.ACTION_TYPE), "unknown_action")
+    return TRANSACTIONS.get(req.op, "unsupported")
+
 
 async def _close_stream(stream) -> None:
     try:

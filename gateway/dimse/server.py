@@ -17,6 +17,7 @@ from gateway.config import ConfigError, Dimse
 from gateway.dimse import negotiation
 from gateway.dimse.handlers import DimseHandlers
 from gateway.dimse.upper_layer import Association
+from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.dimse")
 
@@ -26,31 +27,42 @@ STOP_GRACE_SECONDS = 2.0  # how long requests in flight may finish when the gate
 class Listener:
     """What every association shares: configuration, negotiation policy, handlers."""
 
-    def __init__(self, config: Dimse, handlers: DimseHandlers):
+    def __init__(self, config: Dimse, handlers: DimseHandlers, metrics: Metrics):
         self.config = config
+        self.metrics = metrics
         self.policy = negotiation.Policy(config.max_pdu, frozenset(config.allowed_calling_aes))
         self.supported = self.policy.supported()
         self.handlers = handlers
         self.connections: set[Association] = set()
 
     def negotiate(self, rq) -> negotiation.Agreement | negotiation.Rejection:
-        established = sum(1 for a in self.connections if a.is_established)
-        if established >= self.config.max_associations:
-            return negotiation.TOO_MANY
-        return negotiation.negotiate(rq, self.policy, self.supported)
+        if self.established() >= self.config.max_associations:
+            outcome = negotiation.TOO_MANY
+        else:
+            outcome = negotiation.negotiate(rq, self.policy, self.supported)
+        if isinstance(outcome, negotiation.Rejection):
+            self.metrics.associations_rejected.labels(outcome.reason).inc()
+        else:
+            self.metrics.associations_accepted.inc()
+        return outcome
+
+    def established(self) -> int:
+        return sum(1 for a in self.connections if a.is_established)
 
 
 class DimseServer:
-    def __init__(self, config: Dimse, ae_title: str, handlers: DimseHandlers):
+    def __init__(self, config: Dimse, ae_title: str, handlers: DimseHandlers,
+                 metrics: Metrics | None = None):
         self.config = config
         self.ae_title = ae_title
         self.handlers = handlers
+        self.metrics = metrics or handlers.metrics
         self.server: asyncio.AbstractServer | None = None
         self.listener: Listener | None = None
 
     async def start(self) -> None:
         cfg = self.config
-        self.listener = listener = Listener(cfg, self.handlers)
+        self.listener = listener = Listener(cfg, self.handlers, self.metrics)
         loop = asyncio.get_running_loop()
         try:
             self.server = await loop.create_server(lambda: Association(listener),
@@ -60,6 +72,9 @@ class DimseServer:
             raise ConfigError(f"dimse.port: {cfg.host}:{cfg.port} {reason}") from None
         log.info("DIMSE listener started", extra={"ae": self.ae_title,
                                                   "address": f"{cfg.host}:{cfg.port}"})
+
+    def open_associations(self) -> int:
+        return self.listener.established() if self.listener else 0
 
     def is_running(self) -> bool:
         return self.server is not None and self.server.is_serving()

@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 from gateway.events.frames import FrameEncoder, overflow_notice
 from gateway.events.hub import EventHub
 from gateway.events.queue import EventQueues, LeaseLost, QueuedEntry, QueueReader
+from gateway.metrics import Metrics
 from gateway.store import scripts
 from gateway.store.codec import pack_for_lua
 
@@ -70,7 +71,9 @@ class Channel(Protocol):
 
 
 class WebSocketFanout:
-    def __init__(self, client: aioredis.Redis, queues: EventQueues, hub: EventHub):
+    def __init__(self, client: aioredis.Redis, queues: EventQueues, hub: EventHub,
+                 metrics: Metrics | None = None):
+        self.metrics = metrics or Metrics(process=False)
         self.queues = queues
         self.keys = queues.keys
         self._channels: dict[str, set[Channel]] = {}  # AE → this process's channels for it
@@ -203,6 +206,7 @@ class WebSocketFanout:
             if lost:
                 frames.insert(0, overflow_notice(lost))
                 log.warning("event backlog overflowed", extra={"ae": channel.ae, "lost": lost})
+                self.metrics.events_dropped.labels(TRANSPORT, "backlog").inc(lost)
             if len(entries) == BATCH:
                 self._want(channel)  # more may be queued: next round
             if channel.can_send_now(frames):
@@ -211,13 +215,15 @@ class WebSocketFanout:
                 except (ConnectionError, RuntimeError) as exc:
                     log.debug("event channel send failed", extra={"ae": channel.ae,
                                                                   "error": str(exc)})
+                    self.metrics.events_failed.labels(TRANSPORT).inc()
                     continue
+                self.metrics.events_delivered.labels(TRANSPORT).inc(len(entries))
                 acks.append(channel.reader.advance(entries[-1]))
             else:
                 log.info("event channel sends outside the rounds: its client is slow or has a "
                          "backlog", extra={"ae": channel.ae, "frames": len(frames)})
                 channel.sending = asyncio.create_task(
-                    self._send_slowly(channel, frames, entries[-1], waiting.pop(channel)))
+                    self._send_slowly(channel, frames, entries, waiting.pop(channel)))
         self._note_acks(acks)
         for futures in waiting.values():
             self._resolve(futures)
@@ -250,15 +256,17 @@ class WebSocketFanout:
             # get them again (at least once), and the next acknowledgement catches up.
             log.warning("event acknowledgement failed", extra={"error": str(exc)})
 
-    async def _send_slowly(self, channel: Channel, frames: list[bytes], last: QueuedEntry,
-                           waiting: list[asyncio.Future]) -> None:
+    async def _send_slowly(self, channel: Channel, frames: list[bytes],
+                           entries: list[QueuedEntry], waiting: list[asyncio.Future]) -> None:
         sent = False
         try:
             await channel.send(frames)
             sent = True
-            self._note_acks([channel.reader.advance(last)])
+            self.metrics.events_delivered.labels(TRANSPORT).inc(len(entries))
+            self._note_acks([channel.reader.advance(entries[-1])])
         except (ConnectionError, RuntimeError) as exc:
             log.debug("event channel send failed", extra={"ae": channel.ae, "error": str(exc)})
+            self.metrics.events_failed.labels(TRANSPORT).inc()
         finally:
             channel.sending = None
             self._resolve(waiting)

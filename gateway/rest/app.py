@@ -16,9 +16,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gateway import logs
 from gateway.config import Rest
 from gateway.events.fanout import WebSocketFanout
+from gateway.metrics import Metrics, outcome_of_http
+from gateway.rest import metrics as rest_metrics
 from gateway.rest import paths, subscriptions, workitems
 from gateway.rest.messages import error_response, problem
-from gateway.rest.state import FANOUT, HEALTH, ORIGIN, REQUEST_ID, SERVICE, SETTINGS, Health
+from gateway.rest.state import (FANOUT, HEALTH, METRICS, OPERATION, ORIGIN, REQUEST_ID, SERVICE,
+                                SETTINGS, Health)
 from gateway.ups.errors import UPSError
 from gateway.ups.service import UPSService
 
@@ -65,10 +68,15 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
         log.exception("unhandled error", extra={"request": rid, "path": request.path})
         response = problem(request, 500, "internal error; see the gateway log for "
                            f"request {rid}")
-    if log.isEnabledFor(logging.DEBUG) and not isinstance(response, web.WebSocketResponse):
-        log.debug("request", extra={"request": rid, "method": request.method,
-                                    "path": request.path, "status": response.status,
-                                    "ms": round((time.perf_counter() - started) * 1000, 2)})
+    # Refusals at INFO (with the reason the client was given), the rest at DEBUG.
+    level = logging.INFO if response.status >= 400 else logging.DEBUG
+    if log.isEnabledFor(level) and not isinstance(response, web.WebSocketResponse):
+        warned = response.headers.get("Warning")
+        log.log(level, "request", extra={
+            "request": rid, "method": request.method, "path": request.path,
+            "operation": request.get(OPERATION), "status": response.status,
+            "outcome": outcome_of_http(response.status, warned is not None), "warning": warned,
+            "ms": round((time.perf_counter() - started) * 1000, 2)})
     return response
 
 
@@ -84,21 +92,28 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         allowed = list(methods)
         raise web.HTTPMethodNotAllowed(request.method, allowed, text=f"{request.method} is not "
                                        f"allowed here; use {', '.join(allowed)}")
+    request[OPERATION] = handler.__name__
+    logs.bind(uid=resource.uid, ae=resource.ae)  # the core's records name them too
     return await handler(request, resource)
 
 
 def create_app(settings: Rest, service: UPSService, fanout: WebSocketFanout,
-               health: Health) -> web.Application:
+               health: Health, metrics: Metrics | None = None) -> web.Application:
     """The REST/WebSocket front end: UPS-RS on ``service``, event channels on ``fanout``,
-    /health answered by ``health()``."""
+    /health answered by ``health()``, requests recorded in ``metrics`` and /metrics served
+    from it."""
+    measured = [rest_metrics.middleware(metrics)] if metrics is not None else []
     app = web.Application(client_max_size=settings.max_body_bytes,
-                          middlewares=[errors_middleware])
+                          middlewares=[*measured, errors_middleware])
     app[SETTINGS] = settings
     app[SERVICE] = service
     app[FANOUT] = fanout
     app[HEALTH] = health
     app[ORIGIN] = _origin_function(settings.public_url)
     app.router.add_get("/health", health_route)
+    if metrics is not None:
+        app[METRICS] = metrics
+        app.router.add_get("/metrics", rest_metrics.metrics_route)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
 

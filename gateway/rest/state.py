@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gateway.config import Rest
 from gateway.events.fanout import WebSocketFanout
+from gateway.metrics import Metrics
 from gateway.ups.service import UPSService
 
 Health = Callable[[], Awaitable[dict]]
@@ -19,7 +20,9 @@ SERVICE = web.AppKey("service", UPSService)
 FANOUT = web.AppKey("fanout", WebSocketFanout)
 HEALTH = web.AppKey("health", Health)
 ORIGIN = web.AppKey("origin", Callable[[web.Request], str])
+METRICS = web.AppKey("metrics", Metrics)
 
 # Per request.
 REQUEST_ID = web.RequestKey("id", str)
+OPERATION = web.RequestKey("operation", str)  # the UPS transaction (its handler's name)
 REQUESTER = web.RequestKey("requester", str)  # the calling AE, once a credential names one

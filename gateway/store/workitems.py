@@ -32,7 +32,7 @@ from gateway.store.keys import Keys
 from gateway.store.lane import Lane
 from gateway.store.results import RenderedResults
 from gateway.ups import tags as t
-from gateway.ups.dataset import Dataset
+from gateway.ups.dataset import Dataset, first
 from gateway.ups.dicomtime import UTC
 from gateway.ups.errors import WorkitemGone
 from gateway.ups.matching import Query, search_order
@@ -118,7 +118,8 @@ class RedisWorkitemStore:
             codec.pack_for_lua([[e.type, codec.pack(e.info), list(e.extra), e.needs_recipient,
                                  list(e.only)] for e in events]),
             self.backlog, now_ms(),
-            codec.pack(change.state_report) if change.state_report else b""])
+            codec.pack(change.state_report) if change.state_report else b"",
+            "" if ds is None else first(ds, t.WorklistLabel, "")])
         code = int(result[0])
         if code == 1:
             version = int(result[1])

@@ -6,8 +6,9 @@ from __future__ import annotations
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.rest.messages import (DICOM_JSON, check_accept, json_response, read_dataset,
+from gateway.rest.messages import (DICOM_JSON, check_accept, datasets_response, read_dataset,
                                    service_url, warning)
+from gateway.rest import media
 from gateway.rest.paths import Resource
 from gateway.rest.query import search_query
 from gateway.rest.state import REQUESTER, SERVICE
@@ -71,10 +72,11 @@ async def create(request: web.Request, resource: Resource) -> web.Response:
 
 
 async def retrieve(request: web.Request, resource: Resource) -> web.Response:
-    check_accept(request)
+    choice = check_accept(request)
     uid = resource.uid
     ds = await _service(request).retrieve(uid)
-    return json_response([ds], headers={"Content-Location": workitem_url(request, uid)})
+    return datasets_response(choice, [ds],
+                             headers={"Content-Location": workitem_url(request, uid)})
 
 
 async def update(request: web.Request, resource: Resource) -> web.Response:
@@ -123,7 +125,7 @@ async def request_cancel(request: web.Request, resource: Resource) -> web.Respon
 
 
 async def search(request: web.Request, resource: Resource) -> web.Response:
-    check_accept(request)
+    choice = check_accept(request)
     settings = _service(request).settings
     query = search_query(list(request.query.items()), tz=settings.timezone,
                          default_limit=settings.search_default_limit,
@@ -138,6 +140,8 @@ async def search(request: web.Request, resource: Resource) -> web.Response:
     if result.remaining:
         headers.add("Warning", warning(
             request, f"There are {result.remaining} additional results that can be requested"))
+    if choice.xml:  # (the JSON form splices the stored text without decoding it)
+        return datasets_response(media.XML_PARTS, result.items, headers=headers)
     return web.Response(body=result.to_json(), content_type=DICOM_JSON, headers=headers)
 
 

@@ -21,8 +21,8 @@ Layout (``p`` = the key prefix, ``redis.key_prefix``, default ``ups:``):
   p cur:{transport}:{ae} string that transport's delivery cursor, "entry-id n"
   p procs                zset   live gateway processes → heartbeat expiry
   p notify               pubsub wake-ups (and the events themselves) for the deliverers
-  p labels               set    every Worklist Label a stored workitem has had (metrics: the
-                                counts are the cardinalities of the ``st:{state}:wl:{label}`` indexes)
+  p labels               set    Worklist Labels of stored workitems (metrics: the counts are
+                                the cardinalities of the ``st:{state}:wl:{label}`` indexes)
   p transitions          hash   "{from}>{to}" → state changes committed (from "none": created)
 
 The Lua scripts get the same names as functions (``lua_functions``), generated from the methods

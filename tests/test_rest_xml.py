@@ -173,6 +173,14 @@ def test_bad_xml_is_refused_saying_why(doc, says):
         from_xml(doc)
 
 
+def test_deep_nesting_is_refused_before_it_can_exhaust_the_stack():
+    depth = 5000
+    doc = (b'<NativeDicomModel>' + b'<DicomAttribute tag="0040A370" vr="SQ"><Item>' * depth
+           + b"</Item></DicomAttribute>" * depth + b"</NativeDicomModel>")
+    with pytest.raises(InvalidDataset, match="nested more than"):
+        from_xml(doc)
+
+
 def test_a_value_xml_cannot_carry_is_not_written_silently():
     with pytest.raises(NotRepresentable, match="00104000"):
         to_xml({"00104000": {"vr": "LT", "Value": ["page one\x0cpage two"]}})

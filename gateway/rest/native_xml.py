@@ -32,6 +32,7 @@ from typing import Any
 
 from pydicom.datadict import keyword_for_tag
 
+from gateway.ups.dataset import MAX_DEPTH
 from gateway.ups.errors import InvalidDataset
 
 NAMESPACE = "http://dicom.nema.org/PS3.19/models/NativeDICOM"
@@ -154,10 +155,12 @@ def from_xml(raw: bytes) -> dict:
     if _local(root.tag) != "NativeDicomModel":
         raise InvalidDataset(f"the XML payload's root element is {_local(root.tag)}, not "
                              "NativeDicomModel (PS3.19 Native DICOM Model)")
-    return _read_dataset(root, "")
+    return _read_dataset(root, "", 0)
 
 
-def _read_dataset(node: ET.Element, path: str) -> dict:
+def _read_dataset(node: ET.Element, path: str, depth: int) -> dict:
+    if depth > MAX_DEPTH:  # (before normalize's own check: this reading recurses too)
+        raise InvalidDataset(f"{path}: sequences are nested more than {MAX_DEPTH} levels deep")
     ds: dict = {}
     for child in node:
         name = _local(child.tag)
@@ -170,11 +173,11 @@ def _read_dataset(node: ET.Element, path: str) -> dict:
         tag = tag.upper()
         if tag in ds:
             raise InvalidDataset(f"{path}{tag}: the attribute appears twice")
-        ds[tag] = _read_attribute(child, child.get("vr"), f"{path}{tag}")
+        ds[tag] = _read_attribute(child, child.get("vr"), f"{path}{tag}", depth)
     return ds
 
 
-def _read_attribute(node: ET.Element, vr: str | None, where: str) -> dict:
+def _read_attribute(node: ET.Element, vr: str | None, where: str, depth: int) -> dict:
     elem: dict = {} if vr is None else {"vr": vr}
     values: list = []
     for child in _numbered(node, where):
@@ -184,7 +187,7 @@ def _read_attribute(node: ET.Element, vr: str | None, where: str) -> dict:
         elif name == "PersonName":
             values.append(_read_person_name(child, where))
         elif name == "Item":
-            values.append(_read_dataset(child, f"{where}[{len(values) + 1}] > "))
+            values.append(_read_dataset(child, f"{where}[{len(values) + 1}] > ", depth + 1))
         elif name == "InlineBinary":
             elem["InlineBinary"] = "".join((child.text or "").split())
         elif name == "BulkData":

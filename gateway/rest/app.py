@@ -18,7 +18,7 @@ from gateway.config import Rest
 from gateway.events.fanout import WebSocketFanout
 from gateway.metrics import Metrics, outcome_of_http
 from gateway.rest import metrics as rest_metrics
-from gateway.rest import paths, subscriptions, workitems
+from gateway.rest import openapi, paths, subscriptions, workitems
 from gateway.rest.messages import error_response, problem
 from gateway.rest.state import (FANOUT, HEALTH, METRICS, OPERATION, ORIGIN, REQUEST_ID, SERVICE,
                                 SETTINGS, Health)
@@ -114,6 +114,9 @@ def create_app(settings: Rest, service: UPSService, fanout: WebSocketFanout,
     if metrics is not None:
         app[METRICS] = metrics
         app.router.add_get("/metrics", rest_metrics.metrics_route)
+    # The description of every route, made from the table now (an undescribed route fails here).
+    description = openapi.document(ROUTES, settings.base_path, metrics=metrics is not None)
+    app.router.add_get(settings.base_path + openapi.SELF, openapi.route(description))
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
 

@@ -1,0 +1,249 @@
+"""The OpenAPI 3.1 description of every route, generated from the one route table
+(``rest.app.ROUTES``, each resource kind's canonical paths in ``paths.TEMPLATES``) plus the
+routes at the origin root (``/health``, ``/metrics``) and itself. Served at
+``{base_path}/openapi.json``; ``docs/openapi.json`` is this document for the default base path
+(``python -m gateway.rest.openapi > docs/openapi.json`` writes it; a test checks it is current).
+
+Every (kind, method) of the route table must have an entry in ``OPERATIONS``: a route added
+without its description stops the application from being made (``document`` raises), so a
+described route cannot be missing and a served one cannot be undescribed.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Mapping
+
+import orjson
+from aiohttp import web
+
+from gateway import __version__
+from gateway.rest import paths
+from gateway.rest.media import DICOM_JSON, DICOM_XML
+
+XML_PARTS = f'multipart/related; type="{DICOM_XML}"'
+WARNING = {"$ref": "#/components/headers/Warning"}
+
+_DATASET = {"$ref": "#/components/schemas/Dataset"}
+_DATASETS = {"type": "array", "items": _DATASET}
+_XML = {"type": "string", "description": "PS3.19 Native DICOM Model document(s)"}
+
+
+def _payload(description: str, required: bool = True) -> dict:
+    return {"required": required, "description": description, "content": {
+        DICOM_JSON: {"schema": {"oneOf": [_DATASET, {**_DATASETS, "maxItems": 1}]}},
+        "application/json": {"schema": {"oneOf": [_DATASET, {**_DATASETS, "maxItems": 1}]}},
+        DICOM_XML: {"schema": _XML},
+        XML_PARTS: {"schema": _XML}}}
+
+
+def _answer(description: str, body: bool = False, headers: tuple[str, ...] = ()) -> dict:
+    out: dict[str, Any] = {"description": description}
+    named = {"Warning": WARNING}
+    named.update((h, {"schema": {"type": "string", "format": "uri"}}) for h in headers)
+    out["headers"] = named
+    if body:
+        out["content"] = {DICOM_JSON: {"schema": _DATASETS}, XML_PARTS: {"schema": _XML}}
+    return out
+
+
+def _errors(*codes: int) -> dict:
+    text = {400: "Invalid request (the Warning header and the body say what)",
+            404: "No such workitem or subscription", 406: "No acceptable media type",
+            409: "Inconsistent with the workitem's state", 410: "The workitem was purged",
+            413: "The payload is too large", 415: "Unsupported Content-Type",
+            503: "The worklist store is unavailable or too contended; try again"}
+    return {str(code): {"description": text[code], "headers": {"Warning": WARNING},
+                        "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/Error"}}}}
+            for code in codes}
+
+
+def _param(name: str, where: str, description: str, schema: dict | None = None,
+           required: bool = False, **more: Any) -> dict:
+    return {"name": name, "in": where, "description": description,
+            "required": required or where == "path", "schema": schema or {"type": "string"},
+            **more}
+
+
+_ACCEPT = _param("accept", "query", "Response media type, in place of the Accept header "
+                 "(PS3.18 §8.3.3.1)")
+_MATCH = _param("match", "query", "Matching keys: {keyword or tag[.keyword…]}={value}",
+                {"type": "object", "additionalProperties": {"type": "string"}},
+                style="form", explode=True)
+_LOCK = _param("deletionlock", "query", "Hold a deletion lock", {"type": "boolean"})
+
+# (kind, method) → the operation (PS3.18 chapter 11 transactions).
+OPERATIONS: dict[tuple[str, str], dict] = {
+    ("workitems", "POST"): {
+        "operationId": "CreateWorkitem", "summary": "Create a workitem (PS3.18 §11.4)",
+        "parameters": [_param("workitem", "query", "The workitem UID (else SOP Instance UID "
+                                                   "in the payload, else assigned)")],
+        "requestBody": _payload("A SCHEDULED workitem"),
+        "responses": {"201": _answer("Created (a Warning when created with modifications)",
+                                     headers=("Location", "Content-Location")),
+                      **_errors(400, 409, 413, 415, 503)}},
+    ("workitems", "GET"): {
+        "operationId": "SearchWorkitems", "summary": "Search the worklist (PS3.18 §11.9)",
+        "parameters": [_MATCH, _param("includefield", "query", "Attributes to return, or all"),
+                       _param("fuzzymatching", "query", "Fuzzy person-name matching",
+                              {"type": "boolean"}),
+                       _param("offset", "query", "Results to skip", {"type": "integer"}),
+                       _param("limit", "query", "Results per page", {"type": "integer"}),
+                       _ACCEPT],
+        "responses": {"200": _answer("Matches (a Warning when more can be requested)",
+                                     body=True),
+                      "204": _answer("No match"), **_errors(400, 406, 503)}},
+    ("workitem", "GET"): {
+        "operationId": "RetrieveWorkitem", "summary": "Retrieve a workitem (PS3.18 §11.5)",
+        "parameters": [_ACCEPT],
+        "responses": {"200": {**_answer("The workitem", headers=("Content-Location",)),
+                              "content": {DICOM_JSON: {"schema": {**_DATASETS, "maxItems": 1}},
+                                          XML_PARTS: {"schema": _XML},
+                                          DICOM_XML: {"schema": _XML}}},
+                      **_errors(404, 406, 410, 503)}},
+    ("workitem", "POST"): {
+        "operationId": "UpdateWorkitem", "summary": "Update a workitem (PS3.18 §11.6)",
+        "parameters": [_param("transaction-uid", "query", "The Transaction UID (else "
+                                                          "(0008,1195) in the payload)")],
+        "requestBody": _payload("The attributes to set"),
+        "responses": {"200": _answer("Updated", headers=("Content-Location",)),
+                      **_errors(400, 404, 409, 410, 413, 415, 503)}},
+    ("state", "PUT"): {
+        "operationId": "ChangeWorkitemState",
+        "summary": "Change a workitem's state: claim, complete, cancel (PS3.18 §11.7)",
+        "requestBody": _payload("Procedure Step State and Transaction UID"),
+        "responses": {"200": _answer("Changed", headers=("Content-Location",)),
+                      **_errors(400, 404, 409, 410, 415, 503)}},
+    ("cancelrequest", "POST"): {
+        "operationId": "RequestCancellation",
+        "summary": "Ask the performer to cancel a workitem (PS3.18 §11.8)",
+        "requestBody": _payload("Reason, contact (optional)", required=False),
+        "responses": {"202": _answer("Accepted", headers=("Content-Location",)),
+                      **_errors(400, 404, 409, 410, 415, 503)}},
+    ("subscription", "POST"): {
+        "operationId": "CreateSubscription",
+        "summary": "Subscribe an AE to a workitem or the worklist (PS3.18 §11.10)",
+        "parameters": [_LOCK, _param("filter", "query", "Filtered global subscription: "
+                                                         "Key=Value,Key=Value")],
+        "responses": {"201": _answer("Subscribed; the event channel's URL",
+                                     headers=("Location", "Content-Location")),
+                      **_errors(400, 404, 410, 503)}},
+    ("subscription", "DELETE"): {
+        "operationId": "DeleteSubscription", "summary": "Unsubscribe (PS3.18 §11.11)",
+        "responses": {"200": _answer("Unsubscribed"), **_errors(400, 404, 503)}},
+    ("subscription", "GET"): {
+        "operationId": "OpenNotificationConnectionAtSubscription",
+        "summary": "The event channel at the subscription's URL (WebSocket upgrade only)",
+        "responses": {"101": _answer("Switching to the WebSocket event channel"),
+                      "405": {"description": "Not a WebSocket upgrade"}}},
+    ("suspend", "POST"): {
+        "operationId": "SuspendGlobalSubscription",
+        "summary": "Stop subscribing the AE to new workitems (PS3.18 §11.12)",
+        "responses": {"200": _answer("Suspended"), **_errors(400, 404, 503)}},
+    ("channel", "GET"): {
+        "operationId": "OpenNotificationConnection",
+        "summary": "The AE's WebSocket event channel (PS3.18 §11.13): one DICOM JSON event "
+                   "per text frame",
+        "responses": {"101": _answer("Switching to the WebSocket event channel"),
+                      "400": {"description": "Not a WebSocket upgrade"}}},
+}
+# Methods the route table serves with the same operation as another (one description each).
+ALIASES = {("workitem", "PUT"): ("workitem", "POST"), ("state", "POST"): ("state", "PUT")}
+
+# Routes outside the route table: path (from the origin root, or under base_path) → method → op.
+ROOT_ROUTES: dict[str, dict[str, dict]] = {
+    "/health": {"GET": {"operationId": "Health", "summary": "Up or down per component",
+                        "responses": {"200": {"description": "Every component is up"},
+                                      "503": {"description": "A component is down, named"}}}},
+    "/metrics": {"GET": {"operationId": "Metrics", "summary": "Prometheus metrics "
+                         "(docs/observability.md)",
+                         "responses": {"200": {"description": "Prometheus text format"}}}},
+}
+SELF = "/openapi.json"  # under base_path
+
+
+def document(routes: Mapping[str, Mapping[str, Callable]], base_path: str,
+             metrics: bool = True) -> dict:
+    """The OpenAPI 3.1 document of ``routes`` served under ``base_path``."""
+    path_items: dict[str, dict] = {}
+    for kind, methods in routes.items():
+        if kind not in paths.TEMPLATES:
+            raise KeyError(f"route kind {kind!r} has no path in paths.TEMPLATES")
+        for method in methods:
+            key = ALIASES.get((kind, method), (kind, method))
+            if key not in OPERATIONS:
+                raise KeyError(f"route {method} {kind} has no description in openapi.OPERATIONS")
+            operation = dict(OPERATIONS[key])
+            if key != (kind, method):
+                operation["operationId"] += f"_{method}"
+            for template in paths.TEMPLATES[kind]:
+                item = path_items.setdefault(template, {"parameters": _path_parameters(template)})
+                op = dict(operation)
+                if len(paths.TEMPLATES[kind]) > 1 and "{requester}" in template:
+                    op["operationId"] += "_AsRequester"
+                item[method.lower()] = op
+    path_items[SELF] = {"get": {"operationId": "OpenAPI", "summary": "This description",
+                                "responses": {"200": {"description": "OpenAPI 3.1",
+                                                      "content": {"application/json": {}}}}}}
+    for path, methods in ROOT_ROUTES.items():
+        if path == "/metrics" and not metrics:
+            continue
+        path_items[path] = {"servers": [{"url": "/"}],
+                            **{m.lower(): op for m, op in methods.items()}}
+    for item in path_items.values():
+        if not item.get("parameters"):
+            item.pop("parameters", None)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "ups-gateway UPS-RS", "version": __version__,
+                 "description": "One DICOM UPS worklist (PS3.18 chapter 11). Every error "
+                                "carries `Warning: 299 <service>: <reason>`; "
+                                "docs/conformance.md says what each status means."},
+        "servers": [{"url": base_path or "/"}],
+        "paths": dict(sorted(path_items.items())),
+        "components": {
+            "schemas": {
+                "Dataset": {"type": "object", "description": "A DICOM JSON dataset (PS3.18 F.2)",
+                            "propertyNames": {"pattern": "^[0-9A-Fa-f]{8}$"},
+                            "additionalProperties": {"type": "object",
+                                                     "required": ["vr"]}},
+                "Error": {"type": "object", "required": ["error"], "properties": {
+                    "error": {"type": "string"},
+                    "status": {"type": "string", "description": "The DIMSE status, 0xHHHH"}}}},
+            "headers": {"Warning": {"description": "299 <service>: <text> (PS3.18 §8.4.4)",
+                                    "schema": {"type": "string"}}}},
+    }
+
+
+def described(doc: dict) -> set[tuple[str, str]]:
+    """(path, METHOD) of every operation the document describes (base-relative paths)."""
+    return {(path, method.upper()) for path, item in doc["paths"].items()
+            for method in item if method not in ("parameters", "servers")}
+
+
+def _path_parameters(template: str) -> list[dict]:
+    names = {"workitem": "The workitem UID", "requester": "The requesting AE title",
+             "aetitle": "The subscriber AE title"}
+    return [_param(name, "path", text) for name, text in names.items()
+            if "{" + name + "}" in template]
+
+
+def route(doc: dict) -> Callable:
+    body = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+
+    async def openapi_route(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    return openapi_route
+
+
+def main() -> None:  # python -m gateway.rest.openapi > docs/openapi.json
+    from gateway.config import Rest
+    from gateway.rest.app import ROUTES
+    sys.stdout.write(orjson.dumps(document(ROUTES, Rest().base_path),
+                                  option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+if __name__ == "__main__":
+    main()

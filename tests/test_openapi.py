@@ -26,7 +26,7 @@ def current() -> dict:
 
 def test_the_document_in_docs_is_the_generated_one():
     assert json.loads(DOCS.read_text()) == current(), \
-        "docs/openapi.json is stale: python -m gateway.rest.openapi > docs/openapi.json"
+        "docs/openapi.json is stale: python -m gateway.rest.write_openapi > docs/openapi.json"
 
 
 def test_it_is_valid_openapi_3_1():

@@ -2,7 +2,8 @@
 (``rest.app.ROUTES``, each resource kind's canonical paths in ``paths.TEMPLATES``) plus the
 routes at the origin root (``/health``, ``/metrics``) and itself. Served at
 ``{base_path}/openapi.json``; ``docs/openapi.json`` is this document for the default base path
-(``python -m gateway.rest.openapi > docs/openapi.json`` writes it; a test checks it is current).
+(``python -m gateway.rest.write_openapi > docs/openapi.json`` writes it; a test checks it is
+current).
 
 Every (kind, method) of the route table must have an entry in ``OPERATIONS``: a route added
 without its description stops the application from being made (``document`` raises), so a
@@ -11,7 +12,6 @@ described route cannot be missing and a served one cannot be undescribed.
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Callable, Mapping
 
 import orjson
@@ -236,14 +236,3 @@ def route(doc: dict) -> Callable:
         return web.Response(body=body, content_type="application/json")
 
     return openapi_route
-
-
-def main() -> None:  # python -m gateway.rest.openapi > docs/openapi.json
-    from gateway.config import Rest
-    from gateway.rest.app import ROUTES
-    sys.stdout.write(orjson.dumps(document(ROUTES, Rest().base_path),
-                                  option=orjson.OPT_INDENT_2).decode() + "\n")
-
-
-if __name__ == "__main__":
-    main()

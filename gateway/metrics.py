@@ -99,6 +99,7 @@ class Metrics:
         self.redis_seconds = Gauge("upsgw_redis_roundtrip_seconds",
                                    "Round-trip time of a Redis PING at the last scrape",
                                    registry=registry)
+        self._children: dict[tuple[str, str, str], tuple] = {}
         self._watched: dict[str, Gauge] = {}
         self._sources: list[Callable[[], Awaitable[Iterable[Sample]]]] = []
         self._ping: Callable[[], Awaitable[object]] | None = None
@@ -108,8 +109,14 @@ class Metrics:
     # ---- what the edges record ---------------------------------------------------------------
 
     def request(self, protocol: str, operation: str, outcome: str, seconds: float) -> None:
-        self.requests.labels(protocol, operation, outcome).inc()
-        self.request_seconds.labels(protocol, operation).observe(seconds)
+        key = (protocol, operation, outcome)
+        children = self._children.get(key)
+        if children is None:  # (``labels()`` looks its child up under a lock: once is enough)
+            children = self._children[key] = (self.requests.labels(*key).inc,
+                                               self.request_seconds.labels(*key[:2]).observe)
+        count, observe = children
+        count()
+        observe(seconds)
 
     # ---- what is read when scraped -----------------------------------------------------------
 

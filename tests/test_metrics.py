@@ -426,3 +426,46 @@ async def test_a_dimse_refusal_is_logged_with_both_ae_titles_uid_and_outcome(gw)
     assert record["ae"] == "METRICS_SCU" and record["called_ae"] == "CALLED_HERE"
     assert record["operation"] == "retrieve" and record["outcome"] == "failure"
     assert record["status"] == "0xC307" and record["request"].startswith("METRICS_SCU#")
+
+
+# ---- events that do not get through -------------------------------------------------------------
+
+async def test_failed_expired_and_dropped_events_are_counted(tmp_path, http):
+    """A peer that never listens: its N-EVENT-REPORTs fail (retried) until they expire; a
+    WebSocket subscriber away longer than the backlog bound loses the oldest events."""
+    from gateway.testing import free_port
+    extra = {"peers": {"DEADPEER": {"host": "127.0.0.1", "port": free_port()}},
+             "events": {"backlog": 2, "delivery_expiry_seconds": 1.0,
+                        "retry_initial_seconds": 0.2, "retry_max_seconds": 0.4,
+                        "send_timeout": 1.0}}
+    with GatewayProcess(tmp_path, extra=extra, dimse=False) as proc:
+        ups = Ups(http, proc.base)
+        await ups.subscribe(GLOBAL_SUBSCRIPTION, "DEADPEER")
+        await ups.subscribe(GLOBAL_SUBSCRIPTION, "AWAY")
+        for _ in range(5):
+            await ups.create(unassigned())
+        samples = await scrape(http, proc)
+        assert value(samples, "upsgw_events_queued_total", subscriber="AWAY") == 5
+        assert value(samples, "upsgw_events_backlog", subscriber="AWAY", transport="ws") == 2
+
+        async def expired():
+            now = await scrape(http, proc)
+            return now if value(now, "upsgw_events_expired_total", transport="dimse") >= 1 \
+                else None
+
+        now = await until(expired, "an undeliverable event expires")
+        assert value(now, "upsgw_events_failed_total", transport="dimse") >= 1
+        assert value(now, "upsgw_events_delivered_total", transport="dimse") == 0
+
+        listener = await WsListener.open(http, ups.ws_url("AWAY"))
+        try:
+            await listener.wait(2)
+
+            async def dropped():
+                now = await scrape(http, proc)
+                return now if value(now, "upsgw_events_dropped_total", transport="ws",
+                                    reason="backlog") == 3 else None
+
+            await until(dropped, "the three events the backlog bound dropped are counted")
+        finally:
+            await listener.close()

@@ -268,6 +268,10 @@ async def test_search_in_xml_holds_the_same_results_as_in_json(gateway, http):
         as_xml = parts_of(await r.read(), r.headers["Content-Type"])
         assert r.headers["Warning"] == json_warning  # "There are 1 additional results …"
     assert len(as_xml) == 2 and as_xml == as_json
+    # The accept parameter is a content-negotiation parameter, not a matching key.
+    async with http.get(f"{gateway.base}/workitems", params={**query, "accept": XML_PARTS}) as r:
+        assert r.status == 200
+        assert parts_of(await r.read(), r.headers["Content-Type"]) == as_json
 
 
 @pytest.mark.parametrize("accept, params, xml", [

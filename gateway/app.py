@@ -24,12 +24,16 @@ from redis.exceptions import RedisError
 from gateway.config import Config, ConfigError
 from gateway.dimse.event_sender import DimseEventSender
 from gateway.dimse.handlers import DimseHandlers
+from gateway.dimse.mpps import MppsScp
+from gateway.dimse.mwl import MwlFind
 from gateway.dimse.server import DimseServer
 from gateway.events.fanout import WebSocketFanout
 from gateway.events.hub import EventHub
 from gateway.events.queue import EventQueues
 from gateway.events.status import ServiceStatus
 from gateway.metrics import Metrics, Sample
+from gateway.rest import mpps as rest_mpps
+from gateway.rest import mwl as rest_mwl
 from gateway.rest import websocket
 from gateway.rest.app import create_app
 from gateway.store import client
@@ -40,6 +44,7 @@ from gateway.store.stats import WorklistStats
 from gateway.store.subscriptions import RedisSubscriptionStore
 from gateway.store.workitems import RedisWorkitemStore
 from gateway.supervisor import Supervisor
+from gateway.ups import mpps, mwl
 from gateway.ups.dicomtime import parse_offset
 from gateway.ups.service import Settings, UPSService
 
@@ -60,6 +65,8 @@ class Core:
     workitems: RedisWorkitemStore
     subscriptions: RedisSubscriptionStore
     service: UPSService
+    worklist: mwl.ModalityWorklist
+    mpps: mpps.MppsService
 
 
 def make_core(cfg: Config, redis: aioredis.Redis) -> Core:
@@ -76,7 +83,12 @@ def make_core(cfg: Config, redis: aioredis.Redis) -> Core:
         default_worklist_label=cfg.ups.default_worklist_label, timezone=tz,
         search_default_limit=cfg.ups.search_default_limit,
         search_max_limit=cfg.ups.search_max_limit, direct_event_aes=frozenset(cfg.peers)))
-    return Core(keys, lane, workitems, subscriptions, service)
+    worklist = mwl.ModalityWorklist(workitems.search_stream, mwl.Settings(
+        default_modality=cfg.mwl.default_modality, rules=cfg.mwl.rules, timezone=tz))
+    performed = mpps.MppsService(workitems, worklist, mpps.Settings(
+        retention_seconds=int(cfg.ups.retention_hours * 3600),
+        open_retention_seconds=int(cfg.mpps.open_retention_hours * 3600)))
+    return Core(keys, lane, workitems, subscriptions, service, worklist, performed)
 
 
 class Gateway:
@@ -122,11 +134,15 @@ class Gateway:
         self.supervisor.start("websocket-upkeep", self.fanout.keep)
 
         await self._watch_worklist(keys)
-        await self._start_rest(create_app(cfg.rest, service, self.fanout, self.health,
-                                          metrics if cfg.metrics.enabled else None))
+        await self._start_rest(create_app(
+            cfg.rest, service, self.fanout, self.health,
+            [rest_mwl.installer(core.worklist), rest_mpps.installer(core.mpps)],
+            metrics if cfg.metrics.enabled else None))
         if cfg.dimse.enabled:
-            self.dimse = DimseServer(cfg.dimse, cfg.ae_title,
-                                     DimseHandlers(service, cfg.dimse.request_timeout, metrics))
+            extensions = ([MwlFind(core.worklist)] if cfg.mwl.enabled else []) + (
+                [MppsScp(core.mpps)] if cfg.mpps.enabled else [])
+            self.dimse = DimseServer(cfg.dimse, cfg.ae_title, DimseHandlers(
+                service, cfg.dimse.request_timeout, extensions, metrics))
             await self.dimse.start()
         self.sender = DimseEventSender(cfg.ae_title, cfg.peers, cfg.events, queues, hub, metrics)
         for name, worker in self.sender.workers.items():

@@ -90,6 +90,23 @@ class MetricsConfig:
 
 
 @dataclass
+class Mwl:
+    enabled: bool = True  # Modality Worklist Information Model - FIND on the DIMSE listener
+    default_modality: str = "OT"  # Modality when no Scheduled Station Class code is a modality
+    # SCHEDULED workitems for modalities: those matching any rule ({UPS attribute path: value});
+    # empty: every SCHEDULED workitem.
+    rules: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Mpps:
+    enabled: bool = True  # Modality Performed Procedure Step SOP Class on the DIMSE listener
+    # An MPPS never COMPLETED or DISCONTINUED is dropped this long after its last change (a
+    # COMPLETED/DISCONTINUED one after ups.retention_hours).
+    open_retention_hours: float = 168.0
+
+
+@dataclass
 class Log:
     level: str = "INFO"
     format: str = "json"  # json | text
@@ -106,6 +123,8 @@ class Config:
     peers: dict[str, Peer] = field(default_factory=dict)
     ups: Ups = field(default_factory=Ups)
     events: Events = field(default_factory=Events)
+    mwl: Mwl = field(default_factory=Mwl)
+    mpps: Mpps = field(default_factory=Mpps)
     log: Log = field(default_factory=Log)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = field(default="", repr=False, metadata={"internal": True})
@@ -253,6 +272,21 @@ def _check(config: Config) -> None:
         # Nothing authenticates REST callers in this version: /metrics could not be protected.
         raise ConfigError("metrics.require_auth: no REST authentication is configured to "
                           "require; set it to false or disable metrics")
+    if config.mpps.open_retention_hours <= 0:
+        raise ConfigError("mpps.open_retention_hours: must be more than 0")
+    if not config.mwl.default_modality or len(config.mwl.default_modality) > 16:
+        raise ConfigError(f"mwl.default_modality: {config.mwl.default_modality!r} is not a "
+                          "Modality (CS, 1-16 characters)")
+    from gateway.ups.errors import InvalidQuery
+    from gateway.ups.mwl import compile_rules
+    for i, rule in enumerate(config.mwl.rules):
+        try:
+            compile_rules([rule], parse_offset(config.ups.timezone_offset))
+        except KeyError as exc:
+            raise ConfigError(f"mwl.rules[{i}]: {exc.args[0]!r} is not a DICOM attribute "
+                              "keyword or tag") from None
+        except InvalidQuery as exc:
+            raise ConfigError(f"mwl.rules[{i}]: {exc}") from None
     if config.rest.max_body_bytes < 1024:
         raise ConfigError("rest.max_body_bytes: must be at least 1024")
 

@@ -33,7 +33,7 @@ from pydicom.multival import MultiValue
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import UnifiedProcedureStepEvent
 
-from tests.pynetdicom_client import NODELAY_HANDLER
+from gateway.testing_peers import NODELAY_HANDLER
 from tests.helpers import completion_payload, free_port, new_uid, state_payload, workitem
 
 STATE_REPORT, CANCEL_REQUESTED, PROGRESS_REPORT, SCP_STATUS_CHANGE, ASSIGNED = 1, 2, 3, 4, 5

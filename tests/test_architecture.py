@@ -28,6 +28,7 @@ ALLOWED = {
     "metrics": set(),
     "supervisor": set(),
     "testing": set(),
+    "testing_peers": set(),
     "gateway": set(),
     "app": {"ups", "store", "events", "rest", "dimse", "config", "logs", "metrics",
             "supervisor"},

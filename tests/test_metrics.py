@@ -22,7 +22,7 @@ from gateway.store.stats import WorklistStats
 from gateway.ups.uids import GLOBAL_SUBSCRIPTION
 from tests.event_receiver import EventReceiver, Ups, WsListener, unassigned
 from tests.helpers import GatewayProcess, completion_payload, new_uid, workitem
-from tests.pynetdicom_client import NODELAY_HANDLER, guard_responses
+from gateway.testing_peers import NODELAY_HANDLER, guard_responses
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json"
 HANG_GUARD = 30.0

@@ -64,6 +64,7 @@ UNRECOGNIZED_OPERATION = 0x0211
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 INVALID_OBJECT_INSTANCE = 0x0117
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
+QUERY_RETRIEVE_LEVEL = "00080052"
 OUT_OF_RESOURCES = 0xA700
 # Failures a C-FIND may answer (PS3.4 C.4.1.1.4, CC.2.8.4); anything else becomes 0xC000. Never
 # 0xC311/0xC312: UPS uses them for N-ACTION refusals (and pynetdicom for its own C-FIND errors).
@@ -118,8 +119,13 @@ class Request:
     sop_class: str | None = None  # the message's SOP class when it is not a UPS one
     instance: str | None = None  # the Affected SOP Instance UID of the response
     decoder: str | None = None  # what read the request's dataset: "binary" or "pydicom"
+    assoc: Any = None  # the association (it remembers the peer's character set)
     called_ae: str | None = None
     started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def charsets(self) -> list[str] | None:
+        return self.assoc.charsets if self.assoc is not None else None
 
     def log_extra(self, **more: Any) -> dict[str, Any]:
         return {"uid": self.uid, "ae": self.ae, "called_ae": self.called_ae,
@@ -133,10 +139,12 @@ Outcome = tuple[int, str, bytes | None]
 
 
 class DimseHandlers:
-    def __init__(self, service: UPSService, request_timeout: float,
+    def __init__(self, service: UPSService, request_timeout: float, extensions=(),
                  metrics: Metrics | None = None):
         self.service = service
         self.timeout = request_timeout
+        # Other SOP classes' handlers (MWL, MPPS): ``sop_class`` and ``serve(self, assoc, req)``.
+        self.extensions = {extension.sop_class: extension for extension in extensions}
         self.metrics = metrics or Metrics(process=False)
         self._bodies: dict[int, Callable[[Request], Awaitable[Outcome]]] = {
             N_CREATE: self.n_create, N_SET: self.n_set, N_GET: self.n_get,
@@ -153,6 +161,8 @@ class DimseHandlers:
         if field_ == C_ECHO:
             self._done(req, st.SUCCESS, "")
             await self._respond(assoc, req, st.SUCCESS, "")
+        elif extension := self.extensions.get(req.context_class):
+            await extension.serve(self, assoc, req)
         elif field_ == C_FIND:
             await self.c_find(assoc, req)
         elif field_ in self._bodies:
@@ -198,7 +208,7 @@ class DimseHandlers:
                           "Attribute Identifier List cannot be read: not a list of tags")
         keys = [f"{tag:08X}" for tag in req.message.tags(m.ATTRIBUTE_IDENTIFIERS)]
         ds = await self._core(self.service.retrieve(uid, keys or None))
-        reply = convert.encode(ds, req.syntax)
+        reply = convert.encode(ds, req.syntax, req.charsets)
         if reply is None:
             raise Refused(st.PROCESSING_FAILURE, f"Workitem {uid} cannot be encoded")
         return st.SUCCESS, "", reply
@@ -228,8 +238,8 @@ class DimseHandlers:
         return outcome.status, outcome.message, None
 
     async def _subscription_action(self, req: Request, action: int, uid: str):
-        info = convert.identifier_to_canonical(_decoded(req, "Action Information"),
-                                               "Action Information")
+        info = _noting_charsets(req, convert.identifier_to_canonical(
+            _decoded(req, "Action Information"), "Action Information"))
         receiving_ae = first(info, t.ReceivingAE)
         if not isinstance(receiving_ae, str) or not receiving_ae.strip():
             raise Refused(st.INVALID_ARGUMENT_VALUE, "Receiving AE (0074,1234) is required")
@@ -268,7 +278,8 @@ class DimseHandlers:
         """Stream matches as Pending responses; stop on C-CANCEL with 0xFE00."""
         try:
             self._check_context(req)
-            identifier = convert.identifier_to_canonical(_decoded(req, "Identifier"))
+            identifier = _noting_charsets(req, convert.identifier_to_canonical(
+                _decoded(req, "Identifier")))
             query = self._find_query(identifier)
         except Exception as exc:  # noqa: BLE001 - every failure gets an explicit status
             await self._find_failure(assoc, req, exc)
@@ -285,7 +296,7 @@ class DimseHandlers:
                     ds = await anext(stream, None)
                 if ds is None:
                     break
-                result = self._find_result(ds, req.syntax)
+                result = self._find_result(ds, req)
                 count += 1
                 await self._respond(assoc, req, st.PENDING, "", result)
                 # Let the upper layer read what the peer sent meanwhile (a C-CANCEL) even when
@@ -300,16 +311,16 @@ class DimseHandlers:
         await self._respond(assoc, req, st.SUCCESS, "")
 
     def _find_query(self, identifier: Dataset) -> matching.Query:
-        unsupported = [k for k in identifier
-                       if k not in matching.MATCHABLE and k not in matching.NOT_MATCHED
-                       and k not in matching.NEVER_RETURNED]
-        if unsupported:
+        # Any attribute is a return key (and matched by the general rules); only a key that
+        # names another query model says the identifier is not one of this SOP class.
+        if QUERY_RETRIEVE_LEVEL in identifier:
             raise Refused(IDENTIFIER_DOES_NOT_MATCH,
-                          f"{describe(unsupported[0])} is not a UPS matching or return key")
+                          f"{describe(QUERY_RETRIEVE_LEVEL)} belongs to the Query/Retrieve "
+                          "model, not to a UPS identifier")
         return matching.from_identifier(identifier, default_tz=self.service.settings.timezone)
 
-    def _find_result(self, ds: Dataset, syntax: str) -> bytes:
-        result = convert.encode(ds, syntax)
+    def _find_result(self, ds: Dataset, req: Request) -> bytes:
+        result = convert.encode(ds, req.syntax, req.charsets)
         if result is None:
             raise Refused(st.UNABLE_TO_PROCESS,
                           f"Workitem {first(ds, t.SOPInstanceUID)} cannot be encoded")
@@ -334,7 +345,7 @@ class DimseHandlers:
         op = COMMANDS.get(message.command_field, f"DIMSE 0x{message.command_field:04X}")
         syntax = agreement.transfer_syntaxes.get(message.context_id, binary.IMPLICIT_LE)
         req = Request(op, ae, msg_id, context_class, message, syntax, offered,
-                      instance=message.sop_instance, called_ae=agreement.called_ae)
+                      instance=message.sop_instance, assoc=assoc, called_ae=agreement.called_ae)
         sop_class = message.sop_class
         if sop_class not in UPS_CLASSES:
             req.sop_class = sop_class or ""
@@ -407,6 +418,10 @@ class DimseHandlers:
                     extra=req.log_extra(status=f"0x{code:04X}", operation=operation,
                                         outcome=outcome, **more))
 
+    # What the extensions (``dimse/mwl.py``, ``dimse/mpps.py``) share of the plumbing.
+    done, respond, find_failure, classify, core = (_done, _respond, _find_failure, _classify,
+                                                   _core)
+
 
 # ---- helpers -----------------------------------------------------------------------------------
 
@@ -432,8 +447,17 @@ def _canonical(req: Request, what: str) -> Dataset:
     fast = binary.read(raw, req.syntax)
     if fast is not None:
         req.decoder = "binary"
-        return normalize(fast)
-    return convert.to_canonical(_decoded(req, what), what)
+        return _noting_charsets(req, normalize(fast))
+    return _noting_charsets(req, convert.to_canonical(_decoded(req, what), what))
+
+
+def _noting_charsets(req: Request, ds: Dataset) -> Dataset:
+    """``ds``, after noting the character set it declares as the requester's: its replies on
+    this association are written in it when they can be (``convert.reply_charset``)."""
+    declared = [v or "" for v in (ds.get(t.SpecificCharacterSet) or {}).get("Value") or ()]
+    if any(declared) and req.assoc is not None:  # an empty first value: the default repertoire
+        req.assoc.charsets = declared
+    return ds
 
 
 def _decoded(req: Request, what: str) -> PydicomDataset | None:

@@ -84,10 +84,11 @@ class Agreement:
 class Policy:
     max_pdu: int  # ours: the largest P-DATA-TF variable field we receive (0: no limit)
     allowed_calling_aes: frozenset[str] = frozenset()  # empty: anyone
+    extra_sop_classes: tuple[str, ...] = ()  # served besides UPS (Modality Worklist, MPPS)
 
     def supported(self) -> list[PresentationContext]:
         contexts = []
-        for abstract in (*UPS_SOP_CLASSES, VERIFICATION):
+        for abstract in (*UPS_SOP_CLASSES, *self.extra_sop_classes, VERIFICATION):
             cx = PresentationContext()
             cx.abstract_syntax = abstract
             for syntax in TRANSFER_SYNTAXES:
@@ -121,9 +122,25 @@ def negotiate(rq: A_ASSOCIATE, policy: Policy, supported: list[PresentationConte
                           for item in rq.user_information)
     results, role_replies = negotiate_as_acceptor(rq.presentation_context_definition_list,
                                                   supported, roles or None)
+    _prefer_the_requestors_order(rq, results)
     agreement = _agreement(rq, results, peer_max_pdu, roles)
     agreement.ac = _accept_pdu(rq, results, role_replies, policy, window_proposed)
     return agreement
+
+
+def _prefer_the_requestors_order(rq: A_ASSOCIATE, results: list[PresentationContext]) -> None:
+    """Each accepted context gets the first transfer syntax the requestor proposed that the
+    gateway supports (its preference: a client may decode only what it asked for first).
+    pynetdicom's matching picks by the acceptor's order instead."""
+    proposed = {cx.context_id: [str(ts) for ts in cx.transfer_syntax]
+                for cx in rq.presentation_context_definition_list}
+    for cx in results:
+        if cx.result != 0x00:
+            continue
+        for syntax in proposed.get(cx.context_id, ()):
+            if syntax in TRANSFER_SYNTAXES:
+                cx.transfer_syntax = [syntax]
+                break
 
 
 def _user_information(primitive: A_ASSOCIATE) -> tuple[int, dict]:

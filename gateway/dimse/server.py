@@ -30,7 +30,8 @@ class Listener:
     def __init__(self, config: Dimse, handlers: DimseHandlers, metrics: Metrics):
         self.config = config
         self.metrics = metrics
-        self.policy = negotiation.Policy(config.max_pdu, frozenset(config.allowed_calling_aes))
+        self.policy = negotiation.Policy(config.max_pdu, frozenset(config.allowed_calling_aes),
+                                         tuple(handlers.extensions))
         self.supported = self.policy.supported()
         self.handlers = handlers
         self.connections: set[Association] = set()

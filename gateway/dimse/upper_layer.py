@@ -61,6 +61,9 @@ class Association(pdus.WriteFlow, asyncio.Protocol):
         self.address = "?"
         self.agreement: negotiation.Agreement | None = None
         self.cancelled: set[int] = set()  # message IDs of requests the peer sent C-CANCEL for
+        # The Specific Character Set of the peer's latest request dataset that declared one:
+        # what its replies are written in when they can be (an N-GET request has no dataset).
+        self.charsets: list[str] | None = None
         self._buffer = bytearray()
         self._assembler = Assembler()
         self._queue: asyncio.Queue = asyncio.Queue()

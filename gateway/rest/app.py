@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -98,10 +98,12 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(settings: Rest, service: UPSService, fanout: WebSocketFanout,
-               health: Health, metrics: Metrics | None = None) -> web.Application:
+               health: Health, extensions: Sequence[Callable[[web.Application], None]] = (),
+               metrics: Metrics | None = None) -> web.Application:
     """The REST/WebSocket front end: UPS-RS on ``service``, event channels on ``fanout``,
-    /health answered by ``health()``, requests recorded in ``metrics`` and /metrics served
-    from it."""
+    /health answered by ``health()``; each of ``extensions`` adds its own routes (the PS3.18
+    Modality Worklist and MPPS services, ``rest/mwl.py``, ``rest/mpps.py``); requests recorded
+    in ``metrics`` and /metrics served from it."""
     measured = [rest_metrics.middleware(metrics)] if metrics is not None else []
     app = web.Application(client_max_size=settings.max_body_bytes,
                           middlewares=[*measured, errors_middleware])
@@ -114,11 +116,23 @@ def create_app(settings: Rest, service: UPSService, fanout: WebSocketFanout,
     if metrics is not None:
         app[METRICS] = metrics
         app.router.add_get("/metrics", rest_metrics.metrics_route)
-    # The description of every route, made from the table now (an undescribed route fails here).
-    description = openapi.document(ROUTES, settings.base_path, metrics=metrics is not None)
+    for install in extensions:
+        install(app)
+    # The description of every route, made from the table and the routes the extensions added,
+    # now: a route without a description fails here.
+    description = openapi.document(ROUTES, settings.base_path, registered=_registered(app))
     app.router.add_get(settings.base_path + openapi.SELF, openapi.route(description))
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
+
+
+def _registered(app: web.Application) -> set[tuple[str, str]]:
+    """(path, METHOD) of every route added to the router so far."""
+    found = set()
+    for route in app.router.routes():
+        info = route.resource.get_info()
+        found.add((info.get("path") or info.get("formatter") or "", route.method))
+    return found
 
 
 async def health_route(request: web.Request) -> web.Response:

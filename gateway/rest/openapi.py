@@ -162,11 +162,55 @@ ROOT_ROUTES: dict[str, dict[str, dict]] = {
 }
 SELF = "/openapi.json"  # under base_path
 
+_INCLUDEFIELD = _param("includefield", "query", "Attributes to return, or all")
+# Services that add their own routes (``create_app`` extensions), under base_path: path →
+# method → operation. A registered route missing here stops ``document``.
+SERVICES: dict[str, dict[str, dict]] = {
+    "/modality-scheduled-procedure-steps": {"GET": {
+        "operationId": "SearchModalityScheduledProcedureSteps",
+        "summary": "Search the Modality Worklist: SCHEDULED workitems as MWL entries "
+                   "(PS3.18 chapter 14)",
+        "parameters": [_MATCH, _INCLUDEFIELD,
+                       _param("fuzzymatching", "query", "Fuzzy person-name matching",
+                              {"type": "boolean"}),
+                       _param("offset", "query", "Results to skip", {"type": "integer"}),
+                       _param("limit", "query", "Results per page", {"type": "integer"}),
+                       _ACCEPT],
+        "responses": {"200": _answer("Matching entries (a Warning when more can be requested)",
+                                     body=True),
+                      "204": _answer("No match"), **_errors(400, 406, 503)}}},
+    "/modality-performed-procedure-steps/{uid}": {
+        "POST": {"operationId": "CreateOrUpdateModalityPerformedProcedureStep",
+                 "summary": "Create an MPPS (201), or with ?update set its attributes "
+                            "(PS3.18 chapter 15)",
+                 "parameters": [_param("update", "query", "Present: an Update, not a Create",
+                                       allowEmptyValue=True),
+                                _param("requester", "query", "The requesting AE title")],
+                 "requestBody": _payload("The MPPS attributes"),
+                 "responses": {"201": _answer("Created", headers=("Location",
+                                                                  "Content-Location")),
+                               "200": _answer("Updated"),
+                               **_errors(400, 404, 409, 413, 415, 503)}},
+        "GET": {"operationId": "RetrieveModalityPerformedProcedureStep",
+                "summary": "Retrieve an MPPS (PS3.18 chapter 15)",
+                "parameters": [_INCLUDEFIELD, _ACCEPT],
+                "responses": {"200": {**_answer("The MPPS", headers=("Content-Location",)),
+                                      "content": {DICOM_JSON: {"schema": _DATASETS},
+                                                  XML_PARTS: {"schema": _XML},
+                                                  DICOM_XML: {"schema": _XML}}},
+                              **_errors(400, 404, 406, 503)}}},
+}
+_SERVICE_PARAMETERS = {"uid": "The instance UID"}
+
 
 def document(routes: Mapping[str, Mapping[str, Callable]], base_path: str,
-             metrics: bool = True) -> dict:
-    """The OpenAPI 3.1 document of ``routes`` served under ``base_path``."""
+             registered: set[tuple[str, str]] | None = None) -> dict:
+    """The OpenAPI 3.1 document of ``routes`` served under ``base_path``, and of the other
+    ``registered`` routes (``(router path, METHOD)``: the origin root's, the extensions');
+    None: as ``create_app`` registers them by default."""
     path_items: dict[str, dict] = {}
+    for path, methods in _others(base_path, registered).items():
+        path_items[path] = methods
     for kind, methods in routes.items():
         if kind not in paths.TEMPLATES:
             raise KeyError(f"route kind {kind!r} has no path in paths.TEMPLATES")
@@ -186,11 +230,6 @@ def document(routes: Mapping[str, Mapping[str, Callable]], base_path: str,
     path_items[SELF] = {"get": {"operationId": "OpenAPI", "summary": "This description",
                                 "responses": {"200": {"description": "OpenAPI 3.1",
                                                       "content": {"application/json": {}}}}}}
-    for path, methods in ROOT_ROUTES.items():
-        if path == "/metrics" and not metrics:
-            continue
-        path_items[path] = {"servers": [{"url": "/"}],
-                            **{m.lower(): op for m, op in methods.items()}}
     for item in path_items.values():
         if not item.get("parameters"):
             item.pop("parameters", None)
@@ -214,6 +253,39 @@ def document(routes: Mapping[str, Mapping[str, Callable]], base_path: str,
             "headers": {"Warning": {"description": "299 <service>: <text> (PS3.18 §8.4.4)",
                                     "schema": {"type": "string"}}}},
     }
+
+
+def _others(base_path: str, registered: set[tuple[str, str]] | None) -> dict[str, dict]:
+    """Path items of the registered routes outside the table, each looked up in ROOT_ROUTES
+    (origin root) or SERVICES (under base_path; also reachable at the root, the same route)."""
+    if registered is None:
+        registered = {("/health", "GET"), ("/metrics", "GET")}
+        registered |= {(base_path + path, method) for path, methods in SERVICES.items()
+                       for method in methods}
+    items: dict[str, dict] = {}
+    for path, method in sorted(registered):
+        if method == "HEAD":  # (aiohttp adds one to every GET)
+            continue
+        relative = path[len(base_path):] if base_path and path.startswith(base_path + "/") \
+            else path
+        relative = relative.rstrip("/") or "/"
+        if relative in ROOT_ROUTES:
+            table, where = ROOT_ROUTES, {"servers": [{"url": "/"}]}
+        elif relative in SERVICES:
+            table, where = SERVICES, {}
+        else:
+            raise KeyError(f"route {method} {path} has no description in openapi.SERVICES")
+        methods = list(table[relative]) if method == "*" else [method]
+        for name in methods:
+            if name not in table[relative]:
+                raise KeyError(f"route {name} {path} has no description in openapi.SERVICES")
+            item = items.setdefault(relative, dict(where))
+            if relative in SERVICES and "parameters" not in item:
+                item["parameters"] = [_param(n, "path", text)
+                                      for n, text in _SERVICE_PARAMETERS.items()
+                                      if "{" + n + "}" in relative]
+            item[name.lower()] = table[relative][name]
+    return items
 
 
 def described(doc: dict) -> set[tuple[str, str]]:

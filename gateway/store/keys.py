@@ -19,6 +19,9 @@ Layout (``p`` = the key prefix, ``redis.key_prefix``, default ``ups:``):
   p queues               set    every AE that ever had an event queued
   p own:{transport}:{ae} string lease: who delivers the AE's events on ``ws`` / ``dimse``
   p cur:{transport}:{ae} string that transport's delivery cursor, "entry-id n"
+  p mpps:{uid}           hash   an MPPS instance: d=dataset (``codec``), v=version, w=linked
+                                workitem UID, tx=Transaction UID of its claim, n=note (TTL once
+                                COMPLETED/DISCONTINUED)
   p procs                zset   live gateway processes → heartbeat expiry
   p notify               pubsub wake-ups (and the events themselves) for the deliverers
   p labels               set    Worklist Labels of stored workitems (metrics: the counts are
@@ -82,6 +85,9 @@ class Keys:
 
     def cursor(self, transport: str, ae: str) -> str:
         return f"{self.prefix}cur:{transport}:{ae}"
+
+    def mpps(self, uid: str) -> str:
+        return f"{self.prefix}mpps:{uid}"
 
     def processes(self) -> str:
         return f"{self.prefix}procs"

@@ -33,3 +33,11 @@ local function notify(p)
   end
   return ''
 end
+
+-- Write an MPPS instance (``mpps``): its fields at version v, and how long it is kept.
+local function save_mpps(key, v, blob, workitem, tx, note, ttl)
+  redis.call('HSET', key, 'd', blob, 'v', v, 'n', note)
+  if workitem ~= '' then redis.call('HSET', key, 'w', workitem) else redis.call('HDEL', key, 'w') end
+  if tx ~= '' then redis.call('HSET', key, 'tx', tx) else redis.call('HDEL', key, 'tx') end
+  if ttl ~= '' then redis.call('EXPIRE', key, tonumber(ttl)) end
+end

@@ -109,6 +109,32 @@ def person_name(value: dict | None) -> str:
     return value.get("Alphabetic") or value.get("Ideographic") or value.get("Phonetic") or ""
 
 
+CHARACTER_SET = "00080005"  # Specific Character Set
+
+
+def without_character_sets(ds: Dataset) -> Dataset:
+    """``ds`` without any Specific Character Set, at any level: canonical text is Unicode, so
+    the character set a request arrived in says nothing about the workitem (each reply declares
+    the one it is written in). Returns ``ds`` itself when it has none."""
+    if not _has_character_set(ds):
+        return ds  # the usual case: nothing copied
+    out: Dataset = {}
+    for tag_key, elem in ds.items():
+        if tag_key == CHARACTER_SET:
+            continue
+        if elem.get("vr") == "SQ" and elem.get("Value"):
+            elem = {**elem, "Value": [without_character_sets(item) if isinstance(item, dict)
+                                      else item for item in elem["Value"]]}
+        out[tag_key] = elem
+    return out
+
+
+def _has_character_set(ds: Dataset) -> bool:
+    return CHARACTER_SET in ds or any(
+        isinstance(item, dict) and _has_character_set(item)
+        for elem in ds.values() if elem.get("vr") == "SQ" for item in elem.get("Value") or ())
+
+
 def select(ds: Dataset, keys: Iterable[str]) -> Dataset:
     return {k: ds[k] for k in sorted(keys) if k in ds}
 

@@ -469,3 +469,36 @@ async def test_failed_expired_and_dropped_events_are_counted(tmp_path, http):
             await until(dropped, "the three events the backlog bound dropped are counted")
         finally:
             await listener.close()
+
+
+async def test_modality_worklist_requests_have_their_own_operation_names(gw, http):
+    """An MWL query is no UPS search: ``mwl_search`` on both protocols."""
+    from pynetdicom.sop_class import ModalityWorklistInformationFind
+    before = await scrape(http, gw)
+    async with http.get(f"{gw.base}/modality-scheduled-procedure-steps",
+                        params={"PatientID": new_uid()}) as response:
+        assert response.status == 204
+
+    def find():
+        ae = AE(ae_title="METRICS_SCU")
+        ae.add_requested_context(ModalityWorklistInformationFind)
+        assoc = ae.associate("127.0.0.1", gw.dimse_port, evt_handlers=[NODELAY_HANDLER])
+        guard_responses(assoc)
+        identifier = Dataset()
+        identifier.PatientID = "NOBODY-METRICS"
+        try:
+            return [status.Status for status, _ in
+                    assoc.send_c_find(identifier, ModalityWorklistInformationFind)]
+        finally:
+            assoc.release()
+
+    assert await asyncio.to_thread(find) == [0x0000]
+    after = await scrape(http, gw)
+    for protocol in ("rest", "dimse"):
+        assert (value(after, "upsgw_requests_total", protocol=protocol, operation="mwl_search",
+                      outcome="success")
+                - value(before, "upsgw_requests_total", protocol=protocol,
+                        operation="mwl_search", outcome="success")) == 1, protocol
+    assert value(after, "upsgw_requests_total", protocol="rest", operation="search",
+                 outcome="success") == value(before, "upsgw_requests_total", protocol="rest",
+                                             operation="search", outcome="success")

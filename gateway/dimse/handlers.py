@@ -33,6 +33,8 @@ from gateway.ups import status as st
 from gateway.ups import tags as t
 from gateway.ups.dataset import Dataset, describe, first, is_uid, normalize
 from gateway.ups.errors import InvalidDataset, UPSError
+from gateway.ups.mpps import MPPS_CLASS
+from gateway.ups.mwl import MWL_FIND
 from gateway.ups.uids import (FILTERED_GLOBAL_SUBSCRIPTION, UPS_EVENT, UPS_PULL, UPS_PUSH,
                               UPS_QUERY, UPS_WATCH)
 
@@ -90,6 +92,7 @@ TRANSACTIONS = {"N-CREATE": "create", "N-SET": "update", "N-GET": "retrieve", "C
                 "C-ECHO": "echo"}
 ACTION_TRANSACTIONS = {1: "change_state", 2: "request_cancel", 3: "subscribe", 4: "unsubscribe",
                        5: "suspend"}
+SERVICES = {MWL_FIND: "mwl", MPPS_CLASS: "mpps"}  # SOP classes served by the extensions
 
 
 class Refused(Exception):
@@ -426,6 +429,9 @@ class DimseHandlers:
 # ---- helpers -----------------------------------------------------------------------------------
 
 def _transaction(req: Request) -> str:
+    service = SERVICES.get(req.context_class)
+    if service is not None:  # MWL, MPPS: their own names (mwl_search, mpps_create …)
+        return f"{service}_{TRANSACTIONS.get(req.op, 'unsupported')}"
     if req.op == "N-ACTION":
         return ACTION_TRANSACTIONS.get(req.message.us(m.ACTION_TYPE), "unknown_action")
     return TRANSACTIONS.get(req.op, "unsupported")

@@ -82,8 +82,10 @@ class EventReceiver:
     def __init__(self, ae_title: str = "RECEIVER", port: int | None = None,
                  status: int = 0x0000, *, max_pdu: int | None = None,
                  calling_aes: list[str] | None = None, scp_role: bool = True,
-                 before_answer: Callable[[object], None] | None = None):
+                 before_answer: Callable[[object], None] | None = None,
+                 ssl_context=None):
         self.ae_title = ae_title
+        self.ssl_context = ssl_context  # an ssl.SSLContext: the receiver serves only TLS
         self.port = port or free_port()
         self.status = status  # what the receiver answers
         self.max_pdu = max_pdu  # its Maximum Length Received (None: pynetdicom's default)
@@ -113,7 +115,8 @@ class EventReceiver:
         while True:  # the port may still be held by a closing socket for a moment
             try:
                 self._server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                               evt_handlers=handlers)
+                                               evt_handlers=handlers,
+                                               ssl_context=self.ssl_context)
                 return self
             except OSError:
                 if time.monotonic() > deadline:

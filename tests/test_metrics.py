@@ -305,8 +305,27 @@ def test_the_dashboard_check_sees_an_unknown_metric():
 def test_require_auth_without_authentication_is_refused(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("metrics: {require_auth: true}\n")
-    with pytest.raises(ConfigError, match="metrics.require_auth"):
+    with pytest.raises(ConfigError, match="metrics.require_auth: needs auth.enabled"):
         load(path, environ={})
+
+
+@pytest.mark.parametrize("require_auth", [False, True])
+async def test_metrics_open_or_behind_the_credentials_as_configured(tmp_path, http,
+                                                                    require_auth):
+    key = "metrics-scraper-key-0123456789"
+    extra = {"auth": {"enabled": True, "api_keys": [{"key": key, "scopes": [], "name": "prom"}]},
+             "metrics": {"require_auth": require_auth}}
+    with GatewayProcess(tmp_path, extra=extra, dimse=False) as proc:
+        async with http.get(f"{proc.url}/metrics") as response:
+            assert response.status == (401 if require_auth else 200)
+            if require_auth:
+                assert "WWW-Authenticate" in response.headers
+        async with http.get(f"{proc.url}/metrics",
+                            headers={"Authorization": f"ApiKey {key}"}) as response:
+            assert response.status == 200
+            assert "upsgw_requests_total" in await response.text()
+        async with http.get(f"{proc.base}/workitems") as response:
+            assert response.status == 401  # the worklist itself stays protected
 
 
 async def test_metrics_disabled_serves_no_endpoint(tmp_path, http):
@@ -406,7 +425,7 @@ async def test_a_dimse_refusal_is_logged_with_both_ae_titles_uid_and_outcome(gw)
     def get_unknown():
         ae = AE(ae_title="METRICS_SCU")
         ae.add_requested_context(UnifiedProcedureStepPush)
-        assoc = ae.associate("127.0.0.1", gw.dimse_port, ae_title="CALLED_HERE",
+        assoc = ae.associate("127.0.0.1", gw.dimse_port, ae_title="UPS_GATEWAY",
                              evt_handlers=[NODELAY_HANDLER])
         guard_responses(assoc)
         try:
@@ -423,7 +442,7 @@ async def test_a_dimse_refusal_is_logged_with_both_ae_titles_uid_and_outcome(gw)
 
     record = await until(logged, "the N-GET's log record")
     assert record["level"] == "INFO"
-    assert record["ae"] == "METRICS_SCU" and record["called_ae"] == "CALLED_HERE"
+    assert record["ae"] == "METRICS_SCU" and record["called_ae"] == "UPS_GATEWAY"
     assert record["operation"] == "retrieve" and record["outcome"] == "failure"
     assert record["status"] == "0xC307" and record["request"].startswith("METRICS_SCU#")
 
@@ -482,7 +501,8 @@ async def test_modality_worklist_requests_have_their_own_operation_names(gw, htt
     def find():
         ae = AE(ae_title="METRICS_SCU")
         ae.add_requested_context(ModalityWorklistInformationFind)
-        assoc = ae.associate("127.0.0.1", gw.dimse_port, evt_handlers=[NODELAY_HANDLER])
+        assoc = ae.associate("127.0.0.1", gw.dimse_port, ae_title="UPS_GATEWAY",
+                             evt_handlers=[NODELAY_HANDLER])
         guard_responses(assoc)
         identifier = Dataset()
         identifier.PatientID = "NOBODY-METRICS"

@@ -27,6 +27,7 @@ from gateway.dimse.requestor import AssociationError, Requestor, associate
 from gateway.events.hub import EventHub
 from gateway.events.queue import EventQueues, LeaseLost, QueuedEntry
 from gateway.metrics import Metrics
+from gateway.security import tls
 from gateway.ups import events as ev
 
 log = logging.getLogger("gateway.events.dimse")
@@ -81,6 +82,9 @@ class PeerSender:
         self.ae_title = ae_title
         self.metrics = metrics
         self.ae, self.peer, self.config = ae, peer, config
+        # TLS to this peer (PS3.15 B.1); files are read now, so a bad one stops the start.
+        self.ssl = tls.client_context(peer.ca_file, peer.cert_file, peer.key_file) \
+            if peer.tls else None
         self.queues = queues
         self.reader = queues.reader(TRANSPORT, ae, LEASE_MS)
         self.assoc: Requestor | None = None
@@ -209,7 +213,7 @@ class PeerSender:
                 self.assoc = None
                 self.assoc = await associate(
                     self.peer.host, self.peer.port, calling_ae=self.ae_title, called_ae=self.ae,
-                    timeout=self.config.send_timeout)
+                    timeout=self.config.send_timeout, ssl=self.ssl)
             self.last_used = time.monotonic()
             try:
                 dataset = convert.encode(entry.info, self.assoc.transfer_syntax)

@@ -25,7 +25,7 @@ from pynetdicom.dsutils import decode
 from redis.exceptions import RedisError
 
 from gateway import logs
-from gateway.dimse import binary, convert, responses
+from gateway.dimse import access, binary, convert, responses
 from gateway.dimse import messages as m
 from gateway.metrics import FAILURE, SUCCESS, WARNING, Metrics
 from gateway.ups import matching
@@ -71,7 +71,8 @@ OUT_OF_RESOURCES = 0xA700
 # Failures a C-FIND may answer (PS3.4 C.4.1.1.4, CC.2.8.4); anything else becomes 0xC000. Never
 # 0xC311/0xC312: UPS uses them for N-ACTION refusals (and pynetdicom for its own C-FIND errors).
 _FIND_FAILURES = frozenset((SOP_CLASS_NOT_SUPPORTED, UNRECOGNIZED_OPERATION, OUT_OF_RESOURCES,
-                            IDENTIFIER_DOES_NOT_MATCH, st.UNABLE_TO_PROCESS))
+                            IDENTIFIER_DOES_NOT_MATCH, st.UNABLE_TO_PROCESS,
+                            access.NOT_AUTHORIZED))
 
 # Core statuses that name a bad argument; N-ACTION's status table says it with 0x0115.
 _ACTION_ARGUMENT_STATUSES = frozenset((st.INVALID_ATTRIBUTE_VALUE, st.MISSING_ATTRIBUTE,
@@ -124,6 +125,9 @@ class Request:
     decoder: str | None = None  # what read the request's dataset: "binary" or "pydicom"
     assoc: Any = None  # the association (it remembers the peer's character set)
     called_ae: str | None = None
+    principal: Any = None  # who the association acts as (``access``); None: unchecked
+    address: str | None = None  # the peer's, for the audit trail
+    patient: tuple[Any, Any] | None = None  # (Patient ID, Patient's Name) a request carried
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -149,6 +153,8 @@ class DimseHandlers:
         # Other SOP classes' handlers (MWL, MPPS): ``sop_class`` and ``serve(self, assoc, req)``.
         self.extensions = {extension.sop_class: extension for extension in extensions}
         self.metrics = metrics or Metrics(process=False)
+        # Told of every answered request (gateway.dimse.audit_hook), when auditing is on.
+        self.audit: Callable[[Request, int, str], None] | None = None
         self._bodies: dict[int, Callable[[Request], Awaitable[Outcome]]] = {
             N_CREATE: self.n_create, N_SET: self.n_set, N_GET: self.n_get,
             N_ACTION: self.n_action, N_EVENT_REPORT: self.n_event_report}
@@ -182,6 +188,7 @@ class DimseHandlers:
         uid = req.uid = _uid_param(req.message.text(m.AFFECTED_SOP_INSTANCE),
                                    "Affected SOP Instance UID")
         ds = _canonical(req, "Attribute List")
+        req.patient = (first(ds, t.PatientID), first(ds, t.PatientName))
         outcome = await self._core(self.service.create(ds, uid, requester=req.ae))
         req.uid = outcome.uid
         if outcome.uid_assigned:
@@ -250,6 +257,8 @@ class DimseHandlers:
         if len(receiving_ae) > 16 or "\\" in receiving_ae:
             raise Refused(st.INVALID_ARGUMENT_VALUE,
                           f"Receiving AE (0074,1234) {receiving_ae!r} is not an AE title")
+        if refusal := access.denied_watch(req.principal, receiving_ae):
+            raise Refused(*refusal)
         if action == 4:
             return await self._core(self.service.unsubscribe(uid, receiving_ae))
         if action == 5:
@@ -348,7 +357,8 @@ class DimseHandlers:
         op = COMMANDS.get(message.command_field, f"DIMSE 0x{message.command_field:04X}")
         syntax = agreement.transfer_syntaxes.get(message.context_id, binary.IMPLICIT_LE)
         req = Request(op, ae, msg_id, context_class, message, syntax, offered,
-                      instance=message.sop_instance, assoc=assoc, called_ae=agreement.called_ae)
+                      instance=message.sop_instance, assoc=assoc, principal=agreement.principal,
+                      address=assoc.address, called_ae=agreement.called_ae)
         sop_class = message.sop_class
         if sop_class not in UPS_CLASSES:
             req.sop_class = sop_class or ""
@@ -363,6 +373,8 @@ class DimseHandlers:
         if not req.offered & OPERATIONS[req.op]:
             where = CLASS_NAMES.get(req.context_class, req.context_class)
             raise Refused(UNRECOGNIZED_OPERATION, f"{req.op} is not offered on a {where} context")
+        if refusal := access.denied(req.principal, req.op, req.message.us(m.ACTION_TYPE)):
+            raise Refused(*refusal)
 
     async def _run(self, req: Request, body: Callable[[Request], Awaitable[Outcome]]) -> Outcome:
         """Run one DIMSE-N request body: (status, comment, dataset), never an exception."""
@@ -411,6 +423,8 @@ class DimseHandlers:
 
     def _done(self, req: Request, code: int, message: str, **more: Any) -> None:
         """Every answered request ends here: its log record and its metrics."""
+        if self.audit is not None:
+            self.audit(req, code, message)
         failed = code not in (st.SUCCESS, st.PENDING, st.CANCEL) and not st.is_warning(code)
         outcome = FAILURE if failed else WARNING if st.is_warning(code) else SUCCESS
         operation = _transaction(req)

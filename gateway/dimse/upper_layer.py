@@ -164,6 +164,7 @@ class Association(pdus.WriteFlow, asyncio.Protocol):
                 "called_ae": str(rq.called_ae_title or "").strip() or None,
                 "address": self.address}
         outcome = self.listener.negotiate(rq)
+        self.listener.associated(peer["ae"] or "", self.address, outcome)
         if isinstance(outcome, negotiation.Rejection):
             log.info(f"association rejected: {outcome.reason}", extra=peer)
             self._write(outcome.pdu())

@@ -18,10 +18,13 @@ from gateway.config import Rest
 from gateway.events.fanout import WebSocketFanout
 from gateway.metrics import Metrics, outcome_of_http
 from gateway.rest import metrics as rest_metrics
-from gateway.rest import openapi, paths, subscriptions, workitems
+from gateway.rest import openapi, paths, subscriptions, tickets, workitems
+from gateway.rest.audit_hook import Record, audit_middleware, channel_opened
+from gateway.rest.auth import OPEN_PATHS, security_middleware
 from gateway.rest.messages import error_response, problem
-from gateway.rest.state import (FANOUT, HEALTH, METRICS, OPERATION, ORIGIN, REQUEST_ID, SERVICE,
-                                SETTINGS, Health)
+from gateway.rest.state import (FANOUT, HEALTH, METRICS, OPERATION, ORIGIN, REQUEST_ID, SECURITY,
+                                SERVICE, SETTINGS, Health, Security)
+from gateway.security.principal import PERFORM, READ, WATCH, WRITE
 from gateway.ups.errors import UPSError
 from gateway.ups.service import UPSService
 
@@ -40,7 +43,28 @@ ROUTES: dict[str, dict[str, Handler]] = {
                      "GET": subscriptions.channel_at_subscription},
     "suspend": {"POST": subscriptions.suspend},
     "channel": {"GET": subscriptions.channel},
+    "tickets": {"POST": tickets.issue},
 }
+
+# The scope each route needs when auth is enabled (operation classes of issue 17; the same
+# kinds and methods as ROUTES: tests/test_security_rest.py checks that none is missing).
+SCOPES: dict[str, dict[str, str]] = {
+    "workitems": {"POST": WRITE, "GET": READ},
+    "workitem": {"GET": READ, "POST": WRITE, "PUT": WRITE},
+    "state": {"PUT": PERFORM, "POST": PERFORM},
+    "cancelrequest": {"POST": PERFORM},
+    "subscription": {"POST": WATCH, "DELETE": WATCH, "GET": WATCH},
+    "suspend": {"POST": WATCH},
+    "channel": {"GET": WATCH},
+    "tickets": {"POST": WATCH},
+}
+
+
+def scope_of(resource: paths.Resource | None, method: str) -> str | None:
+    """The scope ``method`` on ``resource`` needs (None: unknown, answered 404/405)."""
+    if resource is None:
+        return None
+    return SCOPES[resource.kind].get(method)
 
 
 @web.middleware
@@ -98,15 +122,26 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(settings: Rest, service: UPSService, fanout: WebSocketFanout,
-               health: Health, extensions: Sequence[Callable[[web.Application], None]] = (),
-               metrics: Metrics | None = None) -> web.Application:
+               health: Health, security: Security, audit: Record | None = None,
+               extensions: Sequence[Callable[[web.Application], None]] = (),
+               metrics: Metrics | None = None, metrics_need_auth: bool = False
+               ) -> web.Application:
     """The REST/WebSocket front end: UPS-RS on ``service``, event channels on ``fanout``,
-    /health answered by ``health()``; each of ``extensions`` adds its own routes (the PS3.18
-    Modality Worklist and MPPS services, ``rest/mwl.py``, ``rest/mpps.py``); requests recorded
-    in ``metrics`` and /metrics served from it."""
-    measured = [rest_metrics.middleware(metrics)] if metrics is not None else []
-    app = web.Application(client_max_size=settings.max_body_bytes,
-                          middlewares=[*measured, errors_middleware])
+    /health answered by ``health()``, callers checked as ``security`` says, what happened
+    told to ``audit`` (when auditing is on); each of ``extensions`` adds its own routes (the
+    PS3.18 Modality Worklist and MPPS services, ``rest/mwl.py``, ``rest/mpps.py``); requests
+    recorded in ``metrics`` and /metrics served from it (open like /health unless
+    ``metrics_need_auth``)."""
+    open_paths = OPEN_PATHS | ({"/metrics"} if not metrics_need_auth else set())
+    middlewares = [errors_middleware, security_middleware(scope_of, open_paths)]
+    if audit is not None:
+        middlewares.insert(0, audit_middleware(audit))
+    if metrics is not None:  # outermost: it sees the answer every other layer made
+        middlewares.insert(0, rest_metrics.middleware(metrics))
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
+    if audit is not None:
+        app.on_response_prepare.append(channel_opened(audit))
+    app[SECURITY] = security
     app[SETTINGS] = settings
     app[SERVICE] = service
     app[FANOUT] = fanout

@@ -147,6 +147,19 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                    "per text frame",
         "responses": {"101": _answer("Switching to the WebSocket event channel"),
                       "400": {"description": "Not a WebSocket upgrade"}}},
+    ("tickets", "POST"): {
+        "operationId": "IssueChannelTicket",
+        "summary": "A single-use ticket for opening one AE's event channel where the WebSocket "
+                   "handshake cannot carry a credential (?ticket= on the channel URL)",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["ae_title"],
+            "properties": {"ae_title": {"type": "string", "maxLength": 16}}}}}},
+        "responses": {"201": {"description": "The ticket", "content": {"application/json": {
+            "schema": {"type": "object", "properties": {
+                "ticket": {"type": "string"}, "expires_in": {"type": "number"}}}}}},
+                      **_errors(400, 503),
+                      "401": {"description": "No valid credential (auth.enabled)"},
+                      "403": {"description": "The credential may not watch for that AE"}}},
 }
 # Methods the route table serves with the same operation as another (one description each).
 ALIASES = {("workitem", "PUT"): ("workitem", "POST"), ("state", "POST"): ("state", "PUT")}

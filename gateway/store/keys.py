@@ -27,6 +27,7 @@ Layout (``p`` = the key prefix, ``redis.key_prefix``, default ``ups:``):
   p labels               set    Worklist Labels of stored workitems (metrics: the counts are
                                 the cardinalities of the ``st:{state}:wl:{label}`` indexes)
   p transitions          hash   "{from}>{to}" → state changes committed (from "none": created)
+  p tkt:{digest}         string a WebSocket ticket (SHA-256 of it) → who and which AE (TTL)
 
 The Lua scripts get the same names as functions (``lua_functions``), generated from the methods
 below, so a key's name cannot differ between the two languages.
@@ -100,6 +101,9 @@ class Keys:
 
     def transitions(self) -> str:
         return f"{self.prefix}transitions"
+
+    def ticket(self, digest: str) -> str:
+        return f"{self.prefix}tkt:{digest}"
 
 
 _HOLE = "\x00"

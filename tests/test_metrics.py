@@ -522,3 +522,27 @@ async def test_modality_worklist_requests_have_their_own_operation_names(gw, htt
     assert value(after, "upsgw_requests_total", protocol="rest", operation="search",
                  outcome="success") == value(before, "upsgw_requests_total", protocol="rest",
                                              operation="search", outcome="success")
+
+
+async def test_identity_refusals_share_one_bounded_reason(tmp_path, http):
+    """The refusal's text names the credential; the metric's label does not."""
+    extra = {"auth": {"enabled": True, "api_keys": [
+                 {"key": "modality-key-0123456789", "name": "modality",
+                  "scopes": ["ups.read"], "ae_titles": ["MODALITY"]}]},
+             "dimse": {"require_identity": True}}
+    with GatewayProcess(tmp_path, extra=extra) as proc:
+        def refused(calling: str) -> bool:
+            ae = AE(ae_title=calling)
+            ae.add_requested_context(Verification)
+            assoc = ae.associate("127.0.0.1", proc.dimse_port, ae_title="UPS_GATEWAY",
+                                 evt_handlers=[NODELAY_HANDLER])
+            return assoc.is_rejected
+
+        assert await asyncio.to_thread(refused, "NO_IDENTITY_1")
+        assert await asyncio.to_thread(refused, "NO_IDENTITY_2")
+        async with http.get(f"{proc.url}/metrics") as response:
+            text = await response.text()
+        rejected = [line for line in text.splitlines()
+                    if line.startswith("upsgw_dimse_associations_rejected_total{")]
+        assert rejected == ['upsgw_dimse_associations_rejected_total{reason="user identity '
+                            'refused"} 2.0'], rejected

@@ -27,6 +27,7 @@ from gateway.security.associations import AssociationAccess
 log = logging.getLogger("gateway.dimse")
 
 STOP_GRACE_SECONDS = 2.0  # how long requests in flight may finish when the gateway stops
+IDENTITY_REFUSED = "user identity refused"  # the metrics' reason for an _identify refusal
 
 
 class Listener:
@@ -54,7 +55,10 @@ class Listener:
     def negotiate(self, rq) -> negotiation.Agreement | negotiation.Rejection:
         outcome = self._negotiate(rq)
         if isinstance(outcome, negotiation.Rejection):
-            self.metrics.associations_rejected.labels(outcome.reason).inc()
+            # (an identity refusal's text names the credential: one bounded label for all)
+            reason = IDENTITY_REFUSED if outcome.diagnostic == negotiation.NO_REASON_GIVEN \
+                else outcome.reason
+            self.metrics.associations_rejected.labels(reason).inc()
         else:
             self.metrics.associations_accepted.inc()
         return outcome

@@ -12,7 +12,7 @@ from openapi_spec_validator import validate
 
 from gateway.config import Rest
 from gateway.rest import openapi, paths
-from gateway.rest.app import ROUTES
+from gateway.rest.app import ROUTES, SCOPES
 from tests.helpers import new_uid
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
@@ -21,7 +21,7 @@ SAMPLES = {"workitem": None, "uid": None, "requester": "OPENAPI_RQ", "aetitle": 
 
 
 def current() -> dict:
-    return openapi.document(ROUTES, BASE)
+    return openapi.document(ROUTES, BASE, scopes=SCOPES)
 
 
 def test_the_document_in_docs_is_the_generated_one():
@@ -35,12 +35,15 @@ def test_it_is_valid_openapi_3_1():
     validate(doc)
 
 
-def test_every_route_of_the_table_is_documented():
-    documented = openapi.described(current())
+def test_every_route_of_the_table_is_documented_with_its_scope():
+    doc = current()
+    documented = openapi.described(doc)
     for kind, methods in ROUTES.items():
         for method in methods:
             for template in paths.TEMPLATES[kind]:
                 assert (template, method) in documented, (kind, method, template)
+                operation = doc["paths"][template][method.lower()]
+                assert operation.get("x-ups-scope") == SCOPES[kind].get(method), (kind, method)
 
 
 def test_everything_documented_is_a_route_of_the_table():

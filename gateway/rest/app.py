@@ -155,7 +155,8 @@ def create_app(settings: Rest, service: UPSService, fanout: WebSocketFanout,
         install(app)
     # The description of every route, made from the table and the routes the extensions added,
     # now: a route without a description fails here.
-    description = openapi.document(ROUTES, settings.base_path, registered=_registered(app))
+    description = openapi.document(ROUTES, settings.base_path, registered=_registered(app),
+                                   scopes=SCOPES)
     app.router.add_get(settings.base_path + openapi.SELF, openapi.route(description))
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app

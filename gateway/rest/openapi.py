@@ -217,10 +217,12 @@ _SERVICE_PARAMETERS = {"uid": "The instance UID"}
 
 
 def document(routes: Mapping[str, Mapping[str, Callable]], base_path: str,
-             registered: set[tuple[str, str]] | None = None) -> dict:
+             registered: set[tuple[str, str]] | None = None,
+             scopes: Mapping[str, Mapping[str, str]] | None = None) -> dict:
     """The OpenAPI 3.1 document of ``routes`` served under ``base_path``, and of the other
     ``registered`` routes (``(router path, METHOD)``: the origin root's, the extensions');
-    None: as ``create_app`` registers them by default."""
+    None: as ``create_app`` registers them by default. ``scopes`` (kind → method → scope, the
+    table next to the routes) names what each operation needs when ``auth.enabled``."""
     path_items: dict[str, dict] = {}
     for path, methods in _others(base_path, registered).items():
         path_items[path] = methods
@@ -234,6 +236,9 @@ def document(routes: Mapping[str, Mapping[str, Callable]], base_path: str,
             operation = dict(OPERATIONS[key])
             if key != (kind, method):
                 operation["operationId"] += f"_{method}"
+            scope = (scopes or {}).get(kind, {}).get(method)
+            if scope:
+                operation["x-ups-scope"] = scope
             for template in paths.TEMPLATES[kind]:
                 item = path_items.setdefault(template, {"parameters": _path_parameters(template)})
                 op = dict(operation)
@@ -253,6 +258,9 @@ def document(routes: Mapping[str, Mapping[str, Callable]], base_path: str,
                                 "carries `Warning: 299 <service>: <reason>`; "
                                 "docs/conformance.md says what each status means."},
         "servers": [{"url": base_path or "/"}],
+        # Off by default (auth.enabled): no credential, or either of these (docs/security.md);
+        # an operation's x-ups-scope is the scope its credential needs.
+        "security": [{}, {"bearer": []}, {"apiKey": []}, {"apiKeyHeader": []}],
         "paths": dict(sorted(path_items.items())),
         "components": {
             "schemas": {
@@ -264,7 +272,12 @@ def document(routes: Mapping[str, Mapping[str, Callable]], base_path: str,
                     "error": {"type": "string"},
                     "status": {"type": "string", "description": "The DIMSE status, 0xHHHH"}}}},
             "headers": {"Warning": {"description": "299 <service>: <text> (PS3.18 §8.4.4)",
-                                    "schema": {"type": "string"}}}},
+                                    "schema": {"type": "string"}}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "apiKey": {"type": "http", "scheme": "ApiKey",
+                           "description": "Authorization: ApiKey <key>"},
+                "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
     }
 
 

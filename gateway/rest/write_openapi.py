@@ -8,12 +8,12 @@ import sys
 import orjson
 
 from gateway.config import Rest
-from gateway.rest.app import ROUTES
+from gateway.rest.app import ROUTES, SCOPES
 from gateway.rest.openapi import document
 
 
 def main() -> None:
-    sys.stdout.write(orjson.dumps(document(ROUTES, Rest().base_path),
+    sys.stdout.write(orjson.dumps(document(ROUTES, Rest().base_path, scopes=SCOPES),
                                   option=orjson.OPT_INDENT_2).decode() + "\n")
 
 

@@ -332,3 +332,21 @@ async def test_bad_xml_requests_are_400_and_store_nothing(gateway, http, body, c
         assert says.lower() in r.headers["Warning"].lower(), r.headers["Warning"]
     async with http.get(f"{gateway.base}/workitems/{uid}") as r:
         assert r.status == 404
+
+
+async def test_the_mpps_service_takes_and_gives_xml_too(gateway, http):
+    """The PS3.18 chapter 15 service reads its payloads through the same edge."""
+    from gateway.ups import mwl
+    from tests.test_modality_rest import _mpps_create, _order
+    workitem_uid = await _order(http, gateway, "MR01", "20261125090000")
+    uid = new_uid()
+    url = f"{gateway.base}/modality-performed-procedure-steps/{uid}"
+    body, headers = xml_parts(to_xml(normalize(_mpps_create(mwl.step_id(workitem_uid)))))
+    async with http.post(url, data=body, headers=headers) as r:
+        assert r.status == 201, await r.text()
+    async with http.get(url, headers={"Accept": "application/dicom+json"}) as r:
+        [as_json] = await r.json(content_type=None)
+    async with http.get(url, params={"accept": XML_PARTS}) as r:
+        assert r.status == 200
+        [as_xml] = parts_of(await r.read(), r.headers["Content-Type"])
+    assert as_xml == as_json and as_json["00400252"]["Value"] == ["IN PROGRESS"]

@@ -171,7 +171,11 @@ class DimseHandlers:
             self._done(req, st.SUCCESS, "")
             await self._respond(assoc, req, st.SUCCESS, "")
         elif extension := self.extensions.get(req.context_class):
-            await extension.serve(self, assoc, req)
+            if refusal := access.denied(req.principal, req.op, None, extension.sop_class):
+                self._done(req, *refusal)
+                await self._respond(assoc, req, *refusal)
+            else:
+                await extension.serve(self, assoc, req)
         elif field_ == C_FIND:
             await self.c_find(assoc, req)
         elif field_ in self._bodies:

@@ -4,8 +4,7 @@
 -- forgotten here (atomically, so a commit that gives it back re-adds it).
 --
 -- ARGV 1 prefix, 2 the states (msgpack array)
--- Returns {{label, count per state…}…}, {transition, count, …}, {{ae, queued, length,
---          ws cursor n, dimse cursor n}…}
+-- Returns {{label, count per state…}…}, {transition, count, …}
 local p = ARGV[1]
 local states = cmsgpack.unpack(ARGV[2])
 local workitems = {}
@@ -20,15 +19,4 @@ for _, label in ipairs(redis.call('SMEMBERS', k_labels(p))) do
     table.insert(workitems, row)
   end
 end
-local function delivered(transport, ae)
-  local cursor = redis.call('GET', k_cursor(p, transport, ae))
-  if not cursor then return -1 end
-  return tonumber(string.match(cursor, ' (%d+)$'))
-end
-local queues = {}
-for _, ae in ipairs(redis.call('SMEMBERS', k_queues(p))) do
-  table.insert(queues, {ae, tonumber(redis.call('GET', k_queue_seq(p, ae)) or '0'),
-                        redis.call('XLEN', k_queue(p, ae)), delivered('ws', ae),
-                        delivered('dimse', ae)})
-end
-return {workitems, redis.call('HGETALL', k_transitions(p)), queues}
+return {workitems, redis.call('HGETALL', k_transitions(p))}

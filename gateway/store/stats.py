@@ -1,10 +1,10 @@
 """The worklist's figures for the metrics, read from Redis in one script call (``stats.lua``):
-workitems by state and Worklist Label, state transitions, and per subscriber AE the events
-queued and not yet delivered. The same for every gateway process of the worklist."""
+workitems by state and Worklist Label, and state transitions. The same for every gateway
+process of the worklist. (Event backlogs: ``events.queue.EventQueues.backlog``.)"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
@@ -16,22 +16,9 @@ _SEED_SCAN = 500
 
 
 @dataclass
-class QueueFigures:
-    ae: str
-    queued: int  # events ever queued for the AE (its sequence number)
-    length: int  # events kept in its stream (the backlog bound applies)
-    delivered: dict[str, int] = field(default_factory=dict)  # transport → last delivered n
-
-    def backlog(self, transport: str) -> int:
-        """Events the AE has not received on ``transport`` (no cursor yet: all kept ones)."""
-        return max(0, min(self.length, self.queued - self.delivered.get(transport, 0)))
-
-
-@dataclass
 class WorklistFigures:
     workitems: dict[tuple[str, str], int]  # (state, label) → count
     transitions: dict[tuple[str, str], int]  # (from, to) → count
-    queues: list[QueueFigures]
 
 
 class WorklistStats:
@@ -41,7 +28,7 @@ class WorklistStats:
         self._read = scripts.script(client, "stats.lua")
 
     async def read(self) -> WorklistFigures:
-        rows, transitions, queues = await self._read(
+        rows, transitions = await self._read(
             args=[self.keys.prefix, codec.pack_for_lua(list(STATES))])
         workitems = {}
         for label, *counts in rows:
@@ -51,11 +38,7 @@ class WorklistStats:
         for name, count in zip(transitions[::2], transitions[1::2]):
             source, _, target = name.decode().partition(">")
             moves[(source, target)] = int(count)
-        figures = []
-        for ae, queued, length, ws, dimse in queues:
-            delivered = {t: int(n) for t, n in (("ws", ws), ("dimse", dimse)) if int(n) >= 0}
-            figures.append(QueueFigures(ae.decode(), int(queued), int(length), delivered))
-        return WorklistFigures(workitems, moves, figures)
+        return WorklistFigures(workitems, moves)
 
     async def seed_labels(self) -> None:
         """Workitems stored before the gateway kept the label set: find their labels once

@@ -42,7 +42,7 @@ from gateway.ups.service import Settings, UPSService
 from tests.event_receiver import (GLOBAL, STATE_REPORT, EventReceiver, Ups, WsListener,
                                   frame_type, frame_uid)
 from tests.helpers import PUSH, GatewayProcess, free_port, new_uid, workitem
-from tests.pynetdicom_client import guard_responses
+from gateway.testing_peers import guard_responses
 
 MASTER = "upsmaster"
 SERVER_PASSWORD = "server-secret"  # the servers' requirepass (and masterauth)

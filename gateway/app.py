@@ -35,6 +35,7 @@ from gateway.events.fanout import ChannelLimits, WebSocketFanout
 from gateway.events.hub import EventHub
 from gateway.events.queue import EventQueues
 from gateway.events.status import ServiceStatus
+from gateway.metrics import Metrics, Sample
 from gateway.rest import mpps as rest_mpps
 from gateway.rest import mwl as rest_mwl
 from gateway.events.store_watch import StoreWatch
@@ -52,6 +53,7 @@ from gateway.store.embedded import EmbeddedRedis
 from gateway.store.keys import Keys
 from gateway.store.lane import Lane
 from gateway.store.replication import Replication
+from gateway.store.stats import WorklistStats
 from gateway.store.subscriptions import RedisSubscriptionStore
 from gateway.store.tickets import RedisTickets
 from gateway.store.workitems import RedisWorkitemStore
@@ -127,6 +129,9 @@ class Gateway:
         self.sender: DimseEventSender | None = None
         self.dimse: DimseServer | None = None
         self.runner: web.AppRunner | None = None
+        # The process's metrics registry, handed to everything that records (none reaches it
+        # any other way); /metrics serves it when metrics.enabled.
+        self.metrics = Metrics()
         self.authenticator: Authenticator | None = None
         self.audit: AuditTrail | None = None
         self.instance = ""
@@ -153,14 +158,16 @@ class Gateway:
             await asyncio.wait_for(hub.ready.wait(), HUB_READY_SECONDS)
         except asyncio.TimeoutError:
             raise ConfigError("redis: the event notification channel cannot be subscribed") from None
+        metrics = self.metrics
         events = cfg.events
         self.fanout = WebSocketFanout(self.redis, queues, hub, ChannelLimits(
             per_ae=events.max_channels_per_ae, total=events.max_channels,
             send_buffer_bytes=events.channel_send_buffer_bytes,
-            ack_timeout_seconds=events.channel_ack_timeout_seconds))
+            ack_timeout_seconds=events.channel_ack_timeout_seconds), metrics)
         self.supervisor.start("websocket-fanout", self.fanout.run)
         self.supervisor.start("websocket-upkeep", self.fanout.keep)
 
+        await self._watch_worklist(keys, queues)
         self.audit = self._audit_trail()
         record = self.audit.record if self.audit else None
         self.authenticator = self._authenticator()
@@ -171,13 +178,15 @@ class Gateway:
         await self._start_rest(create_app(
             cfg.rest, service, self.fanout, self.health, security, record,
             [rest_mwl.installer(core.worklist), rest_mpps.installer(core.mpps)],
+            metrics=metrics if cfg.metrics.enabled else None,
+            metrics_need_auth=cfg.metrics.require_auth,
             subprotocols=events.websocket_subprotocols))
         if cfg.dimse.enabled:
             access = AssociationAccess(self.authenticator, cfg.dimse.ae_scopes,
                                        cfg.dimse.require_identity)
             extensions = ([MwlFind(core.worklist)] if cfg.mwl.enabled else []) + (
                 [MppsScp(core.mpps)] if cfg.mpps.enabled else [])
-            handlers = DimseHandlers(service, cfg.dimse.request_timeout, extensions)
+            handlers = DimseHandlers(service, cfg.dimse.request_timeout, extensions, metrics)
             associated = None
             if record is not None:
                 handlers.audit = _dimse_request_audit(record)
@@ -186,7 +195,7 @@ class Gateway:
             await self.dimse.start()
         try:
             self.sender = DimseEventSender(cfg.ae_title, cfg.peers, cfg.events, queues, hub,
-                                           self.instance)
+                                           self.instance, metrics)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"peers: a TLS file cannot be read: {exc}") from None
         for name, worker in self.sender.workers.items():
@@ -292,6 +301,34 @@ class Gateway:
         redis = await open_redis(cfg, url)
         await _check_redis_settings(redis)
         return redis
+
+    async def _watch_worklist(self, keys: Keys, queues: EventQueues) -> None:
+        """What /metrics reads when scraped: this process's channels and associations, and the
+        worklist's figures from Redis (``store.stats``; the event backlogs as ``ups-gateway
+        events backlog`` reads them, ``EventQueues.backlog``)."""
+        metrics, peers = self.metrics, self.config.peers
+        stats = WorklistStats(self.redis, keys)
+        await stats.seed_labels()
+        metrics.watch("upsgw_websocket_channels", "Open WebSocket event channels (this process)",
+                      lambda: len(self.fanout.channels))
+        metrics.watch("upsgw_dimse_associations", "Established DIMSE associations (this process)",
+                      lambda: self.dimse.open_associations() if self.dimse else 0)
+        metrics.ping_with(self.redis.ping)
+
+        async def figures() -> list[Sample]:
+            found = await stats.read()
+            samples = [Sample("upsgw_workitems", key, n) for key, n in found.workitems.items()]
+            samples += [Sample("upsgw_transitions", key, n)
+                        for key, n in found.transitions.items()]
+            for queue in await queues.backlog():
+                ae = queue["ae"]
+                transport = "dimse" if ae in peers else "ws"  # where its events go
+                waiting = queue[transport]["pending"] if transport in queue else queue["queued"]
+                samples.append(Sample("upsgw_events_queued", (ae,), queue["latest"]))
+                samples.append(Sample("upsgw_events_backlog", (ae, transport), waiting))
+            return samples
+
+        metrics.source(figures)
 
     def _audit_trail(self) -> AuditTrail | None:
         cfg = self.config

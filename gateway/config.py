@@ -171,6 +171,12 @@ class Events:
 
 
 @dataclass
+class MetricsConfig:
+    enabled: bool = True  # serve /metrics (Prometheus text format) at the origin root
+    require_auth: bool = False  # /metrics only for authenticated callers
+
+
+@dataclass
 class Mwl:
     enabled: bool = True  # Modality Worklist Information Model - FIND on the DIMSE listener
     default_modality: str = "OT"  # Modality when no Scheduled Station Class code is a modality
@@ -228,6 +234,7 @@ class Config:
     log: Log = field(default_factory=Log)
     auth: Auth = field(default_factory=Auth)
     audit: Audit = field(default_factory=Audit)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = field(default="", repr=False, metadata={"internal": True})
 
 
@@ -377,6 +384,10 @@ def _check(config: Config) -> None:
         raise ConfigError("ups.commit_wait_seconds: must be more than 0")
     if config.ups.search_cache_mb < 0:
         raise ConfigError("ups.search_cache_mb: must be 0 or more")
+    if config.metrics.require_auth and not config.auth.enabled:
+        # Nothing would authenticate the scrapers: /metrics would be open while said protected.
+        raise ConfigError("metrics.require_auth: needs auth.enabled (credentials to require); "
+                          "set one of them")
     if config.mpps.open_retention_hours <= 0:
         raise ConfigError("mpps.open_retention_hours: must be more than 0")
     if not config.mwl.default_modality or len(config.mwl.default_modality) > 16:

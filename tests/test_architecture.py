@@ -17,23 +17,24 @@ import gateway
 ROOT = Path(gateway.__file__).parent
 
 # room → the rooms it may import (besides itself). "gateway" is the package's __init__
-# (its version), "config", "instance", "logs" and "supervisor" are leaf modules.
+# (its version), "config", "instance", "logs", "metrics" and "supervisor" are leaf modules.
 ALLOWED = {
     "ups": set(),
     "store": {"ups"},
-    "events": {"ups", "store"},
-    "rest": {"ups", "events", "config", "logs", "gateway", "security", "audit"},
-    "dimse": {"ups", "events", "config", "logs", "gateway", "security", "audit"},
+    "events": {"ups", "store", "metrics"},
+    "rest": {"ups", "events", "config", "logs", "gateway", "security", "audit", "metrics"},
+    "dimse": {"ups", "events", "config", "logs", "gateway", "security", "audit", "metrics"},
     "audit": set(),
     "security": {"config"},
     "config": {"ups"},
     "instance": {"config"},
     "logs": set(),
+    "metrics": set(),
     "supervisor": set(),
     "testing": set(),
     "testing_peers": set(),
     "gateway": set(),
-    "app": {"ups", "store", "events", "rest", "dimse", "config", "instance", "logs",
+    "app": {"ups", "store", "events", "rest", "dimse", "config", "instance", "logs", "metrics",
             "supervisor", "security", "audit"},
     "admin": {"app", "ups", "store", "events", "config"},
     "cli": {"admin", "app", "config", "logs", "gateway"},

@@ -86,10 +86,10 @@ async def test_rest_worklist_search_in_xml(gateway, http):
     parts = [p for p in body.split(b"--" + boundary.encode()) if b"<NativeDicomModel" in p]
     assert len(parts) == 1
     root = ET.fromstring(parts[0][parts[0].index(b"<?xml"):].strip())
-    name = root.find("DicomAttribute[@keyword='PatientName']/PersonName/Alphabetic")
-    assert name.find("FamilyName").text == "Roe" and name.find("GivenName").text == "Rick"
-    step_id = root.find("DicomAttribute[@tag='00400100']/Item/"
-                        "DicomAttribute[@keyword='ScheduledProcedureStepID']/Value")
+    name = root.find("{*}DicomAttribute[@keyword='PatientName']/{*}PersonName/{*}Alphabetic")
+    assert name.find("{*}FamilyName").text == "Roe" and name.find("{*}GivenName").text == "Rick"
+    step_id = root.find("{*}DicomAttribute[@tag='00400100']/{*}Item/"
+                        "{*}DicomAttribute[@keyword='ScheduledProcedureStepID']/{*}Value")
     assert step_id.text == mwl.step_id(uid)
     async with http.get(_base(gateway), headers={"Accept": "text/html"}) as r:
         assert r.status == 406
@@ -137,7 +137,7 @@ async def test_rest_mpps_create_update_retrieve_drive_the_workitem(gateway, http
     async with http.get(url, headers={"Accept": "application/dicom+xml"}) as r:
         assert r.status == 200 and r.content_type == "application/dicom+xml"
         root = ET.fromstring(await r.read())
-    status = root.find("DicomAttribute[@keyword='PerformedProcedureStepStatus']/Value")
+    status = root.find("{*}DicomAttribute[@keyword='PerformedProcedureStepStatus']/{*}Value")
     assert status.text == "COMPLETED"
 
     def over_dimse():

@@ -241,7 +241,7 @@ async def test_body_over_the_limit_is_413(gateway, http):
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/xml", "application/dicom",
-                                          "multipart/related; type=\"application/dicom+xml\""])
+                                          "multipart/related; type=\"application/dicom\""])
 async def test_wrong_content_type_is_415(gateway, http, content_type):
     uid = new_uid()
     status, text, headers = await _post_create(http, gateway, json.dumps(workitem()),

@@ -26,6 +26,7 @@ from gateway.dimse import convert
 from gateway.dimse.requestor import AssociationError, Requestor, associate
 from gateway.events.hub import EventHub
 from gateway.events.queue import EventQueues, LeaseLost, QueuedEntry
+from gateway.metrics import Metrics
 from gateway.security import tls
 from gateway.ups import events as ev
 
@@ -42,10 +43,12 @@ class DimseEventSender:
     """One ``PeerSender`` per configured peer, fed by the hub's notifications."""
 
     def __init__(self, ae_title: str, peers: dict[str, Peer], config: Events,
-                 queues: EventQueues, hub: EventHub, instance: str = ""):
+                 queues: EventQueues, hub: EventHub, instance: str = "",
+                 metrics: Metrics | None = None):
         """``instance``: this process's identity, the owner of its peers' leases (so a run
         restarted after a crash takes its previous run's leases at once)."""
-        self.senders = {ae: PeerSender(ae_title, ae, peer, config, queues, instance)
+        metrics = metrics or Metrics(process=False)
+        self.senders = {ae: PeerSender(ae_title, ae, peer, config, queues, metrics, instance)
                         for ae, peer in peers.items()}
         hub.listen(self._notified)
 
@@ -85,8 +88,9 @@ class DimseEventSender:
 
 class PeerSender:
     def __init__(self, ae_title: str, ae: str, peer: Peer, config: Events, queues: EventQueues,
-                 instance: str = ""):
+                 metrics: Metrics, instance: str = ""):
         self.ae_title = ae_title
+        self.metrics = metrics
         self.ae, self.peer, self.config = ae, peer, config
         # TLS to this peer (PS3.15 B.1); files are read now, so a bad one stops the start.
         self.ssl = tls.client_context(peer.ca_file, peer.cert_file, peer.key_file) \
@@ -191,6 +195,7 @@ class PeerSender:
         if lost:
             log.error("events dropped by the backlog bound before delivery",
                       extra={"ae": self.ae, "lost": lost})
+            self.metrics.events_dropped.labels(TRANSPORT, "backlog").inc(lost)
         for entry in entries:
             if not self.held:
                 return True
@@ -199,12 +204,14 @@ class PeerSender:
                 log.error("event expired undelivered", extra={
                     "ae": self.ae, "uid": entry.uid, "event": ev.NAMES.get(entry.type),
                     "age_s": int(age)})
+                self.metrics.events_expired.labels(TRANSPORT).inc()
             else:
                 error = await self._send(entry)
                 if error:
                     log.warning("N-EVENT-REPORT failed; will retry", extra={
                         "ae": self.ae, "uid": entry.uid, "event": ev.NAMES.get(entry.type),
                         "error": error, "retry_in_s": self.backoff})
+                    self.metrics.events_failed.labels(TRANSPORT).inc()
                     await asyncio.sleep(self.backoff)
                     self.backoff = min(self.backoff * 2, self.config.retry_max_seconds)
                     return True
@@ -234,6 +241,7 @@ class PeerSender:
                 log.error("event cannot be encoded: dropped", extra={
                     "ae": self.ae, "uid": entry.uid, "event": ev.NAMES.get(entry.type),
                     "error": problem})
+                self.metrics.events_dropped.labels(TRANSPORT, "unencodable").inc()
                 return None
             status, comment = await self.assoc.send_event_report(entry.uid, entry.type, dataset)
         except AssociationError as exc:
@@ -243,6 +251,7 @@ class PeerSender:
             log.warning("N-EVENT-REPORT refused by receiver", extra={
                 "ae": self.ae, "uid": entry.uid, "status": f"0x{status:04X}",
                 "comment": comment})
+        self.metrics.events_delivered.labels(TRANSPORT).inc()
         log.debug("N-EVENT-REPORT delivered", extra={"ae": self.ae, "uid": entry.uid,
                                                      "event": ev.NAMES.get(entry.type)})
         return None

@@ -27,12 +27,15 @@ from redis.exceptions import RedisError
 from gateway import logs
 from gateway.dimse import access, binary, convert, responses
 from gateway.dimse import messages as m
+from gateway.metrics import FAILURE, SUCCESS, WARNING, Metrics
 from gateway.ups import matching
 from gateway.ups import status as st
 from gateway.ups import tags as t
 from gateway.ups.dataset import Dataset, describe, first, is_uid, normalize
 from gateway.ups.attempt import commit_tracking
 from gateway.ups.errors import InvalidDataset, OutcomeUnknown, UPSError
+from gateway.ups.mpps import MPPS_CLASS
+from gateway.ups.mwl import MWL_FIND
 from gateway.ups.uids import (FILTERED_GLOBAL_SUBSCRIPTION, UPS_EVENT, UPS_PULL, UPS_PUSH,
                               UPS_QUERY, UPS_WATCH)
 
@@ -86,6 +89,13 @@ COMMANDS = {C_ECHO: "C-ECHO", C_FIND: "C-FIND", N_CREATE: "N-CREATE", N_SET: "N-
 
 COMMENT_MAX = 64         # Error Comment is LO
 
+# The UPS transaction of a request, for the metrics: the names the REST side uses too.
+TRANSACTIONS = {"N-CREATE": "create", "N-SET": "update", "N-GET": "retrieve", "C-FIND": "search",
+                "C-ECHO": "echo"}
+ACTION_TRANSACTIONS = {1: "change_state", 2: "request_cancel", 3: "subscribe", 4: "unsubscribe",
+                       5: "suspend"}
+SERVICES = {MWL_FIND: "mwl", MPPS_CLASS: "mpps"}  # SOP classes served by the extensions
+
 
 class Refused(Exception):
     """A request the adapter itself refuses (wrong context, bad action type …)."""
@@ -115,6 +125,7 @@ class Request:
     instance: str | None = None  # the Affected SOP Instance UID of the response
     decoder: str | None = None  # what read the request's dataset: "binary" or "pydicom"
     assoc: Any = None  # the association (it remembers the peer's character set)
+    called_ae: str | None = None
     principal: Any = None  # who the association acts as (``access``); None: unchecked
     address: str | None = None  # the peer's, for the audit trail
     patient: tuple[Any, Any] | None = None  # (Patient ID, Patient's Name) a request carried
@@ -125,7 +136,8 @@ class Request:
         return self.assoc.charsets if self.assoc is not None else None
 
     def log_extra(self, **more: Any) -> dict[str, Any]:
-        return {"uid": self.uid, "ae": self.ae, "msg_id": self.msg_id, "op": self.op,
+        return {"uid": self.uid, "ae": self.ae, "called_ae": self.called_ae,
+                "msg_id": self.msg_id, "op": self.op,
                 "decoder": self.decoder,
                 "ms": round((time.perf_counter() - self.started) * 1000, 2), **more}
 
@@ -135,11 +147,13 @@ Outcome = tuple[int, str, bytes | None]
 
 
 class DimseHandlers:
-    def __init__(self, service: UPSService, request_timeout: float, extensions=()):
+    def __init__(self, service: UPSService, request_timeout: float, extensions=(),
+                 metrics: Metrics | None = None):
         self.service = service
         self.timeout = request_timeout
         # Other SOP classes' handlers (MWL, MPPS): ``sop_class`` and ``serve(self, assoc, req)``.
         self.extensions = {extension.sop_class: extension for extension in extensions}
+        self.metrics = metrics or Metrics(process=False)
         # Told of every answered request (gateway.dimse.audit_hook), when auditing is on.
         self.audit: Callable[[Request, int, str], None] | None = None
         self._bodies: dict[int, Callable[[Request], Awaitable[Outcome]]] = {
@@ -357,7 +371,7 @@ class DimseHandlers:
         syntax = agreement.transfer_syntaxes.get(message.context_id, binary.IMPLICIT_LE)
         req = Request(op, ae, msg_id, context_class, message, syntax, offered,
                       instance=message.sop_instance, assoc=assoc, principal=agreement.principal,
-                      address=assoc.address)
+                      address=assoc.address, called_ae=agreement.called_ae)
         sop_class = message.sop_class
         if sop_class not in UPS_CLASSES:
             req.sop_class = sop_class or ""
@@ -431,13 +445,18 @@ class DimseHandlers:
         return st.PROCESSING_FAILURE, f"Internal error; see the gateway log (msg {req.msg_id})"
 
     def _done(self, req: Request, code: int, message: str, **more: Any) -> None:
+        """Every answered request ends here: its log record and its metrics."""
         if self.audit is not None:
             self.audit(req, code, message)
         failed = code not in (st.SUCCESS, st.PENDING, st.CANCEL) and not st.is_warning(code)
+        outcome = FAILURE if failed else WARNING if st.is_warning(code) else SUCCESS
+        operation = _transaction(req)
+        self.metrics.request("dimse", operation, outcome, time.perf_counter() - req.started)
         level = logging.INFO if failed or st.is_warning(code) else logging.DEBUG
         if log.isEnabledFor(level):
             log.log(level, f"{req.op} 0x{code:04X}" + (f": {message}" if message else ""),
-                    extra=req.log_extra(status=f"0x{code:04X}", **more))
+                    extra=req.log_extra(status=f"0x{code:04X}", operation=operation,
+                                        outcome=outcome, **more))
 
     # What the extensions (``dimse/mwl.py``, ``dimse/mpps.py``) share of the plumbing.
     done, respond, find_failure, classify, core = (_done, _respond, _find_failure, _classify,
@@ -445,6 +464,15 @@ class DimseHandlers:
 
 
 # ---- helpers -----------------------------------------------------------------------------------
+
+def _transaction(req: Request) -> str:
+    service = SERVICES.get(req.context_class)
+    if service is not None:  # MWL, MPPS: their own names (mwl_search, mpps_create …)
+        return f"{service}_{TRANSACTIONS.get(req.op, 'unsupported')}"
+    if req.op == "N-ACTION":
+        return ACTION_TRANSACTIONS.get(req.message.us(m.ACTION_TYPE), "unknown_action")
+    return TRANSACTIONS.get(req.op, "unsupported")
+
 
 async def _close_stream(stream) -> None:
     try:

@@ -20,21 +20,24 @@ from gateway.dimse import access as access_rules
 from gateway.dimse import negotiation
 from gateway.dimse.handlers import DimseHandlers
 from gateway.dimse.upper_layer import Association
+from gateway.metrics import Metrics
 from gateway.security import tls
 from gateway.security.associations import AssociationAccess
 
 log = logging.getLogger("gateway.dimse")
 
 STOP_GRACE_SECONDS = 2.0  # how long requests in flight may finish when the gateway stops
+IDENTITY_REFUSED = "user identity refused"  # the metrics' reason for an _identify refusal
 
 
 class Listener:
     """What every association shares: configuration, negotiation policy, handlers."""
 
     def __init__(self, config: Dimse, handlers: DimseHandlers, ae_title: str | None = None,
-                 access: AssociationAccess | None = None):
+                 access: AssociationAccess | None = None, metrics: Metrics | None = None):
         self.config = config
         self.access = access
+        self.metrics = metrics or handlers.metrics
         self.policy = negotiation.Policy(
             config.max_pdu, frozenset(config.allowed_calling_aes), tuple(handlers.extensions),
             called_ae=ae_title if config.called_ae_check else None,
@@ -50,6 +53,17 @@ class Listener:
             self.audit(calling_ae, address, outcome)
 
     def negotiate(self, rq) -> negotiation.Agreement | negotiation.Rejection:
+        outcome = self._negotiate(rq)
+        if isinstance(outcome, negotiation.Rejection):
+            # (an identity refusal's text names the credential: one bounded label for all)
+            reason = IDENTITY_REFUSED if outcome.diagnostic == negotiation.NO_REASON_GIVEN \
+                else outcome.reason
+            self.metrics.associations_rejected.labels(reason).inc()
+        else:
+            self.metrics.associations_accepted.inc()
+        return outcome
+
+    def _negotiate(self, rq) -> negotiation.Agreement | negotiation.Rejection:
         established = [a for a in self.connections if a.is_established]
         if len(established) >= self.config.max_associations:
             return negotiation.TOO_MANY
@@ -58,6 +72,9 @@ class Listener:
                 >= self.config.max_associations_per_ae:
             return negotiation.TOO_MANY
         return negotiation.negotiate(rq, self.policy, self.supported)
+
+    def established(self) -> int:
+        return sum(1 for a in self.connections if a.is_established)
 
     def _identify(self, rq, calling_ae: str):
         try:
@@ -70,18 +87,21 @@ class Listener:
 
 class DimseServer:
     def __init__(self, config: Dimse, ae_title: str, handlers: DimseHandlers,
-                 access: AssociationAccess | None = None, audit=None):
+                 access: AssociationAccess | None = None, audit=None,
+                 metrics: Metrics | None = None):
         self.config = config
         self.ae_title = ae_title
         self.handlers = handlers
         self.access = access
         self.audit = audit  # told of every association answered (see Listener.associated)
+        self.metrics = metrics or handlers.metrics
         self.server: asyncio.AbstractServer | None = None
         self.listener: Listener | None = None
 
     async def start(self) -> None:
         cfg = self.config
-        self.listener = listener = Listener(cfg, self.handlers, self.ae_title, self.access)
+        self.listener = listener = Listener(cfg, self.handlers, self.ae_title, self.access,
+                                            self.metrics)
         listener.audit = self.audit
         loop = asyncio.get_running_loop()
         context = None
@@ -100,6 +120,9 @@ class DimseServer:
             raise ConfigError(f"dimse.port: {cfg.host}:{cfg.port} {reason}") from None
         log.info("DIMSE listener started", extra={"ae": self.ae_title,
                                                   "address": f"{cfg.host}:{cfg.port}"})
+
+    def open_associations(self) -> int:
+        return self.listener.established() if self.listener else 0
 
     def is_running(self) -> bool:
         return self.server is not None and self.server.is_serving()

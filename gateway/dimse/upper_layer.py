@@ -98,7 +98,9 @@ class Association(pdus.WriteFlow, asyncio.Protocol):
                 self.abort(NOT_SPECIFIED, "the peer stopped reading our responses")
 
     def log_extra(self) -> dict:
-        return {"ae": self.calling_ae or None, "address": self.address}
+        return {"ae": self.calling_ae or None,
+                "called_ae": self.agreement.called_ae if self.agreement else None,
+                "address": self.address}
 
     # ---- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -158,7 +160,9 @@ class Association(pdus.WriteFlow, asyncio.Protocol):
     def _on_associate_rq(self, pdu: bytes) -> None:
         self._cancel_timer()
         rq = negotiation.decode_request(pdu)
-        peer = {"ae": str(rq.calling_ae_title or "").strip() or None, "address": self.address}
+        peer = {"ae": str(rq.calling_ae_title or "").strip() or None,
+                "called_ae": str(rq.called_ae_title or "").strip() or None,
+                "address": self.address}
         outcome = self.listener.negotiate(rq)
         self.listener.associated(peer["ae"] or "", self.address, outcome)
         if isinstance(outcome, negotiation.Rejection):

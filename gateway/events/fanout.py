@@ -48,6 +48,7 @@ from gateway.events.frames import FrameEncoder, overflow_notice
 from gateway.events.hub import EventHub
 from gateway.events.queue import (EventQueues, Lease, LeaseLapsed, LeaseLost, QueuedEntry,
                                   QueueReader)
+from gateway.metrics import Metrics
 from gateway.store import scripts
 from gateway.store.codec import pack_for_lua
 
@@ -124,7 +125,8 @@ class _AeChannels:
 
 class WebSocketFanout:
     def __init__(self, client: aioredis.Redis, queues: EventQueues, hub: EventHub,
-                 limits: ChannelLimits | None = None):
+                 limits: ChannelLimits | None = None, metrics: Metrics | None = None):
+        self.metrics = metrics or Metrics(process=False)
         self.queues = queues
         self.keys = queues.keys
         self.limits = limits or ChannelLimits()
@@ -321,6 +323,7 @@ class WebSocketFanout:
             if lost:
                 frames.insert(0, overflow_notice(lost))
                 log.warning("event backlog overflowed", extra={"ae": channel.ae, "lost": lost})
+                self.metrics.events_dropped.labels(TRANSPORT, "backlog").inc(lost)
             size = sum(map(len, frames))
             if channel.unconfirmed_bytes and channel.unconfirmed_bytes + size > budget:
                 # Its send buffer is full: nothing more until the client confirms (its pong
@@ -337,14 +340,16 @@ class WebSocketFanout:
                 except (ConnectionError, RuntimeError) as exc:
                     log.debug("event channel send failed", extra={"ae": channel.ae,
                                                                   "error": str(exc)})
+                    self.metrics.events_failed.labels(TRANSPORT).inc()
                     continue
                 channel.reader.advance(last)  # sent; stored once its client confirms it
+                self.metrics.events_delivered.labels(TRANSPORT).inc(len(entries))
             else:
                 log.info("event channel sends outside the rounds: its client is slow or has a "
                          "backlog", extra={"ae": channel.ae, "frames": len(frames)})
                 channel.reader.advance(last)
                 channel.sending = asyncio.create_task(
-                    self._send_slowly(channel, frames, last, waiting.pop(channel)))
+                    self._send_slowly(channel, frames, entries, waiting.pop(channel)))
         for futures in waiting.values():
             self._resolve(futures)
 
@@ -376,14 +381,16 @@ class WebSocketFanout:
             # get them again (at least once), and the next acknowledgement catches up.
             log.warning("event acknowledgement failed", extra={"error": str(exc)})
 
-    async def _send_slowly(self, channel: Channel, frames: list[bytes], last: QueuedEntry,
-                           waiting: list[asyncio.Future]) -> None:
+    async def _send_slowly(self, channel: Channel, frames: list[bytes],
+                           entries: list[QueuedEntry], waiting: list[asyncio.Future]) -> None:
         sent = False
         try:
-            await channel.send(frames, last)
+            await channel.send(frames, entries[-1])
             sent = True
+            self.metrics.events_delivered.labels(TRANSPORT).inc(len(entries))
         except (ConnectionError, RuntimeError) as exc:
             log.debug("event channel send failed", extra={"ae": channel.ae, "error": str(exc)})
+            self.metrics.events_failed.labels(TRANSPORT).inc()
         finally:
             channel.sending = None
             self._resolve(waiting)

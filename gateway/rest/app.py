@@ -18,12 +18,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gateway import logs
 from gateway.config import Rest
 from gateway.events.fanout import WebSocketFanout
-from gateway.rest import capabilities, cors, paths, subscriptions, tickets, workitems
+from gateway.metrics import Metrics, outcome_of_http
+from gateway.rest import capabilities, cors, openapi, paths, subscriptions, tickets, workitems
+from gateway.rest import metrics as rest_metrics
 from gateway.rest.audit_hook import Record, audit_middleware, channel_opened
-from gateway.rest.auth import security_middleware
+from gateway.rest.auth import OPEN_PATHS, security_middleware
 from gateway.rest.messages import error_response, problem
-from gateway.rest.state import (FANOUT, HEALTH, ORIGIN, REQUEST_ID, SECURITY, SERVICE, SETTINGS,
-                                SUBPROTOCOLS, Health, Security)
+from gateway.rest.state import (FANOUT, HEALTH, METRICS, OPERATION, ORIGIN, REQUEST_ID, SECURITY,
+                                SERVICE, SETTINGS, SUBPROTOCOLS, Health, Security)
 from gateway.security.principal import PERFORM, READ, WATCH, WRITE
 from gateway.ups import status as st
 from gateway.ups.attempt import commit_tracking
@@ -100,10 +102,15 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
         log.exception("unhandled error", extra={"request": rid, "path": request.path})
         response = problem(request, 500, "internal error; see the gateway log for "
                            f"request {rid}")
-    if log.isEnabledFor(logging.DEBUG) and not isinstance(response, web.WebSocketResponse):
-        log.debug("request", extra={"request": rid, "method": request.method,
-                                    "path": request.path, "status": response.status,
-                                    "ms": round((time.perf_counter() - started) * 1000, 2)})
+    # Refusals at INFO (with the reason the client was given), the rest at DEBUG.
+    level = logging.INFO if response.status >= 400 else logging.DEBUG
+    if log.isEnabledFor(level) and not isinstance(response, web.WebSocketResponse):
+        warned = response.headers.get("Warning")
+        log.log(level, "request", extra={
+            "request": rid, "method": request.method, "path": request.path,
+            "operation": request.get(OPERATION), "status": response.status,
+            "outcome": outcome_of_http(response.status, warned is not None), "warning": warned,
+            "ms": round((time.perf_counter() - started) * 1000, 2)})
     return response
 
 
@@ -152,23 +159,31 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         allowed = [*methods, "OPTIONS"]
         raise web.HTTPMethodNotAllowed(request.method, allowed, text=f"{request.method} is not "
                                        f"allowed here; use {', '.join(allowed)}")
+    request[OPERATION] = handler.__name__
+    logs.bind(uid=resource.uid, ae=resource.ae)  # the core's records name them too
     return await handler(request, resource)
 
 
 def create_app(settings: Rest, service: UPSService, fanout: WebSocketFanout,
                health: Health, security: Security, audit: Record | None = None,
                extensions: Sequence[Callable[[web.Application], None]] = (),
+               metrics: Metrics | None = None, metrics_need_auth: bool = False,
                subprotocols: list[str] | None = None) -> web.Application:
     """The REST/WebSocket front end: UPS-RS on ``service``, event channels on ``fanout``
     (accepting the WebSocket ``subprotocols``), /health answered by ``health()``, callers
     checked as ``security`` says, what happened told to ``audit`` (when auditing is on); each
     of ``extensions`` adds its own routes (the PS3.18 Modality Worklist and MPPS services,
-    ``rest/mwl.py``, ``rest/mpps.py``). CORS (``rest/cors.py``) is outermost, so that every
-    answer — refusals too — carries its headers and a preflight needs no credential."""
+    ``rest/mwl.py``, ``rest/mpps.py``); requests recorded in ``metrics`` and /metrics served
+    from it (open like /health unless ``metrics_need_auth``). Metrics are outermost (they see
+    the answer every other layer made), then CORS (``rest/cors.py``), so that every answer —
+    refusals too — carries its headers and a preflight needs no credential."""
+    open_paths = OPEN_PATHS | ({"/metrics"} if not metrics_need_auth else set())
     middlewares = [cors.cors_middleware(settings.cors_allow_origins, _methods_of, problem),
-                   errors_middleware, security_middleware(scope_of)]
+                   errors_middleware, security_middleware(scope_of, open_paths)]
     if audit is not None:
         middlewares.insert(1, audit_middleware(audit))
+    if metrics is not None:
+        middlewares.insert(0, rest_metrics.middleware(metrics))
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
     if audit is not None:
         app.on_response_prepare.append(channel_opened(audit))
@@ -180,8 +195,16 @@ def create_app(settings: Rest, service: UPSService, fanout: WebSocketFanout,
     app[SUBPROTOCOLS] = list(subprotocols or [])
     app[ORIGIN] = _origin_function(settings.public_url)
     app.router.add_get("/health", health_route)
+    if metrics is not None:
+        app[METRICS] = metrics
+        app.router.add_get("/metrics", rest_metrics.metrics_route)
     for install in extensions:
         install(app)
+    # The description of every route, made from the table and the routes the extensions added,
+    # now: a route without a description fails here.
+    description = openapi.document(ROUTES, settings.base_path, registered=_registered(app),
+                                   scopes=SCOPES)
+    app.router.add_get(settings.base_path + openapi.SELF, openapi.route(description))
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
 
@@ -207,6 +230,15 @@ async def _methods_of(request: web.Request) -> list[str] | None:
     if "*" in methods:
         methods = (methods - {"*"}) | set(ANY_METHOD)
     return sorted(methods - {"HEAD", "OPTIONS"})
+
+
+def _registered(app: web.Application) -> set[tuple[str, str]]:
+    """(path, METHOD) of every route added to the router so far."""
+    found = set()
+    for route in app.router.routes():
+        info = route.resource.get_info()
+        found.add((info.get("path") or info.get("formatter") or "", route.method))
+    return found
 
 
 async def health_route(request: web.Request) -> web.Response:

@@ -42,13 +42,14 @@ class _Missing(Exception):
     pass
 
 
-def security_middleware(scope_of: ScopeOf):
+def security_middleware(scope_of: ScopeOf, open_paths: frozenset[str] = OPEN_PATHS):
     """The middleware, with ``scope_of(resource, method)`` naming the scope an operation needs
-    (None: authentication only — unknown resources, which then answer 404/405)."""
+    (None: authentication only — unknown resources, which then answer 404/405); ``open_paths``
+    are served to anyone (``/health``; ``/metrics`` unless ``metrics.require_auth``)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler) -> web.StreamResponse:
-        if request.path in OPEN_PATHS:
+        if request.path in open_paths:
             return await handler(request)
         security = request.app[SECURITY]
         origin = refused_origin(request, security.allowed_origins)

@@ -13,22 +13,12 @@ from xml.sax.saxutils import quoteattr
 import orjson
 from aiohttp import web
 
+from gateway.rest import paths
 from gateway.rest.messages import DICOM_JSON, service_url
 
 WADL = "application/vnd.sun.wadl+xml"
 
 # Resource kind → its path template under the service root.
-TEMPLATES = {
-    "root": "",
-    "workitems": "workitems",
-    "workitem": "workitems/{workitem}",
-    "state": "workitems/{workitem}/state",
-    "cancelrequest": "workitems/{workitem}/cancelrequest",
-    "subscription": "workitems/{workitem}/subscribers/{aetitle}",
-    "suspend": "workitems/{workitem}/subscribers/{aetitle}/suspend",
-    "channel": "ws/subscribers/{aetitle}",
-    "tickets": "ws-tickets",
-}
 
 # (kind, method) → the PS3.18 transaction it serves; anything else is named by its handler.
 TRANSACTIONS = {
@@ -66,7 +56,7 @@ def describe(routes: Mapping[str, Mapping], kinds: list[str]) -> list[dict]:
             methods.append(entry)
         methods.append({"name": "OPTIONS", "id": "RetrieveCapabilities",
                         "response": {"mediaTypes": [WADL, "application/json"]}})
-        resources.append({"path": TEMPLATES[kind], "methods": methods})
+        resources.append({"path": paths.TEMPLATES[kind][0].strip("/"), "methods": methods})
     return resources
 
 

@@ -1,4 +1,6 @@
-"""DICOM JSON in and out of HTTP messages, and UPS errors as HTTP answers (digest §2.5, §6)."""
+"""Datasets in and out of HTTP messages — DICOM JSON, or the XML Native DICOM Model converted
+to and from it here (``media``, ``native_xml``) — and UPS errors as HTTP answers (digest §2.5,
+§6)."""
 
 from __future__ import annotations
 
@@ -7,13 +9,13 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.rest import media, native_xml
 from gateway.rest.state import ORIGIN, SETTINGS
 from gateway.ups import status as st
 from gateway.ups.dataset import Dataset, normalize
 from gateway.ups.errors import InvalidDataset, OutcomeUnknown, UPSError
 
-DICOM_JSON = "application/dicom+json"
-_JSON_TYPES = ("application/dicom+json", "application/json")
+DICOM_JSON = media.DICOM_JSON
 
 STATE_CONFLICT = "The submitted request is inconsistent with the state of the UPS Instance."
 # Update Workitem's own texts (PS3.18 §11.6.3)
@@ -106,28 +108,47 @@ async def read_json(request: web.Request, *, optional: bool = False) -> Any:
         if optional:
             return None
         raise InvalidDataset("the request has no payload", st.MISSING_ATTRIBUTE)
-    media = request.content_type.lower()
-    if media not in _JSON_TYPES:
+    content_type = request.headers.get("Content-Type", "")
+    found = media.payload_kind(content_type)
+    if found is None:
         raise web.HTTPUnsupportedMediaType(
-            text=f"Content-Type {media or '(none)'} is not supported; use {DICOM_JSON}")
+            text=f"Content-Type {request.content_type or '(none)'} is not supported; use "
+                 f"{DICOM_JSON}, {media.DICOM_XML} or multipart/related; "
+                 f"type=\"{media.DICOM_XML}\"")
+    kind, boundary = found
+    if boundary is not None:
+        kind, raw = media.single_part(raw, boundary, kind)
+    if kind == "xml":  # converted once, here: from now on it is DICOM JSON
+        return native_xml.from_xml(raw)
     try:
         return orjson.loads(raw)  # strict: no NaN/Infinity, no lone surrogates, ≤ 64-bit ints
     except orjson.JSONDecodeError as exc:
         raise InvalidDataset(f"the payload is not valid JSON: {exc}") from None
 
 
-def check_accept(request: web.Request) -> None:
-    """406 only when the client accepts nothing we can send (JSON is the default type)."""
-    accept = request.headers.get("Accept", "")
-    if not accept:
-        return
-    for part in accept.split(","):
-        media = part.split(";")[0].strip().lower()
-        if media in ("*/*", "application/*", DICOM_JSON, "application/json", ""):
-            return
-        if media.startswith("multipart/related") and "dicom+json" in part:
-            return
-    raise web.HTTPNotAcceptable(text=f"Only {DICOM_JSON} responses are offered")
+def check_accept(request: web.Request) -> media.Choice:
+    """The response's media type (``media.negotiate``); 406 when nothing acceptable is
+    offered."""
+    return media.negotiate(request)
+
+
+def datasets_response(choice: media.Choice, datasets: list[Dataset], status: int = 200,
+                      headers=None) -> web.Response:
+    """Datasets in the negotiated form: a DICOM JSON array, a multipart/related of XML
+    documents, or (asked for bare ``application/dicom+xml``, one dataset) one XML document."""
+    if not choice.xml:
+        return json_response(datasets, status, headers)
+    try:
+        documents = [native_xml.to_xml(ds) for ds in datasets]
+    except native_xml.NotRepresentable as exc:
+        raise web.HTTPNotAcceptable(text=str(exc)) from None
+    if not choice.multipart and len(documents) == 1:
+        return web.Response(body=documents[0], status=status, headers=headers,
+                            content_type=media.DICOM_XML, charset="utf-8")
+    body, content_type = media.multipart(documents)
+    response = web.Response(body=body, status=status, headers=headers)
+    response.headers["Content-Type"] = content_type
+    return response
 
 
 def json_response(data: Any, status: int = 200, headers=None) -> web.Response:

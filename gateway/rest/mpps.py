@@ -11,7 +11,7 @@ from aiohttp import web
 from gateway.rest import dicomxml
 from gateway.rest.messages import json_response, problem, read_dataset, service_url
 from gateway.rest.query import attribute_path
-from gateway.rest.state import SETTINGS
+from gateway.rest.state import OPERATION, SETTINGS
 from gateway.ups import status as st
 from gateway.ups.dataset import is_uid, select
 from gateway.ups.errors import InvalidDataset, InvalidQuery, UPSError
@@ -39,6 +39,8 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         raise InvalidDataset(f"{uid[:64]!r} is not a valid MPPS UID")
     handler = {"POST": _update if _is_update(request) else create, "GET": retrieve}.get(
         request.method)
+    if handler is not None:  # (metrics and logs: as the DIMSE MPPS N-CREATE, N-SET, N-GET)
+        request[OPERATION] = "mpps_" + handler.__name__.strip("_")
     if handler is None:
         raise web.HTTPMethodNotAllowed(request.method, ["POST", "GET"],
                                        text=f"{request.method} is not allowed here; use POST "

@@ -14,7 +14,7 @@ from aiohttp import web
 from gateway.rest import dicomxml
 from gateway.rest.messages import json_response, service_url, warning
 from gateway.rest.query import attribute_path
-from gateway.rest.state import SERVICE
+from gateway.rest.state import OPERATION, SERVICE
 from gateway.ups.errors import InvalidQuery
 from gateway.ups.mwl import ModalityWorklist
 
@@ -37,6 +37,7 @@ def installer(worklist: ModalityWorklist):
 
 
 async def search(request: web.Request) -> web.StreamResponse:
+    request[OPERATION] = "mwl_search"  # (metrics and logs: as the DIMSE MWL C-FIND)
     media = dicomxml.negotiate(request)
     worklist = request.app[WORKLIST]
     settings = request.app[SERVICE].settings

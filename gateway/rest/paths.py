@@ -24,6 +24,22 @@ class Resource:
     ae: str | None = None  # requester (state, cancelrequest) or subscriber AE
 
 
+# Resource kind → its canonical paths under the service root (``{base_path}``), the spellings
+# the descriptions (OpenAPI) give; ``parse`` accepts them and every other spelling above.
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "root": ("/",),
+    "workitems": ("/workitems",),
+    "workitem": ("/workitems/{workitem}",),
+    "state": ("/workitems/{workitem}/state", "/workitems/{workitem}/state/{requester}"),
+    "cancelrequest": ("/workitems/{workitem}/cancelrequest",
+                      "/workitems/{workitem}/cancelrequest/{requester}"),
+    "subscription": ("/workitems/{workitem}/subscribers/{aetitle}",),
+    "suspend": ("/workitems/{workitem}/subscribers/{aetitle}/suspend",),
+    "channel": ("/ws/subscribers/{aetitle}",),
+    "tickets": ("/ws-tickets",),
+}
+
+
 @functools.lru_cache(maxsize=4096)  # the collection's path recurs on every create and search
 def parse(path: str, base_path: str) -> Resource | None:
     segments = [unquote(s) for s in path.split("/") if s]

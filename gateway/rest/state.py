@@ -11,6 +11,7 @@ from aiohttp import web
 
 from gateway.config import Rest
 from gateway.events.fanout import WebSocketFanout
+from gateway.metrics import Metrics
 from gateway.security.credentials import Authenticator
 from gateway.security.principal import Principal
 from gateway.ups.service import UPSService
@@ -40,10 +41,12 @@ SERVICE = web.AppKey("service", UPSService)
 FANOUT = web.AppKey("fanout", WebSocketFanout)
 HEALTH = web.AppKey("health", Health)
 ORIGIN = web.AppKey("origin", Callable[[web.Request], str])
+METRICS = web.AppKey("metrics", Metrics)
 SECURITY = web.AppKey("security", Security)
 SUBPROTOCOLS = web.AppKey("subprotocols", list)  # WebSocket subprotocols the channel accepts
 
 # Per request.
 REQUEST_ID = web.RequestKey("id", str)
+OPERATION = web.RequestKey("operation", str)  # the UPS transaction (its handler's name)
 REQUESTER = web.RequestKey("requester", str)  # the calling AE, once a credential names one
 PRINCIPAL = web.RequestKey("principal", Principal)  # who the caller is (auth on)

@@ -67,10 +67,12 @@ async def channel_at_subscription(request: web.Request, resource: Resource) -> w
 
 async def channel_needs_ae(request: web.Request, resource: Resource) -> web.StreamResponse:
     """The service root: a WebSocket upgrade here (PS3.18 §8.10.4's bare form) cannot say whose
-    events it wants; anything else finds no resource."""
+    events it wants (400); a plain GET is told where the resources are."""
     base = request.app[SETTINGS].base_path
     if request.headers.get("Upgrade", "").lower() == "websocket":
         return problem(request, 400, "event channel: name the subscriber AE title in the URL, "
                        f"{base}/ws/subscribers/{{AETitle}} (the URL Subscribe returns)")
-    raise web.HTTPNotFound(text=f"no UPS-RS resource at {request.path}; the worklist is at "
-                           f"{base}/workitems")
+    return web.json_response({"workitems": f"{base}/workitems",
+                              "event_channel": f"{base}/ws/subscribers/{{AETitle}}",
+                              "capabilities": f"OPTIONS {base}/",
+                              "openapi": f"{base}/openapi.json"})

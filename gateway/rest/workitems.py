@@ -6,8 +6,9 @@ from __future__ import annotations
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.rest.messages import (DICOM_JSON, check_accept, json_response, read_dataset,
-                                   service_url, update_error_response, warning)
+from gateway.rest import media
+from gateway.rest.messages import (DICOM_JSON, check_accept, datasets_response,
+                                   read_dataset, service_url, update_error_response, warning)
 from gateway.rest.paths import Resource
 from gateway.rest.query import query_pairs, search_request
 from gateway.rest.state import REQUESTER, SERVICE, SETTINGS
@@ -81,10 +82,11 @@ async def create(request: web.Request, resource: Resource) -> web.Response:
 
 
 async def retrieve(request: web.Request, resource: Resource) -> web.Response:
-    check_accept(request)
+    choice = check_accept(request)
     uid = resource.uid
     ds = await _service(request).retrieve(uid)
-    return json_response([ds], headers={"Content-Location": workitem_url(request, uid)})
+    return datasets_response(choice, [ds],
+                             headers={"Content-Location": workitem_url(request, uid)})
 
 
 async def update(request: web.Request, resource: Resource) -> web.Response:
@@ -139,7 +141,7 @@ async def request_cancel(request: web.Request, resource: Resource) -> web.Respon
 
 
 async def search(request: web.Request, resource: Resource) -> web.Response:
-    check_accept(request)
+    choice = check_accept(request)
     settings = _service(request).settings
     search = search_request(query_pairs(request.rel_url.raw_query_string),
                             tz=settings.timezone, default_limit=settings.search_default_limit,
@@ -153,6 +155,8 @@ async def search(request: web.Request, resource: Resource) -> web.Response:
     if result.remaining:
         headers.add("Warning", warning(
             request, f"There are {result.remaining} additional results that can be requested"))
+    if choice.xml:  # (the JSON form splices the stored text without decoding it)
+        return datasets_response(media.XML_PARTS, result.items, headers=headers)
     return web.Response(body=result.to_json(), content_type=DICOM_JSON, headers=headers)
 
 

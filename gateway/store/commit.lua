@@ -11,7 +11,7 @@
 --          14 per-subscriber backlog, 15 now (ms), 16 State Report blob of the new content,
 --          17 MPPS instance UID to write in the same step ('' = none), 18 its expected version,
 --          19 its dataset blob, 20 its linked workitem, 21 its Transaction UID, 22 its note,
---          23 its TTL in seconds ('' = none)
+--          23 its TTL in seconds ('' = none), 24 Worklist Label of the new content
 -- An event goes to the workitem's subscribers plus its extra recipients, or only to 'only' when
 -- that list is not empty; 'required' refuses the commit when nobody would receive it.
 -- Returns  {1, new version} | {0, current version} conflict | {2} purged UID | {3} no recipient
@@ -54,7 +54,7 @@ end
 local version = current + 1
 if ARGV[4] ~= '' then
   -- Secondary indexes: leave the ones the workitem stays in (same score), move the others.
-  local stored = redis.call('HMGET', key, 'ix', 'sc')
+  local stored = redis.call('HMGET', key, 'ix', 'sc', 's')
   local score = ARGV[8]
   local kept = {}
   if stored[1] then
@@ -73,6 +73,10 @@ if ARGV[4] ~= '' then
   for _, name in ipairs(cmsgpack.unpack(ARGV[9])) do
     if not kept[name] then redis.call('ZADD', k_index(p, name), score, uid) end
   end
+  -- Metrics: the labels in use (counts are the index cardinalities) and state changes.
+  redis.call('SADD', k_labels(p), ARGV[24])
+  local from = stored[3] or 'none'
+  if from ~= ARGV[5] then redis.call('HINCRBY', k_transitions(p), from .. '>' .. ARGV[5], 1) end
   if ARGV[6] ~= '' then redis.call('HSET', key, 'tx', ARGV[6]) else redis.call('HDEL', key, 'tx') end
   if ARGV[7] ~= '' then redis.call('HSET', key, 'pa', ARGV[7]) else redis.call('HDEL', key, 'pa') end
   if ARGV[10] ~= '' then

@@ -28,6 +28,9 @@ Layout (``p`` = the key prefix, ``redis.key_prefix``, default ``ups:``):
                                 lost it came back empty (``events/store_watch``)
   p reset:{identity}     string claimed by the one process that announces that reset (TTL)
   p notify               pubsub wake-ups (and the events themselves) for the deliverers
+  p labels               set    Worklist Labels of stored workitems (metrics: the counts are
+                                the cardinalities of the ``st:{state}:wl:{label}`` indexes)
+  p transitions          hash   "{from}>{to}" → state changes committed (from "none": created)
   p tkt:{digest}         string a WebSocket ticket (SHA-256 of it) → who and which AE (TTL)
 
 The Lua scripts get the same names as functions (``lua_functions``), generated from the methods
@@ -105,6 +108,12 @@ class Keys:
 
     def notify(self) -> str:
         return f"{self.prefix}notify"
+
+    def labels(self) -> str:
+        return f"{self.prefix}labels"
+
+    def transitions(self) -> str:
+        return f"{self.prefix}transitions"
 
     def ticket(self, digest: str) -> str:
         return f"{self.prefix}tkt:{digest}"

@@ -36,7 +36,7 @@ from gateway.store.lane import Lane, NotSent
 from gateway.store.replication import Replication
 from gateway.store.results import RenderedResults
 from gateway.ups import tags as t
-from gateway.ups.dataset import Dataset
+from gateway.ups.dataset import Dataset, first
 from gateway.ups.dicomtime import UTC
 from gateway.ups.errors import OutcomeUnknown, WorkitemGone
 from gateway.ups.matching import Query, search_order
@@ -128,7 +128,8 @@ class RedisWorkitemStore:
                                  list(e.only)] for e in events]),
             self.backlog, now_ms(),
             codec.pack(change.state_report) if change.state_report else b"",
-            *_mpps_args(change.mpps, with_uid=True)]
+            *_mpps_args(change.mpps, with_uid=True),
+            "" if ds is None else first(ds, t.WorklistLabel, "")]
         acked = 0
         try:
             if self.replication.replicas:

@@ -117,7 +117,8 @@ class Gateway:
         await self._start_rest(create_app(cfg.rest, service, self.fanout, self.health))
         if cfg.dimse.enabled:
             self.dimse = DimseServer(cfg.dimse, cfg.ae_title,
-                                     DimseHandlers(service, cfg.dimse.request_timeout))
+                                     DimseHandlers(service, cfg.dimse.request_timeout,
+                                                   cfg.dimse.max_message_bytes))
             await self.dimse.start()
         self.sender = DimseEventSender(cfg.ae_title, cfg.peers, cfg.events, queues, hub)
         for name, worker in self.sender.workers.items():

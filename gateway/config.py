@@ -38,6 +38,12 @@ class Dimse:
     network_timeout: float = 60.0
     max_pdu: int = 262144
     request_timeout: float = 20.0  # how long a DIMSE request may wait for the UPS core
+    # Limits a peer cannot grow past (docs/operations.md, "Limits").
+    association_rq_timeout: float = 10.0  # seconds a new connection has to send A-ASSOCIATE-RQ
+    max_message_bytes: int = 1048576  # one message's dataset (deflated: once inflated)
+    max_message_fragments: int = 4096  # PDVs (fragments) one message may take
+    message_deadline_seconds: float = 120.0  # from a message's first fragment to its last
+    max_pending_requests: int = 4  # received requests waiting to be served; more: reading pauses
 
 
 @dataclass
@@ -47,6 +53,12 @@ class Rest:
     base_path: str = "/dicom-web"
     max_body_bytes: int = 1048576
     public_url: str | None = None  # advertised origin, e.g. https://ups.example.org; null: from Host
+    # Limits a client cannot grow past (docs/operations.md, "Limits").
+    header_timeout_seconds: float = 10.0  # from connection (or the previous response) to headers
+    max_header_bytes: int = 16384  # request line or one header field; more: 400 / 431
+    body_timeout_seconds: float = 30.0  # to receive the whole request body
+    keepalive_seconds: float = 15.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 1024  # open HTTP/WebSocket connections; more: 503 and closed
 
 
 @dataclass
@@ -244,6 +256,23 @@ def _check(config: Config) -> None:
         raise ConfigError("ups.search_cache_mb: must be 0 or more")
     if config.rest.max_body_bytes < 1024:
         raise ConfigError("rest.max_body_bytes: must be at least 1024")
+    _at_least("rest.max_header_bytes", config.rest.max_header_bytes, 1024)
+    _at_least("dimse.max_message_bytes", config.dimse.max_message_bytes, 1024)
+    for name in ("dimse.max_message_fragments", "dimse.max_pending_requests",
+                 "rest.max_connections"):
+        section, key = name.split(".")
+        _at_least(name, getattr(getattr(config, section), key), 1)
+    for name in ("dimse.association_rq_timeout", "dimse.message_deadline_seconds",
+                 "rest.header_timeout_seconds", "rest.body_timeout_seconds",
+                 "rest.keepalive_seconds"):
+        section, key = name.split(".")
+        if getattr(getattr(config, section), key) <= 0:
+            raise ConfigError(f"{name}: must be more than 0")
+
+
+def _at_least(name: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum}")
 
 
 def _port(name: str, port: int) -> None:

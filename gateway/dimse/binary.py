@@ -41,16 +41,39 @@ _KEYS: dict[int, str] = {}
 _ASCII_VRS = frozenset(("UI", "DA", "DT", "TM", "CS", "AE", "IS", "DS", "AS"))
 
 
+# What ``read`` inflates a deflated dataset to at most; the listener inflates with its own
+# limit (dimse.max_message_bytes) before anything reads the dataset.
+INFLATE_LIMIT = 16 << 20
+
+
 class Unsupported(Exception):
     """Something this reader leaves to pydicom."""
+
+
+class TooLarge(Exception):
+    """Deflated data that inflates to more than the limit."""
+
+
+def inflate(data: bytes, limit: int) -> bytes:
+    """Deflated bytes (raw deflate, PS3.5 A.5) inflated to at most ``limit`` bytes: inflating
+    stops as soon as the output passes the limit (``TooLarge``), so a small PDU that would
+    inflate to gigabytes costs no more than the limit. Raises ``zlib.error`` on garbage."""
+    inflater = zlib.decompressobj(-15)
+    out = inflater.decompress(data, limit + 1)
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise TooLarge(f"the dataset inflates to more than {limit} bytes")
+    rest = inflater.flush()
+    if len(out) + len(rest) > limit:
+        raise TooLarge(f"the dataset inflates to more than {limit} bytes")
+    return out + rest if rest else out
 
 
 def read(data: bytes, transfer_syntax: str) -> dict | None:
     """The dataset as DICOM JSON (not yet validated), or None when pydicom must decode it."""
     if transfer_syntax == DEFLATED_LE:
         try:
-            data = zlib.decompress(data, -15)
-        except zlib.error:
+            data = inflate(data, INFLATE_LIMIT)
+        except (zlib.error, TooLarge):
             return None
         transfer_syntax = EXPLICIT_LE
     if transfer_syntax not in (EXPLICIT_LE, IMPLICIT_LE):

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import re
 import time
+import zlib
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
@@ -64,6 +65,7 @@ SOP_CLASS_NOT_SUPPORTED = 0x0122
 INVALID_OBJECT_INSTANCE = 0x0117
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 OUT_OF_RESOURCES = 0xA700
+RESOURCE_LIMITATION = 0x0213  # DIMSE-N failure (PS3.7 C.5)
 # Failures a C-FIND may answer (PS3.4 C.4.1.1.4, CC.2.8.4); anything else becomes 0xC000. Never
 # 0xC311/0xC312: UPS uses them for N-ACTION refusals (and pynetdicom for its own C-FIND errors).
 _FIND_FAILURES = frozenset((SOP_CLASS_NOT_SUPPORTED, UNRECOGNIZED_OPERATION, OUT_OF_RESOURCES,
@@ -124,9 +126,11 @@ Outcome = tuple[int, str, bytes | None]
 
 
 class DimseHandlers:
-    def __init__(self, service: UPSService, request_timeout: float):
+    def __init__(self, service: UPSService, request_timeout: float,
+                 max_dataset_bytes: int = 1 << 20):
         self.service = service
         self.timeout = request_timeout
+        self.max_dataset_bytes = max_dataset_bytes  # a deflated dataset, once inflated
         self._bodies: dict[int, Callable[[Request], Awaitable[Outcome]]] = {
             N_CREATE: self.n_create, N_SET: self.n_set, N_GET: self.n_get,
             N_ACTION: self.n_action, N_EVENT_REPORT: self.n_event_report}
@@ -257,6 +261,7 @@ class DimseHandlers:
         """Stream matches as Pending responses; stop on C-CANCEL with 0xFE00."""
         try:
             self._check_context(req)
+            await self._inflate(req, "Identifier")
             identifier = convert.identifier_to_canonical(_decoded(req, "Identifier"))
             query = self._find_query(identifier)
         except Exception as exc:  # noqa: BLE001 - every failure gets an explicit status
@@ -344,12 +349,32 @@ class DimseHandlers:
         try:
             if req.op != "N-EVENT-REPORT":
                 self._check_context(req)
+            await self._inflate(req, "dataset")
             code, message, reply = await body(req)
         except Exception as exc:  # noqa: BLE001 - every failure gets an explicit status
             code, message = self._classify(req, exc)
             reply = None
         self._done(req, code, message)
         return code, message, reply
+
+    async def _inflate(self, req: Request, what: str) -> None:
+        """A dataset on a Deflated context, inflated off the event loop and only up to
+        ``max_dataset_bytes``: a deflate bomb is refused (0x0213 Resource limitation; C-FIND
+        0xA700 Out of resources) after inflating no more than that, and nothing else waits
+        meanwhile. From here on the dataset is Explicit VR Little Endian."""
+        message = req.message
+        if req.syntax != binary.DEFLATED_LE or not message.dataset or message.inflated:
+            return
+        try:
+            message.dataset = await asyncio.to_thread(binary.inflate, message.dataset,
+                                                      self.max_dataset_bytes)
+        except binary.TooLarge:
+            status = OUT_OF_RESOURCES if req.op == "C-FIND" else RESOURCE_LIMITATION
+            raise Refused(status, f"The deflated {what} inflates to more than "
+                          f"{self.max_dataset_bytes} bytes") from None
+        except zlib.error:
+            raise InvalidDataset(f"cannot decode the {what}: not valid deflate data") from None
+        message.inflated = True
 
     async def _core(self, coro):
         """Await the UPS core, at most ``dimse.request_timeout`` seconds."""
@@ -407,7 +432,7 @@ def _canonical(req: Request, what: str) -> Dataset:
     raw = req.message.dataset
     if not raw:
         return {}
-    fast = binary.read(raw, req.syntax)
+    fast = binary.read(raw, _dataset_syntax(req))
     if fast is not None:
         req.decoder = "binary"
         return normalize(fast)
@@ -422,11 +447,17 @@ def _decoded(req: Request, what: str) -> PydicomDataset | None:
         return None
     req.decoder = "pydicom"
     try:
-        return decode(BytesIO(raw), req.syntax == binary.IMPLICIT_LE, True,
-                      req.syntax == binary.DEFLATED_LE)
+        syntax = _dataset_syntax(req)
+        return decode(BytesIO(raw), syntax == binary.IMPLICIT_LE, True,
+                      syntax == binary.DEFLATED_LE)
     except Exception as exc:  # noqa: BLE001
         raise InvalidDataset(f"cannot decode the {what}: "
                              f"{str(exc)[:100] or type(exc).__name__}") from None
+
+
+def _dataset_syntax(req: Request) -> str:
+    """The transfer syntax of the request's dataset bytes (a deflated one once inflated)."""
+    return binary.EXPLICIT_LE if req.message.inflated else req.syntax
 
 
 def _requested_uid(req: Request) -> str:

@@ -21,6 +21,10 @@ from gateway.dimse.upper_layer import Association
 log = logging.getLogger("gateway.dimse")
 
 STOP_GRACE_SECONDS = 2.0  # how long requests in flight may finish when the gateway stops
+# Connections beyond dimse.max_associations still read, so that their A-ASSOCIATE-RQ is answered
+# with A-ASSOCIATE-RJ ("local limit exceeded") rather than a bare close; beyond these few more,
+# a connection is closed at once.
+REJECT_ALLOWANCE = 8
 
 
 class Listener:
@@ -33,9 +37,20 @@ class Listener:
         self.handlers = handlers
         self.connections: set[Association] = set()
 
-    def negotiate(self, rq) -> negotiation.Agreement | negotiation.Rejection:
-        established = sum(1 for a in self.connections if a.is_established)
-        if established >= self.config.max_associations:
+    def admit(self, association: Association) -> bool:
+        """A new connection: counted from now on (False: too many, close it unread)."""
+        if len(self.connections) >= self.config.max_associations + REJECT_ALLOWANCE:
+            return False
+        self.connections.add(association)
+        return True
+
+    def negotiate(self, rq, asking: Association | None = None
+                  ) -> negotiation.Agreement | negotiation.Rejection:
+        # Connections still to send their A-ASSOCIATE-RQ hold a slot as associations do (each
+        # for at most dimse.association_rq_timeout): a crowd of silent or trickling connections
+        # cannot keep the limit's worth of associations out for longer than that.
+        holding = sum(1 for a in self.connections if a is not asking and a.holds_slot)
+        if holding >= self.config.max_associations:
             return negotiation.TOO_MANY
         return negotiation.negotiate(rq, self.policy, self.supported)
 

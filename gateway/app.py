@@ -31,6 +31,7 @@ from gateway.events.queue import EventQueues
 from gateway.events.status import ServiceStatus
 from gateway.rest import websocket
 from gateway.rest.app import create_app
+from gateway.rest.server import Runner
 from gateway.store import client
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.keys import Keys
@@ -214,7 +215,7 @@ class Gateway:
 
     async def _start_rest(self, app: web.Application) -> None:
         cfg = self.config.rest
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = Runner(app, cfg)  # with the connection, header and keep-alive limits
         await runner.setup()
         site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
         try:

@@ -17,7 +17,7 @@ from gateway import logs
 from gateway.config import Rest
 from gateway.events.fanout import WebSocketFanout
 from gateway.rest import paths, subscriptions, workitems
-from gateway.rest.messages import error_response, problem
+from gateway.rest.messages import BodyTimeout, error_response, problem
 from gateway.rest.state import FANOUT, HEALTH, ORIGIN, REQUEST_ID, SERVICE, SETTINGS, Health
 from gateway.ups.errors import UPSError
 from gateway.ups.service import UPSService
@@ -49,6 +49,10 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
         response = await handler(request)
     except UPSError as error:
         response = error_response(request, error)
+    except BodyTimeout as exc:
+        log.info("request body too slow", extra={"request": rid, "path": request.path})
+        response = problem(request, 408, str(exc))
+        response.force_close()  # what is left of the body is not waited for
     except web.HTTPRequestEntityTooLarge:
         response = problem(request, 413, f"the request body exceeds the limit of "
                            f"{request.app[SETTINGS].max_body_bytes} bytes")

@@ -74,7 +74,8 @@ def make_core(cfg: Config, redis: aioredis.Redis) -> Core:
     service = UPSService(workitems, subscriptions, Settings(
         default_worklist_label=cfg.ups.default_worklist_label, timezone=tz,
         search_default_limit=cfg.ups.search_default_limit,
-        search_max_limit=cfg.ups.search_max_limit, direct_event_aes=frozenset(cfg.peers)))
+        search_max_limit=cfg.ups.search_max_limit, direct_event_aes=frozenset(cfg.peers),
+        max_subscriber_aes=cfg.events.max_subscriber_aes))
     return Core(keys, lane, workitems, subscriptions, service)
 
 

@@ -93,6 +93,7 @@ class Events:
     retry_max_seconds: float = 60.0
     send_timeout: float = 5.0
     association_idle_seconds: float = 30.0
+    max_subscriber_aes: int = 256  # distinct AEs holding subscriptions; one more: refused
 
 
 @dataclass
@@ -259,7 +260,7 @@ def _check(config: Config) -> None:
     _at_least("rest.max_header_bytes", config.rest.max_header_bytes, 1024)
     _at_least("dimse.max_message_bytes", config.dimse.max_message_bytes, 1024)
     for name in ("dimse.max_message_fragments", "dimse.max_pending_requests",
-                 "rest.max_connections"):
+                 "rest.max_connections", "events.max_subscriber_aes"):
         section, key = name.split(".")
         _at_least(name, getattr(getattr(config, section), key), 1)
     for name in ("dimse.association_rq_timeout", "dimse.message_deadline_seconds",

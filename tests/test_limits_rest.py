@@ -20,6 +20,7 @@ BODY_TIMEOUT = 1.5
 KEEPALIVE = 2.0
 MAX_CONNECTIONS = 24
 MAX_HEADER = 2048
+MAX_SUBSCRIBER_AES = 2
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,8 @@ def gw(tmp_path_factory):
     proc = GatewayProcess(tmp_path_factory.mktemp("rest-limits"), extra={"rest": {
         "header_timeout_seconds": HEADER_TIMEOUT, "body_timeout_seconds": BODY_TIMEOUT,
         "keepalive_seconds": KEEPALIVE, "max_connections": MAX_CONNECTIONS,
-        "max_header_bytes": MAX_HEADER}}, dimse=False).start()
+        "max_header_bytes": MAX_HEADER}, "events": {"max_subscriber_aes": MAX_SUBSCRIBER_AES}},
+        dimse=False).start()
     yield proc
     proc.stop()
 
@@ -237,3 +239,22 @@ def test_slow_bodies_are_cut_and_their_memory_returns(gw):
     after = settled_rss_mb(gw.pid, above=before + 8)
     print(f"RSS before the slow bodies {before:.0f} MiB, after {after:.0f} MiB")
     assert after < before + 16, "the bodies' buffers were given back"
+
+
+# ---- subscriber AEs ----------------------------------------------------------------------------
+
+def test_subscriber_aes_up_to_the_limit_then_403_with_a_warning(gw):
+    def subscribe(ae: str) -> tuple[int, dict[str, str]]:
+        sock = connect(gw)
+        sock.sendall(f"POST {gw.base}/workitems/1.2.840.10008.5.1.4.34.5/subscribers/{ae} "
+                     "HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                     .encode())
+        status, headers, _ = read_response(sock)
+        sock.close()
+        return status, headers
+
+    assert [subscribe(f"LIMIT_AE{n}")[0] for n in range(MAX_SUBSCRIBER_AES)] == \
+        [201] * MAX_SUBSCRIBER_AES
+    status, headers = subscribe("LIMIT_AE_MORE")
+    assert status == 403 and "events.max_subscriber_aes" in headers["warning"]
+    assert subscribe("LIMIT_AE0")[0] == 201, "an AE that subscribes already is served"

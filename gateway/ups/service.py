@@ -43,6 +43,9 @@ class Settings:
     max_attempts: int = 64  # decisions overtaken by other writers before giving up
     # AEs that can be told of events even without a subscription (DIMSE peers with an address).
     direct_event_aes: frozenset[str] = frozenset()
+    # Distinct AEs that may hold subscriptions (0: no limit): every one of them is subscribed to
+    # each new workitem by its create commit, so they bound what a create costs.
+    max_subscriber_aes: int = 0
 
 
 @dataclass

@@ -431,3 +431,52 @@ async def test_pipelined_requests_wait_in_a_bounded_queue_and_reading_pauses(ser
         writer.close()
     finally:
         await server.stop()
+
+
+# ---- a closed association holds nothing ------------------------------------------------------
+
+async def test_a_closed_association_holds_no_bytes_even_if_never_collected(service):
+    """The gateway raises the collector's thresholds (gateway/app.py): an association object
+    kept alive by a reference cycle may live long after its connection. Its bytes must not:
+    closing releases them by itself. Checked with the collector off altogether."""
+    import gc
+
+    from gateway.config import Config
+    from gateway.dimse.handlers import DimseHandlers
+    from gateway.dimse.server import DimseServer
+
+    config = Config()
+    config.dimse.host, config.dimse.port = "127.0.0.1", free_port()
+    server = DimseServer(config.dimse, config.ae_title,
+                         DimseHandlers(service, config.dimse.request_timeout))
+    await server.start()
+    gc.disable()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", config.dimse.port)
+        primitive = A_ASSOCIATE()
+        primitive.application_context_name = negotiation.APPLICATION_CONTEXT
+        primitive.calling_ae_title, primitive.called_ae_title = "GC_SCU", "UPS_GATEWAY"
+        cx = build_context(d.PUSH, [EXPLICIT])
+        cx.context_id = 1
+        primitive.presentation_context_definition_list.append(cx)
+        rq = A_ASSOCIATE_RQ()
+        rq.from_primitive(primitive)
+        writer.write(rq.encode())
+        header = await reader.readexactly(6)
+        await reader.readexactly(struct.unpack(">I", header[2:])[0])
+        (association,) = server.listener.connections
+        command, _ = n_create_parts(workitem())
+        writer.write(pdv_pdu(command, 0x03) + pdv_pdu(b"\x00" * 60000, 0x00)
+                     + b"\x04\x00\x00\x00\x40\x00")  # and half a PDU header's promise
+        await writer.drain()
+        for _ in range(500):
+            if association.held_bytes >= 60000:
+                break
+            await asyncio.sleep(0.01)
+        assert association.held_bytes >= 60000, "the message's fragments are held meanwhile"
+        writer.close()
+        await asyncio.wait_for(association.closed, 10)
+        assert association.held_bytes == 0
+    finally:
+        gc.enable()
+        await server.stop()

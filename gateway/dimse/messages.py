@@ -138,6 +138,11 @@ class Assembler:
     def in_progress(self) -> bool:
         return self._context_id is not None
 
+    @property
+    def held_bytes(self) -> int:
+        """What the fragments of the message in progress hold."""
+        return sum(map(len, self._command)) + sum(map(len, self._dataset))
+
     def feed(self, context_id: int, pdv: bytes) -> Message | None:
         """One PDV (control header + fragment); the message it completes, if any."""
         if not pdv:

@@ -103,6 +103,14 @@ class Association(pdus.WriteFlow, asyncio.Protocol):
             except TimeoutError:
                 self.abort(NOT_SPECIFIED, "the peer stopped reading our responses")
 
+    @property
+    def held_bytes(self) -> int:
+        """What the peer's bytes cost us now: unread PDUs, the message being reassembled and
+        the requests waiting to be served (0 once the connection is closed)."""
+        queued = sum(len(item.dataset or b"") for item in self._queue._queue
+                     if isinstance(item, Message))
+        return len(self._buffer) + self._assembler.held_bytes + queued
+
     def log_extra(self) -> dict:
         return {"ae": self.calling_ae or None, "address": self.address}
 

@@ -304,6 +304,36 @@ def test_connections_still_to_associate_hold_slots_until_their_own_timeout(gw):
     still_serving(gw)
 
 
+def test_an_a_associate_rq_trickled_in_is_closed_after_the_rq_timeout(gw):
+    """One byte every 0.2 s: never silent, yet closed once association_rq_timeout has passed
+    since it connected — not when the bytes stop."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = negotiation.APPLICATION_CONTEXT
+    primitive.calling_ae_title, primitive.called_ae_title = "TRICKLE", "UPS_GATEWAY"
+    cx = build_context(d.PUSH, [EXPLICIT])
+    cx.context_id = 1
+    primitive.presentation_context_definition_list.append(cx)
+    rq = A_ASSOCIATE_RQ()
+    rq.from_primitive(primitive)
+    raw = rq.encode()  # ~100 bytes: 20 s at this pace
+    sock = socket.create_connection(("127.0.0.1", gw.dimse_port))
+    closed = False
+    try:
+        for n in range(len(raw)):
+            try:
+                sock.sendall(raw[n:n + 1])
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            if select.select([sock], [], [], 0.2)[0]:
+                closed = sock.recv(1) == b""
+                break
+    finally:
+        sock.close()
+    assert closed, "closed before the request was complete"
+    still_serving(gw)
+
+
 def test_connections_far_beyond_the_limit_are_closed_unread(gw):
     crowd = [socket.create_connection(("127.0.0.1", gw.dimse_port)) for _ in
              range(MAX_ASSOCIATIONS + 8 + 3)]

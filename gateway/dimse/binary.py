@@ -24,6 +24,9 @@ DEFLATED_LE = "1.2.840.10008.1.2.1.99"
 _LONG_VRS = frozenset("OB OD OF OL OV OW SQ UC UN UR UT SV UV".split())
 _TEXT_VRS = frozenset("AE AS CS DA DS DT IS LO LT PN SH ST TM UC UI UR UT".split())
 _SINGLE_VALUED = frozenset(("LT", "ST", "UT", "UR"))
+# Text VRs whose values are read without leading or trailing spaces (PS3.5 6.2: not
+# significant); the pydicom path (``convert``) trims them the same way.
+TRIMMED_VRS = _TEXT_VRS - _SINGLE_VALUED - {"PN"}
 _BINARY_VRS = frozenset("OB OD OF OL OV OW UN".split())
 _NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d",
                    "SV": "q", "UV": "Q"}
@@ -194,6 +197,8 @@ def _value(vr: str, raw: bytes, encoding: str) -> dict[str, Any]:
             values = [_person_name(p) for p in parts]
         else:
             values = [p.strip(" ") if p.strip(" ") else None for p in parts]
+        if all(v is None for v in values):
+            return {"vr": vr}  # only empty values ("\\"): empty, as the pydicom path reads it
         return {"vr": vr, "Value": values}
     if vr in _NUMBER_FORMATS:
         fmt = _NUMBER_FORMATS[vr]

@@ -93,7 +93,7 @@ def _value(vr: str, alphabet: str):
     strategy = _TEXT.get(vr)
     if strategy is None:
         limit = {"SH": 16, "LO": 64, "LT": 200, "ST": 200, "UT": 200}[vr]
-        return s.text(alphabet, max_size=limit).map(str.strip)
+        return s.text(alphabet, max_size=limit)
     return strategy
 
 

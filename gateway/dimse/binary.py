@@ -195,6 +195,8 @@ def _value(vr: str, raw: bytes, encoding: str) -> dict[str, Any]:
         parts = [text] if vr in _SINGLE_VALUED else text.split("\\")
         if vr == "PN":
             values = [_person_name(p) for p in parts]
+        elif vr in _SINGLE_VALUED:
+            values = parts  # leading spaces are significant here (PS3.5 6.2)
         else:
             values = [p.strip(" ") if p.strip(" ") else None for p in parts]
         if all(v is None for v in values):

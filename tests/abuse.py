@@ -42,6 +42,7 @@ class HealthSampler:
         self.url = f"{gw.url}/health"
         self.interval = interval
         self.samples: list[float | None] = []
+        self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -60,15 +61,16 @@ class HealthSampler:
                 with urllib.request.urlopen(self.url, timeout=HEALTH_BOUND_SECONDS) as rsp:
                     rsp.read()
                 self.samples.append(time.monotonic() - started)
-            except (urllib.error.URLError, OSError):
+            except (urllib.error.URLError, OSError) as exc:
                 self.samples.append(None)
+                self.errors.append(repr(exc)[:120])
             self._stop.wait(self.interval)
 
     def report(self, what: str) -> str:
         answered = [s for s in self.samples if s is not None]
         worst = max(answered) * 1000 if answered else float("nan")
         text = (f"/health during {what}: {len(answered)}/{len(self.samples)} answered, "
-                f"worst {worst:.0f} ms")
+                f"worst {worst:.0f} ms" + (f"; {self.errors[0]}" if self.errors else ""))
         print(text)
         return text
 

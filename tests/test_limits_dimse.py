@@ -31,7 +31,7 @@ MAX_MESSAGE = 12288
 MAX_FRAGMENTS = 64
 DEADLINE = 2.0
 DIMSE_TIMEOUT = 1.0
-RQ_TIMEOUT = 1.0
+RQ_TIMEOUT = 3.0
 MAX_ASSOCIATIONS = 4
 EXPLICIT, IMPLICIT, DEFLATED = negotiation.TRANSFER_SYNTAXES
 
@@ -290,7 +290,7 @@ def test_connections_still_to_associate_hold_slots_until_their_own_timeout(gw):
     silent = [socket.create_connection(("127.0.0.1", gw.dimse_port)) for _ in
               range(MAX_ASSOCIATIONS)]
     try:
-        time.sleep(0.2)  # all four accepted by the listener
+        time.sleep(0.5)  # all four accepted by the listener
         refused = d.associate(gw)
         assert refused.is_rejected
         rj = refused.acceptor.primitive

@@ -18,7 +18,7 @@ from pynetdicom.sop_class import (UnifiedProcedureStepEvent, UnifiedProcedureSte
                                   UnifiedProcedureStepPush, UnifiedProcedureStepQuery,
                                   UnifiedProcedureStepWatch, Verification)
 
-from bench.pynetdicom_fixes import NODELAY_HANDLER
+from gateway.testing_peers import NODELAY_HANDLER
 from bench.workload import Workload
 
 TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99"]

@@ -32,6 +32,7 @@ SCENARIOS = {
     4: ("bench.s4_dimse", "DIMSE throughput"),
     5: ("bench.s5_events", "Event latency"),
     6: ("bench.s2_search", "Footprint (runs with scenario 2's data)"),
+    7: ("bench.s7_mwl", "MWL C-FIND vs UPS C-FIND of the same query"),
 }
 
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short smoke run, small sizes")
-    parser.add_argument("--scenarios", default="1,2,3,4,5,6",
+    parser.add_argument("--scenarios", default="1,2,3,4,5,6,7",
                         help="comma-separated scenario numbers (default: all)")
     parser.add_argument("--repeat", type=int, default=None,
                         help="repetitions per measurement (default 3, --quick 1)")
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = sorted({int(x) for x in args.scenarios.split(",") if x.strip()})
     unknown = [n for n in wanted if n not in SCENARIOS]
     if unknown:
-        parser.error(f"unknown scenario(s) {unknown}; choose from 1-6")
+        parser.error(f"unknown scenario(s) {unknown}; choose from 1-7")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"{stamp}.json"
     ctx = Context(QUICK if args.quick else FULL, args.repeat, workdir(), args.quick,

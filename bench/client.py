@@ -330,7 +330,7 @@ def _scu():
 
 
 def _associate(ae, port: int, called: str):
-    from bench.pynetdicom_fixes import NODELAY_HANDLER, guard_responses
+    from gateway.testing_peers import NODELAY_HANDLER, guard_responses
 
     assoc = ae.associate("127.0.0.1", port, ae_title=called, evt_handlers=[NODELAY_HANDLER])
     if not assoc.is_established:

@@ -6,7 +6,7 @@
 
 N-CREATE carries a realistic workitem (``bench.workload``) with its UID as Affected SOP Instance
 UID on the UPS Push context. The client is a separate process with TCP_NODELAY on its sockets
-(``bench.pynetdicom_fixes.NODELAY_HANDLER``). Baseline, same run: ``bench.baseline_dimse``, a stock
+(``gateway.testing_peers.NODELAY_HANDLER``). Baseline, same run: ``bench.baseline_dimse``, a stock
 pynetdicom UPS SCP answering success without storing, same contexts and TCP_NODELAY.
 
 The gateway is probed first (one N-CREATE, then a REST GET of that workitem): if its DIMSE UPS

@@ -202,7 +202,7 @@ class DimseChanger:
     def __init__(self, gw: Gateway):
         from pynetdicom import AE
 
-        from bench.pynetdicom_fixes import NODELAY_HANDLER, guard_responses
+        from gateway.testing_peers import NODELAY_HANDLER, guard_responses
 
         ae = AE(ae_title="BENCH_SCU")
         for cls in (UPS_PUSH, UPS_PULL):
@@ -240,7 +240,7 @@ class PynetdicomSender:
         from pynetdicom import AE, build_role
         from pynetdicom.sop_class import UnifiedProcedureStepEvent
 
-        from bench.pynetdicom_fixes import NODELAY_HANDLER, guard_responses
+        from gateway.testing_peers import NODELAY_HANDLER, guard_responses
 
         ae = AE(ae_title="UPS_GATEWAY")
         ae.add_requested_context(UnifiedProcedureStepEvent,

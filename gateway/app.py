@@ -23,24 +23,40 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from gateway.audit import messages as audit_messages
+from gateway.audit.sinks import FileSink, SyslogSink
+from gateway.audit.trail import AuditTrail
 from gateway.config import Config, ConfigError
+from gateway.dimse import audit_hook as dimse_audit
 from gateway.dimse.event_sender import DimseEventSender
 from gateway.dimse.handlers import DimseHandlers
+from gateway.dimse.mpps import MppsScp
+from gateway.dimse.mwl import MwlFind
 from gateway.dimse.server import DimseServer
 from gateway.events.fanout import WebSocketFanout
 from gateway.events.hub import EventHub
 from gateway.events.queue import EventQueues
 from gateway.events.status import ServiceStatus
+from gateway.rest import mpps as rest_mpps
+from gateway.rest import mwl as rest_mwl
 from gateway.rest import websocket
 from gateway.rest.app import create_app
+from gateway.rest.audit_hook import Record
+from gateway.rest.origin import allowed_origins
 from gateway.rest.server import Runner
+from gateway.rest.state import Security
+from gateway.security import tls
+from gateway.security.associations import AssociationAccess
+from gateway.security.credentials import Authenticator
 from gateway.store import client
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.keys import Keys
 from gateway.store.lane import Lane
 from gateway.store.subscriptions import RedisSubscriptionStore
+from gateway.store.tickets import RedisTickets
 from gateway.store.workitems import RedisWorkitemStore
 from gateway.supervisor import Supervisor
+from gateway.ups import mpps, mwl
 from gateway.ups.dicomtime import parse_offset
 from gateway.ups.service import Settings, UPSService
 
@@ -66,6 +82,8 @@ class Core:
     workitems: RedisWorkitemStore
     subscriptions: RedisSubscriptionStore
     service: UPSService
+    worklist: mwl.ModalityWorklist
+    mpps: mpps.MppsService
 
 
 def make_core(cfg: Config, redis: aioredis.Redis) -> Core:
@@ -83,7 +101,12 @@ def make_core(cfg: Config, redis: aioredis.Redis) -> Core:
         search_default_limit=cfg.ups.search_default_limit,
         search_max_limit=cfg.ups.search_max_limit, direct_event_aes=frozenset(cfg.peers),
         max_subscriber_aes=cfg.events.max_subscriber_aes))
-    return Core(keys, lane, workitems, subscriptions, service)
+    worklist = mwl.ModalityWorklist(workitems.search_stream, mwl.Settings(
+        default_modality=cfg.mwl.default_modality, rules=cfg.mwl.rules, timezone=tz))
+    performed = mpps.MppsService(workitems, worklist, mpps.Settings(
+        retention_seconds=int(cfg.ups.retention_hours * 3600),
+        open_retention_seconds=int(cfg.mpps.open_retention_hours * 3600)))
+    return Core(keys, lane, workitems, subscriptions, service, worklist, performed)
 
 
 class Gateway:
@@ -99,6 +122,8 @@ class Gateway:
         self.sender: DimseEventSender | None = None
         self.dimse: DimseServer | None = None
         self.runner: web.AppRunner | None = None
+        self.authenticator: Authenticator | None = None
+        self.audit: AuditTrail | None = None
         self._started = False
         self._stopping = asyncio.Event()
 
@@ -115,6 +140,7 @@ class Gateway:
 
         queues = EventQueues(self.redis, keys, core.lane)
         hub = EventHub(self.redis, keys)
+        workitems.on_published = hub.published_here
         self.supervisor.start("event-hub", hub.run)
         try:  # what is published from here on must be heard
             await asyncio.wait_for(hub.ready.wait(), HUB_READY_SECONDS)
@@ -124,13 +150,33 @@ class Gateway:
         self.supervisor.start("websocket-fanout", self.fanout.run)
         self.supervisor.start("websocket-upkeep", self.fanout.keep)
 
-        await self._start_rest(create_app(cfg.rest, service, self.fanout, self.health))
+        self.audit = self._audit_trail()
+        record = self.audit.record if self.audit else None
+        self.authenticator = self._authenticator()
+        await self.authenticator.tokens.refresh()
+        security = Security(self.authenticator, RedisTickets(self.redis, keys),
+                            cfg.auth.ticket_ttl_seconds,
+                            allowed_origins(cfg.rest.cors_allow_origins, cfg.rest.public_url))
+        await self._start_rest(create_app(
+            cfg.rest, service, self.fanout, self.health, security, record,
+            [rest_mwl.installer(core.worklist), rest_mpps.installer(core.mpps)]))
         if cfg.dimse.enabled:
-            self.dimse = DimseServer(cfg.dimse, cfg.ae_title,
-                                     DimseHandlers(service, cfg.dimse.request_timeout,
-                                                   cfg.dimse.max_message_bytes))
+            access = AssociationAccess(self.authenticator, cfg.dimse.ae_scopes,
+                                       cfg.dimse.require_identity)
+            extensions = ([MwlFind(core.worklist)] if cfg.mwl.enabled else []) + (
+                [MppsScp(core.mpps)] if cfg.mpps.enabled else [])
+            handlers = DimseHandlers(service, cfg.dimse.request_timeout, extensions,
+                                     cfg.dimse.max_message_bytes)
+            associated = None
+            if record is not None:
+                handlers.audit = _dimse_request_audit(record)
+                associated = _association_audit(record)
+            self.dimse = DimseServer(cfg.dimse, cfg.ae_title, handlers, access, associated)
             await self.dimse.start()
-        self.sender = DimseEventSender(cfg.ae_title, cfg.peers, cfg.events, queues, hub)
+        try:
+            self.sender = DimseEventSender(cfg.ae_title, cfg.peers, cfg.events, queues, hub)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"peers: a TLS file cannot be read: {exc}") from None
         for name, worker in self.sender.workers.items():
             self.supervisor.start(name, worker.run)
 
@@ -144,6 +190,7 @@ class Gateway:
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         self._started = True
+        self._application_activity(audit_messages.APPLICATION_START)
         log.info("gateway started", extra={
             "ae": cfg.ae_title, "rest": f"{cfg.rest.host}:{cfg.rest.port}{cfg.rest.base_path}",
             "dimse": f"{cfg.dimse.host}:{cfg.dimse.port}" if cfg.dimse.enabled else "disabled",
@@ -161,6 +208,10 @@ class Gateway:
             await websocket.close_all(self.fanout, SHUTDOWN_DELIVERY_SECONDS)
         if self.runner:
             await self.runner.cleanup()
+        if self.audit:
+            self._application_activity(audit_messages.APPLICATION_STOP)
+            for buffer in self.audit.buffers:
+                await buffer.drain(SHUTDOWN_DELIVERY_SECONDS)
         await self.supervisor.stop()
         if self.sender:
             await self.sender.close()
@@ -222,11 +273,52 @@ class Gateway:
         await _check_redis_settings(redis)
         return redis
 
+    def _audit_trail(self) -> AuditTrail | None:
+        cfg = self.config
+        sinks: list = []
+        if cfg.audit.file:
+            sinks.append(FileSink(cfg.audit.file))
+        syslog = cfg.audit.syslog
+        if syslog is not None:
+            try:
+                context = tls.client_context(syslog.ca_file, syslog.cert_file, syslog.key_file) \
+                    if syslog.transport == "tls" else None
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"audit.syslog: {exc}") from None
+            sinks.append(SyslogSink(syslog.host, syslog.port, syslog.transport, context))
+        if not sinks:
+            return None
+        trail = AuditTrail(sinks, cfg.audit.buffer, cfg.audit.source_id or cfg.ae_title,
+                           cfg.ae_title, cfg.dimse.host)
+        for buffer in trail.buffers:
+            self.supervisor.start(f"audit-{buffer.sink.name}", buffer.run)
+        return trail
+
+    def _application_activity(self, type_code) -> None:
+        if self.audit:
+            self.audit.record(audit_messages.AuditEvent(
+                audit_messages.APPLICATION_ACTIVITY, "E", user=self.config.ae_title,
+                ae=self.config.ae_title, type_code=type_code))
+
+    def _authenticator(self) -> Authenticator:
+        try:
+            return Authenticator(self.config.auth)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"auth.jwt: the keys cannot be read: {exc}") from None
+
     async def _start_rest(self, app: web.Application) -> None:
         cfg = self.config.rest
+        context = None
+        if cfg.tls.cert_file:
+            try:
+                context = tls.server_context(cfg.tls.cert_file, cfg.tls.key_file,
+                                             cfg.tls.client_ca_file,
+                                             require_client_cert=bool(cfg.tls.client_ca_file))
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"rest.tls: {exc}") from None
         runner = Runner(app, cfg)  # with the connection, header and keep-alive limits
         await runner.setup()
-        site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
+        site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True, ssl_context=context)
         try:
             await site.start()
         except OSError as exc:
@@ -260,6 +352,20 @@ def _fix_malloc_thresholds() -> None:
         if libc.mallopt(option, MALLOC_THRESHOLD_BYTES) != 1:
             log.warning("malloc thresholds not set: memory may not return after bursts")
             return
+
+
+def _dimse_request_audit(record: Record):
+    def audit(req, code: int, message: str) -> None:
+        event = dimse_audit.request_event(req, code, message)
+        if event is not None:
+            record(event)
+    return audit
+
+
+def _association_audit(record: Record):
+    def audit(calling_ae: str, address: str, outcome) -> None:
+        record(dimse_audit.association_event(calling_ae, address, outcome))
+    return audit
 
 
 async def _check_redis_settings(redis: aioredis.Redis) -> None:

@@ -26,6 +26,17 @@ class ConfigError(Exception):
     """A bad configuration; the message names the key."""
 
 
+ALL_SCOPES = ["ups.read", "ups.write", "ups.perform", "ups.watch"]
+
+
+@dataclass
+class DimseTls:
+    cert_file: str | None = None  # PEM certificate chain: the listener serves only TLS when set
+    key_file: str | None = None
+    ca_file: str | None = None  # CAs that client certificates are verified against
+    require_client_cert: bool = False
+
+
 @dataclass
 class Dimse:
     enabled: bool = True
@@ -44,6 +55,19 @@ class Dimse:
     max_message_fragments: int = 4096  # PDVs (fragments) one message may take
     message_deadline_seconds: float = 120.0  # from a message's first fragment to its last
     max_pending_requests: int = 4  # received requests waiting to be served; more: reading pauses
+    tls: DimseTls = field(default_factory=DimseTls)
+    called_ae_check: bool = True  # refuse associations whose Called AE is not ae_title
+    require_identity: bool = False  # with auth.enabled: no User Identity, no association
+    # Calling AE → scopes granted without a User Identity (with auth.enabled); "*": any other.
+    ae_scopes: dict[str, list[str]] = field(default_factory=lambda: {"*": list(ALL_SCOPES)})
+    max_associations_per_ae: int = 16
+
+
+@dataclass
+class RestTls:
+    cert_file: str | None = None  # PEM certificate chain: HTTPS/WSS only when set
+    key_file: str | None = None
+    client_ca_file: str | None = None  # set: clients must present a certificate from these CAs
 
 
 @dataclass
@@ -59,6 +83,10 @@ class Rest:
     body_timeout_seconds: float = 30.0  # to receive the whole request body
     keepalive_seconds: float = 15.0  # an idle keep-alive connection is closed after this
     max_connections: int = 1024  # open HTTP/WebSocket connections; more: 503 and closed
+    # Origins (scheme://host[:port]) whose pages may change state or open event channels; a
+    # request with any other Origin header is refused (403). "*": any.
+    cors_allow_origins: list[str] = field(default_factory=list)
+    tls: RestTls = field(default_factory=RestTls)
 
 
 @dataclass
@@ -72,6 +100,40 @@ class Redis:
 class Peer:
     host: str
     port: int
+    tls: bool = False  # N-EVENT-REPORT associations to this peer over TLS
+    ca_file: str | None = None  # CAs the peer's certificate is verified against (null: system)
+    cert_file: str | None = None  # the gateway's client certificate for this peer
+    key_file: str | None = None
+
+
+@dataclass
+class ApiKey:
+    key: str
+    scopes: list[str] = field(default_factory=list)
+    ae_titles: list[str] = field(default_factory=list)  # "*": any AE
+    name: str | None = None  # who it is, in the logs and as the DIMSE User Identity username
+
+
+@dataclass
+class Jwt:
+    jwks_url: str | None = None
+    jwks_file: str | None = None
+    public_key_file: str | None = None  # PEM
+    issuer: str | None = None
+    audience: str | None = None
+    leeway_seconds: int = 30
+    scope_claim: str = "scope"
+    ae_claim: str = "ae_titles"
+    algorithms: list[str] = field(default_factory=lambda: ["RS256", "ES256"])
+
+
+@dataclass
+class Auth:
+    enabled: bool = False
+    ticket_ttl_seconds: int = 30
+    realm: str = "ups-gateway"
+    api_keys: list[ApiKey] = field(default_factory=list)
+    jwt: Jwt = field(default_factory=Jwt)
 
 
 @dataclass
@@ -97,9 +159,44 @@ class Events:
 
 
 @dataclass
+class Mwl:
+    enabled: bool = True  # Modality Worklist Information Model - FIND on the DIMSE listener
+    default_modality: str = "OT"  # Modality when no Scheduled Station Class code is a modality
+    # SCHEDULED workitems for modalities: those matching any rule ({UPS attribute path: value});
+    # empty: every SCHEDULED workitem.
+    rules: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Mpps:
+    enabled: bool = True  # Modality Performed Procedure Step SOP Class on the DIMSE listener
+    # An MPPS never COMPLETED or DISCONTINUED is dropped this long after its last change (a
+    # COMPLETED/DISCONTINUED one after ups.retention_hours).
+    open_retention_hours: float = 168.0
+
+
+@dataclass
 class Log:
     level: str = "INFO"
     format: str = "json"  # json | text
+
+
+@dataclass
+class Syslog:
+    host: str
+    port: int = 514
+    transport: str = "udp"  # udp | tcp | tls (RFC 5425)
+    ca_file: str | None = None  # tls: CAs the collector is verified against (null: system)
+    cert_file: str | None = None  # tls: the gateway's client certificate
+    key_file: str | None = None
+
+
+@dataclass
+class Audit:
+    file: str | None = None  # one DICOM audit message (XML) per line
+    syslog: Syslog | None = None
+    buffer: int = 10000  # messages held per sink while it is unavailable; more are dropped
+    source_id: str | None = None  # AuditSourceID; null: the ae_title
 
 
 @dataclass
@@ -113,7 +210,11 @@ class Config:
     peers: dict[str, Peer] = field(default_factory=dict)
     ups: Ups = field(default_factory=Ups)
     events: Events = field(default_factory=Events)
+    mwl: Mwl = field(default_factory=Mwl)
+    mpps: Mpps = field(default_factory=Mpps)
     log: Log = field(default_factory=Log)
+    auth: Auth = field(default_factory=Auth)
+    audit: Audit = field(default_factory=Audit)
     source: str = field(default="", repr=False, metadata={"internal": True})
 
 
@@ -255,6 +356,21 @@ def _check(config: Config) -> None:
             raise ConfigError(f"ups.{name}: must be at least 1")
     if config.ups.search_cache_mb < 0:
         raise ConfigError("ups.search_cache_mb: must be 0 or more")
+    if config.mpps.open_retention_hours <= 0:
+        raise ConfigError("mpps.open_retention_hours: must be more than 0")
+    if not config.mwl.default_modality or len(config.mwl.default_modality) > 16:
+        raise ConfigError(f"mwl.default_modality: {config.mwl.default_modality!r} is not a "
+                          "Modality (CS, 1-16 characters)")
+    from gateway.ups.errors import InvalidQuery
+    from gateway.ups.mwl import compile_rules
+    for i, rule in enumerate(config.mwl.rules):
+        try:
+            compile_rules([rule], parse_offset(config.ups.timezone_offset))
+        except KeyError as exc:
+            raise ConfigError(f"mwl.rules[{i}]: {exc.args[0]!r} is not a DICOM attribute "
+                              "keyword or tag") from None
+        except InvalidQuery as exc:
+            raise ConfigError(f"mwl.rules[{i}]: {exc}") from None
     if config.rest.max_body_bytes < 1024:
         raise ConfigError("rest.max_body_bytes: must be at least 1024")
     _at_least("rest.max_header_bytes", config.rest.max_header_bytes, 1024)
@@ -269,11 +385,62 @@ def _check(config: Config) -> None:
         section, key = name.split(".")
         if getattr(getattr(config, section), key) <= 0:
             raise ConfigError(f"{name}: must be more than 0")
+    _check_security(config)
 
 
 def _at_least(name: str, value: int, minimum: int) -> None:
     if value < minimum:
         raise ConfigError(f"{name}: must be at least {minimum}")
+
+
+def _check_security(config: Config) -> None:
+    auth = config.auth
+    for i, key in enumerate(auth.api_keys):
+        if len(key.key) < 16:
+            raise ConfigError(f"auth.api_keys[{i}].key: at least 16 characters")
+        _scopes(f"auth.api_keys[{i}].scopes", key.scopes)
+    for title, scopes in config.dimse.ae_scopes.items():
+        _scopes(f"dimse.ae_scopes.{title}", scopes)
+    jwt = auth.jwt
+    sources = [s for s in (jwt.jwks_url, jwt.jwks_file, jwt.public_key_file) if s]
+    if len(sources) > 1:
+        raise ConfigError("auth.jwt: set one of jwks_url, jwks_file, public_key_file")
+    for alg in jwt.algorithms:
+        if alg not in ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256"):
+            raise ConfigError(f"auth.jwt.algorithms: {alg!r} is not an asymmetric signature "
+                              "algorithm this gateway accepts (RS256, ES256, ...)")
+    if auth.ticket_ttl_seconds < 1:
+        raise ConfigError("auth.ticket_ttl_seconds: must be at least 1")
+    if config.dimse.max_associations_per_ae < 1:
+        raise ConfigError("dimse.max_associations_per_ae: must be at least 1")
+    for name, tls in (("rest.tls", config.rest.tls), ("dimse.tls", config.dimse.tls)):
+        if bool(tls.cert_file) != bool(tls.key_file):
+            raise ConfigError(f"{name}: cert_file and key_file go together")
+    if config.dimse.tls.require_client_cert and not config.dimse.tls.ca_file:
+        raise ConfigError("dimse.tls.require_client_cert: needs dimse.tls.ca_file")
+    for title, peer in config.peers.items():
+        if bool(peer.cert_file) != bool(peer.key_file):
+            raise ConfigError(f"peers.{title}: cert_file and key_file go together")
+    for origin in config.rest.cors_allow_origins:
+        if origin != "*" and (origin.endswith("/") or "://" not in origin):
+            raise ConfigError(f"rest.cors_allow_origins: {origin!r} is not an origin "
+                              "(scheme://host[:port], no path)")
+
+
+    syslog = config.audit.syslog
+    if syslog is not None:
+        if syslog.transport not in ("udp", "tcp", "tls"):
+            raise ConfigError(f"audit.syslog.transport: {syslog.transport!r} must be udp, tcp "
+                              "or tls")
+        _port("audit.syslog.port", syslog.port)
+    if config.audit.buffer < 1:
+        raise ConfigError("audit.buffer: must be at least 1")
+
+
+def _scopes(name: str, scopes: list[str]) -> None:
+    for scope in scopes:
+        if scope not in ALL_SCOPES:
+            raise ConfigError(f"{name}: {scope!r} is not a scope ({', '.join(ALL_SCOPES)})")
 
 
 def _port(name: str, port: int) -> None:

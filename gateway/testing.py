@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -62,12 +63,19 @@ class GatewayProcess:
         self.log_path = self.workdir / f"{file_stem}.log"
         self.proc: subprocess.Popen | None = None
         self._log = None
+        # For the /health probe over HTTPS (rest.tls): by default the loopback certificate is
+        # not verified; set a context with a client certificate when the gateway requires one.
+        self.ssl_context: ssl.SSLContext | None = None
 
     # ---- where it is -------------------------------------------------------------------------
 
     @property
+    def tls(self) -> bool:
+        return bool(((self.config.get("rest") or {}).get("tls") or {}).get("cert_file"))
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.rest_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.rest_port}"
 
     @property
     def base(self) -> str:
@@ -75,7 +83,7 @@ class GatewayProcess:
 
     @property
     def ws_base(self) -> str:
-        return f"ws://127.0.0.1:{self.rest_port}/dicom-web"
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.rest_port}/dicom-web"
 
     @property
     def redis_url(self) -> str:
@@ -101,11 +109,15 @@ class GatewayProcess:
                                       str(self.config_path)], stdout=self._log,
                                      stderr=subprocess.STDOUT, env=child_env(), cwd=PACKAGE_ROOT)
         deadline = time.monotonic() + timeout
+        context = self.ssl_context
+        if context is None and self.tls:
+            context = ssl._create_unverified_context()  # noqa: S323 - loopback health probe
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as r:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1,
+                                            context=context) as r:
                     if r.status == 200:
                         return self
             except OSError:

@@ -17,7 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from tests.pynetdicom_client import NODELAY_HANDLER, guard_responses
+from gateway.testing_peers import NODELAY_HANDLER, guard_responses
 
 PUSH = "1.2.840.10008.5.1.4.34.6.1"
 WATCH = "1.2.840.10008.5.1.4.34.6.2"
@@ -45,7 +45,7 @@ def associate(gateway, contexts=ALL_UPS, ae_title: str = "TEST_SCU", syntaxes=SY
     assoc = ae.associate("127.0.0.1", gateway.dimse_port, ae_title=called,
                          evt_handlers=[NODELAY_HANDLER])
     if assoc.is_established:
-        guard_responses(assoc)  # pynetdicom 3.0.4 requestor race (tests.pynetdicom_client)
+        guard_responses(assoc)  # pynetdicom 3.0.4 requestor race (gateway.testing_peers)
     return assoc
 
 

@@ -33,7 +33,7 @@ from pydicom.multival import MultiValue
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import UnifiedProcedureStepEvent
 
-from tests.pynetdicom_client import NODELAY_HANDLER
+from gateway.testing_peers import NODELAY_HANDLER
 from tests.helpers import completion_payload, free_port, new_uid, state_payload, workitem
 
 STATE_REPORT, CANCEL_REQUESTED, PROGRESS_REPORT, SCP_STATUS_CHANGE, ASSIGNED = 1, 2, 3, 4, 5
@@ -82,8 +82,10 @@ class EventReceiver:
     def __init__(self, ae_title: str = "RECEIVER", port: int | None = None,
                  status: int = 0x0000, *, max_pdu: int | None = None,
                  calling_aes: list[str] | None = None, scp_role: bool = True,
-                 before_answer: Callable[[object], None] | None = None):
+                 before_answer: Callable[[object], None] | None = None,
+                 ssl_context=None):
         self.ae_title = ae_title
+        self.ssl_context = ssl_context  # an ssl.SSLContext: the receiver serves only TLS
         self.port = port or free_port()
         self.status = status  # what the receiver answers
         self.max_pdu = max_pdu  # its Maximum Length Received (None: pynetdicom's default)
@@ -113,7 +115,8 @@ class EventReceiver:
         while True:  # the port may still be held by a closing socket for a moment
             try:
                 self._server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                               evt_handlers=handlers)
+                                               evt_handlers=handlers,
+                                               ssl_context=self.ssl_context)
                 return self
             except OSError:
                 if time.monotonic() > deadline:

@@ -20,8 +20,9 @@ from gateway.ups.dataset import Dataset, select
 from gateway.ups.dicomtime import UTC
 from gateway.ups.errors import WorkitemGone
 from gateway.ups.matching import Query, Terms, search_order
-from gateway.ups.ports import (Change, Conflict, GlobalSubscription, NoRecipient, QueuedEvent,
-                               Record, SearchPage)
+from gateway.ups.mwl import step_id
+from gateway.ups.ports import (Change, Conflict, GlobalSubscription, MppsRecord, NoRecipient,
+                               QueuedEvent, Record, SearchPage)
 
 
 def _copy(ds: Dataset) -> Dataset:
@@ -61,6 +62,7 @@ class MemoryStores:
         self.subscriber_aes: set[str] = set()
         self.queues: dict[str, list[QueuedForAE]] = {}
         self.open_channels: set[str] = set()
+        self.mpps: dict[str, MppsRecord] = {}
         self.workitems = MemoryWorkitemStore(self)
         self.subscriptions = MemorySubscriptionStore(self)
 
@@ -99,6 +101,8 @@ class MemoryWorkitemStore:
             raise WorkitemGone(uid)
         if change.global_version is not None and change.global_version != db.globals_version:
             raise Conflict(uid, current)
+        if change.mpps is not None and self._mpps_version(change.mpps.uid) != change.mpps.version:
+            raise Conflict(uid, current)
         subscribers = dict(stored.subscribers) if stored else {}
         subscribers.update(change.add_subscriptions)
         deliveries = []
@@ -122,7 +126,40 @@ class MemoryWorkitemStore:
         for event, recipients in deliveries:
             for ae in recipients:
                 db.enqueue(ae, event.type, uid, event.info)
+        if change.mpps is not None:
+            self._keep_mpps(change.mpps)
         return stored.version
+
+    # ---- MPPS instances --------------------------------------------------------------------
+
+    def _mpps_version(self, uid: str) -> int:
+        kept = self.db.mpps.get(uid)
+        return kept.version if kept else 0
+
+    def _keep_mpps(self, record: MppsRecord) -> int:
+        kept = MppsRecord(record.uid, record.version + 1, _copy(record.dataset), record.workitem,
+                          record.tx, record.note, record.ttl_seconds)
+        self.db.mpps[record.uid] = kept
+        return kept.version
+
+    async def load_mpps(self, uid: str) -> MppsRecord | None:
+        kept = self.db.mpps.get(uid)
+        if kept is None:
+            return None
+        return MppsRecord(uid, kept.version, _copy(kept.dataset), kept.workitem, kept.tx,
+                          kept.note)
+
+    async def save_mpps(self, record: MppsRecord) -> int:
+        current = self._mpps_version(record.uid)
+        if current != record.version:
+            raise Conflict(record.uid, current)
+        return self._keep_mpps(record)
+
+    async def find_step(self, wanted: str) -> str | None:
+        for uid, stored in self.db.items.items():
+            if stored.state in ("SCHEDULED", "IN PROGRESS") and step_id(uid) == wanted:
+                return uid
+        return None
 
     # ---- search ----------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from pydicom import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import UnifiedProcedureStepPull, UnifiedProcedureStepPush
 
-from tests.pynetdicom_client import NODELAY_HANDLER, guard_responses
+from gateway.testing_peers import NODELAY_HANDLER, guard_responses
 from tests.event_receiver import (ASSIGNED, CANCEL_REQUESTED, GLOBAL, PROGRESS_REPORT,
                                   STATE_REPORT, EventReceiver, Ups, WsListener, frame_type,
                                   frame_value)

@@ -64,6 +64,11 @@ def assert_one_line_naming(stderr: str, key: str) -> None:
     ({"event_loop": "trio"}, "event_loop"),
     ({"peers": {"MODALITY": {"host": "x"}}}, "peers.MODALITY"),
     ({"rest": "not a mapping"}, "rest"),
+    ({"mwl": {"rules": [{"NoSuchKeyword": "CT"}]}}, "mwl.rules[0]"),
+    ({"mwl": {"rules": [{"ScheduledProcedureStepStartDateTime": "yesterday"}]}}, "mwl.rules[0]"),
+    ({"mwl": {"rules": "CT"}}, "mwl.rules"),
+    ({"mwl": {"default_modality": ""}}, "mwl.default_modality"),
+    ({"mpps": {"open_retention_hours": 0}}, "mpps.open_retention_hours"),
 ])
 def test_bad_configuration_is_one_line_naming_the_key(tmp_path, change, key):
     config = base_config(tmp_path)

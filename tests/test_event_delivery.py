@@ -78,3 +78,20 @@ async def test_reports_carry_non_ascii_names_and_valid_ds_values(tmp_path, http)
             assert abs(float(value) - 0.3) < 1e-9
         finally:
             proc.stop()
+
+
+async def test_each_report_on_an_association_has_its_own_message_id(tmp_path, http):
+    """Issue 16: every N-EVENT-REPORT the gateway sends on one association carries its own
+    Message ID (1, 2, 3 …), not 1 each time."""
+    with EventReceiver("IDPEER") as rcv:
+        proc = GatewayProcess(tmp_path, extra={"peers": {"IDPEER": rcv.peer()}}).start()
+        try:
+            ups = Ups(http, proc.base)
+            await ups.subscribe(GLOBAL, "IDPEER")
+            uids = [await ups.create(unassigned()) for _ in range(4)]
+            reports = await rcv.wait(4, uid=uids, timeout=20)
+            ids = [r.message_id for r in reports]
+            assert rcv.associations == 1
+            assert len(set(ids)) == len(ids) and ids == sorted(ids) and 1 not in ids[1:], ids
+        finally:
+            proc.stop()

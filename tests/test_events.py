@@ -18,7 +18,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import (UnifiedProcedureStepPull, UnifiedProcedureStepPush,
                                   UnifiedProcedureStepWatch)
 
-from tests.pynetdicom_client import NODELAY_HANDLER, guard_responses
+from gateway.testing_peers import NODELAY_HANDLER, guard_responses
 from tests.event_receiver import (AFFECTED_INSTANCE, AFFECTED_SOP_CLASS, ASSIGNED,
                                   CANCEL_REQUESTED, EVENT_TYPE, FILTERED, GLOBAL, MESSAGE_ID,
                                   PROGRESS_REPORT, SCP_STATUS_CHANGE, STATE_REPORT, EventReceiver,

@@ -495,3 +495,145 @@ async def test_search_results_follow_a_rescheduled_start_and_a_relabelled_workli
     assert [d["00080018"]["Value"][0] for d in (await service.search(q())).items] == everything
     assert [d["00080018"]["Value"][0] for d in
             (await service.search(q(WorklistLabel="AGAIN", **{day: "20261201-"}))).items] == [uid]
+
+
+# ---- C-FIND identifiers through the service (both store tiers agree) ------------------------
+
+async def _stream(service, identifier: dict) -> list[dict]:
+    return [ds async for ds in service.search_stream(matching.from_identifier(identifier))]
+
+
+async def test_identifier_queries_shape_their_results_on_both_tiers(service):
+    both, other, empty = new_uid(), new_uid(), new_uid()
+    stations = element("SQ", code("CT1", meaning="one"), code("CT2", meaning="two"))
+    await service.create(normalize(workitem(both, label="IDQ", **{"00404025": stations})))
+    await service.create(normalize(workitem(other, label="IDQ", station="MR1")))
+    await service.create(normalize(workitem(empty, label="IDQ", **{"00404025": element("SQ")})))
+    template = {"00741202": element("LO", "IDQ"),
+                "00404025": element("SQ", {"00080100": element("SH", "CT2"),
+                                           "00080104": element("LO")})}
+    [found] = await _stream(service, template)
+    assert found["00080018"]["Value"] == [both]
+    assert found["00404025"] == element("SQ", {"00080100": element("SH", "CT2"),
+                                               "00080104": element("LO", "two")})
+    assert set(found) == {"00080016", "00080018", "00404025", "00741202"}
+    # An item of empty keys is universal: the workitem with an empty sequence is found too.
+    universal = {"00741202": element("LO", "IDQ"),
+                 "00404025": element("SQ", {"00080100": element("SH")})}
+    found = await _stream(service, universal)
+    assert sorted(d["00080018"]["Value"][0] for d in found) == sorted([both, other, empty])
+    by_uid = {d["00080018"]["Value"][0]: d for d in found}
+    assert by_uid[empty]["00404025"] == element("SQ")
+    assert by_uid[other]["00404025"] == element("SQ", {"00080100": element("SH", "MR1")})
+
+
+def test_a_sequence_key_of_only_empty_keys_is_universal():
+    query = matching.from_identifier({"00404034": element("SQ", {
+        "00404009": element("SQ", {"00080100": element("SH")}), "00404037": element("PN")})})
+    assert query.keys["00404034"].kind == "universal"
+    assert query.matches(item())  # no Scheduled Human Performers Sequence at all
+    assert indexes.plan(query).exact
+
+
+# ---- issue 16: DT ranges with offsets, the workitem's own offset, person names -------------
+
+@pytest.mark.parametrize("query,hit", [
+    ("20261125050000-0500-20261125060000-0500", True),   # 10:00-11:00 UTC, both ends offset
+    ("20261125060000-0500-20261125070000-0500", False),  # 11:00-12:00 UTC
+    ("20261125110000+0100-20261125060000-0500", True),   # mixed offsets
+    ("-20261125060000-0500", True),                      # open low end, offset high end
+    ("-20261125040000-0500", False),
+    ("20261125050000-0500-", True),                      # offset low end, open high end
+    ("20261125060000-0500-", False),
+    ("20261125100000-0500", False),                      # one value: 15:00 UTC
+    ("20261125050000-0500", True),                       # one value: 10:00 UTC
+    ("2026-2027", True),                                 # year-only range, not -2027
+    ("2025-2025", False),
+    ("2026-20261125", True),
+    ("202611-202611", True),
+    ("20261126-20261130", False),
+])
+def test_dt_ranges_with_offsets_on_either_end(query, hit):
+    assert q(ScheduledProcedureStepStartDateTime=query).matches(_dt("20261125100000")) is hit
+
+
+@pytest.mark.parametrize("query", ["20261125-1500", "2027-2026", "20261125100000-0500-2025"])
+def test_dt_ranges_that_end_before_they_start_are_refused(query):
+    with pytest.raises(InvalidQuery):
+        q(ScheduledProcedureStepStartDateTime=query)
+
+
+def test_the_workitems_own_timezone_offset_governs_its_dt_values():
+    local = _dt("20261125100000")
+    local["00080201"] = element("SH", "+0200")  # 10:00 there is 08:00 UTC
+    assert q(ScheduledProcedureStepStartDateTime="20261125080000").matches(local)
+    assert not q(ScheduledProcedureStepStartDateTime="20261125100000").matches(local)
+    explicit = _dt("20261125100000+0000")
+    explicit["00080201"] = element("SH", "+0200")  # an explicit offset wins
+    assert q(ScheduledProcedureStepStartDateTime="20261125100000").matches(explicit)
+    # the configured offset only for values that have neither
+    tz = parse_offset("-0100")
+    plain = matching.Query(store_tz=tz)
+    matching.add_term(plain, ["00404005"], "20261125110000", matching.UTC, "x")
+    assert plain.matches(_dt("20261125100000")) and not plain.matches(local)
+    assert matching.search_order(local) == matching.search_order(_dt("20261125080000"))
+
+
+async def test_workitem_offsets_agree_between_index_plans_and_matching(service):
+    label = f"TZ-{new_uid()[-6:]}"
+    east, plain = new_uid(), new_uid()
+    east_ds = workitem(east, label=label, start="20261125100000")
+    east_ds["00080201"] = element("SH", "+0200")  # 08:00 UTC
+    await service.create(normalize(east_ds))
+    await service.create(normalize(workitem(plain, label=label, start="20261125090000")))
+    everything = await service.search(q(WorklistLabel=label))
+    assert [d["00080018"]["Value"][0] for d in everything.items] == [east, plain]  # order
+    for params in ([("WorklistLabel", label)], [("ProcedureStepState", "SCHEDULED"),
+                                                 ("WorklistLabel", label)],
+                   [("WorklistLabel", label), ("PatientID", "PID1")]):
+        window = qp(params + [("ScheduledProcedureStepStartDateTime",
+                               "20261125075900-20261125081000")])
+        found = await service.search(window)
+        assert [d["00080018"]["Value"][0] for d in found.items] == [east], params
+        streamed = [d async for d in service.search_stream(window)]
+        assert [d["00080018"]["Value"][0] for d in streamed] == [east]
+
+
+@pytest.mark.parametrize("value,hit", [
+    ("DOE^JOHN^^^", True), ("doe^john", True), ("Doe^John^", True),
+    ("*^JOHN", True), ("D*^J?HN", True), ("DOE*", True), ("D?E^J*", True),
+    ("*N", False),        # a wildcard stays within its component: the family name is DOE
+    ("DOE", False), ("DOE^JOHN^M", False), ("*^JOHN^X*", False),
+])
+def test_person_names_component_by_component(value, hit):
+    stored = item(patient_name="Doe^John^^^")  # as some modalities send it
+    assert q(PatientName=value).matches(stored) is hit
+    assert q(PatientName=value).matches(item(patient_name="Doe^John")) is hit
+
+
+@pytest.mark.parametrize("value,hit", [
+    ("Yamada^Tarou=山田^太郎", True), ("yamada^tarou=山田^太郎=", True),
+    ("Yamada^Tarou=山田^次郎", False), ("=山田^太郎", True), ("=山田*", True),
+    ("山田^太郎", True),  # one group: any group of the name
+    ("Yamada*=やまだ*", False),
+])
+def test_person_names_with_several_component_groups(value, hit):
+    ds = item()
+    ds["00100010"] = element("PN", {"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎"})
+    assert q(PatientName=value).matches(ds) is hit
+    identifier = {"00100010": element("PN", dict(zip(
+        ("Alphabetic", "Ideographic", "Phonetic"), value.split("="))))}
+    identifier["00100010"]["Value"][0] = {g: v for g, v in
+                                          identifier["00100010"]["Value"][0].items() if v}
+    assert matching.from_identifier(identifier).matches(ds) is hit
+
+
+@pytest.mark.parametrize("offset,valid", [("+1245", True), ("+1400", True), ("-1200", True),
+                                          ("-0930", True), ("+1401", False), ("-1230", False),
+                                          ("+0060", False), ("-1300", False)])
+def test_utc_offsets_are_read_within_their_range(offset, valid):
+    if valid:
+        assert parse_offset(offset) is not None
+    else:
+        with pytest.raises(ValueError):
+            parse_offset(offset)

@@ -219,7 +219,7 @@ async def test_create_payload_uid_disagreeing_with_the_request_uid(service):
 # ---- update ----------------------------------------------------------------------------
 
 NOT_SETTABLE = {
-    "SOPClassUID": element("UI", "1.2.840.10008.5.1.4.34.6.1"),
+    "SOPClassUID": element("UI", "1.2.840.10008.5.1.4.34.6.3"),
     "SOPInstanceUID": element("UI", "1.2.3.4"),
     "ProcedureStepState": element("CS", "COMPLETED"),
     "PatientName": element("PN", {"Alphabetic": "Other^Name"}),
@@ -568,3 +568,58 @@ async def test_request_cancel_on_scheduled_uses_the_reason_code_of_the_request(s
     [reason] = progress["0074100E"]["Value"]
     assert reason["00080100"]["Value"] == ["110514"]
     assert "00404052" in progress
+
+
+# ---- issue 16: echoed values, items' type 1 attributes, no character set kept ----------------
+
+async def test_an_update_echoing_the_stored_workitem_changes_only_what_differs(service):
+    uid = await claimed(service)
+    stored = await service.retrieve(uid)
+    echoed = copy.deepcopy(stored)
+    echoed["00741204"] = element("LO", "Echoed and relabelled")
+    await service.update(uid, echoed, TX)
+    after = await service.retrieve(uid)
+    assert after["00741204"] == element("LO", "Echoed and relabelled")
+    assert after["00404010"] != stored["00404010"]  # the SCP's own stamp, not the echo
+    changed = {"00100020": element("LO", "SOMEONE-ELSE")}
+    with pytest.raises(InvalidDataset):
+        await service.update(uid, changed, TX)
+
+
+def test_same_element_treats_empty_and_absent_alike():
+    assert rules.same_element(element("LO"), None)
+    assert not rules.same_element(element("LO", "x"), None)
+    stored = element("SQ", {"00080100": element("SH", "A"), "00080104": element("LO")})
+    assert rules.same_element(element("SQ", {"00080100": element("SH", "A")}), stored)
+    assert not rules.same_element(element("SQ", {"00080100": element("SH", "B")}), stored)
+
+
+@pytest.mark.parametrize("seq,item,word", [
+    ("00404034", {"00404037": element("PN", {"Alphabetic": "A^B"})}, "HumanPerformerCode"),
+    ("00404021", {"0040E020": element("CS", "DICOM"), "00081199": element("SQ", {
+        "00081150": element("UI", "1.2.3"), "00081155": element("UI", "1.2.4")})},
+     "StudyInstanceUID"),
+    ("00741210", {"0040A040": element("CS", "NUMERIC"),
+                  "0040A043": element("SQ", code("N", meaning="n")),
+                  "0040A30A": element("DS", 3)}, "MeasurementUnitsCodeSequence"),
+    ("00741210", {"0040A040": element("CS", "BLOB"),
+                  "0040A043": element("SQ", code("N", meaning="n"))}, "ValueType"),
+])
+def test_type_1_attributes_of_items_are_checked_at_creation(seq, item, word):
+    with pytest.raises(InvalidDataset) as caught:
+        rules.check_create(normalize(workitem(**{seq: element("SQ", item)})))
+    assert word in caught.value.message
+
+
+async def test_no_specific_character_set_is_stored(service):
+    uid = new_uid()
+    payload = ds(uid=uid)
+    payload["00080005"] = element("CS", "ISO_IR 100")
+    payload["00404034"] = element("SQ", {"00080005": element("CS", "ISO_IR 192"),
+                                         "00404009": element("SQ", code("P", meaning="p"))})
+    await service.create(normalize(payload))
+    stored = await service.retrieve(uid)
+    assert "00080005" not in stored and "00080005" not in stored["00404034"]["Value"][0]
+    await service.update(uid, {"00080005": element("CS", "ISO_IR 144"),
+                               "00741204": element("LO", "Метка")})
+    assert "00080005" not in await service.retrieve(uid)

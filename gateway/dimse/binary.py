@@ -125,8 +125,9 @@ class _Reader:
                     raise Unsupported("undefined length on a non-sequence")
                 element = _value(vr, data[pos:pos + length], encoding)
                 pos += length
-            if group == 0 or elem == 0:
-                continue  # command and group-length elements are never part of a dataset
+            if elem == 0:
+                continue  # a group length (the command group's too): never part of a dataset
+            # A command (group 0000) element is kept: normalize refuses it, naming it.
             key = _KEYS.get(tag)
             if key is None:
                 key = f"{tag:08X}"

@@ -26,6 +26,7 @@ from gateway.dimse import convert
 from gateway.dimse.requestor import AssociationError, Requestor, associate
 from gateway.events.hub import EventHub
 from gateway.events.queue import EventQueues, LeaseLost, QueuedEntry
+from gateway.security import tls
 from gateway.ups import events as ev
 
 log = logging.getLogger("gateway.events.dimse")
@@ -77,6 +78,9 @@ class PeerSender:
     def __init__(self, ae_title: str, ae: str, peer: Peer, config: Events, queues: EventQueues):
         self.ae_title = ae_title
         self.ae, self.peer, self.config = ae, peer, config
+        # TLS to this peer (PS3.15 B.1); files are read now, so a bad one stops the start.
+        self.ssl = tls.client_context(peer.ca_file, peer.cert_file, peer.key_file) \
+            if peer.tls else None
         self.queues = queues
         self.reader = queues.reader(TRANSPORT, ae, LEASE_MS)
         self.assoc: Requestor | None = None
@@ -107,8 +111,13 @@ class PeerSender:
                         await self.close()
                         self._drained()  # another process delivers: nothing for us to do
                         await self._sleep(POLL_SECONDS)
-                    elif not await self._deliver_some():
-                        self._drained()
+                    else:
+                        # Only who asked before this read began may learn "drained" from it.
+                        # Offered events are no proof that nothing else is queued: then read.
+                        asking = list(self._drain_waiters)
+                        if await self._deliver_some(from_stream=bool(asking)):
+                            continue
+                        self._drained(asking)
                         if self.assoc is not None and \
                                 time.monotonic() - self.last_used > self.config.association_idle_seconds:
                             await self.close()
@@ -147,15 +156,21 @@ class PeerSender:
             pass
         self._wake.clear()
 
-    def _drained(self) -> None:
-        waiters, self._drain_waiters = self._drain_waiters, []
+    def _drained(self, asking: list[asyncio.Future] | None = None) -> None:
+        """Resolve the drain waiters that asked before the read that found the queue empty
+        (all of them when ``asking`` is None)."""
+        if asking is None:
+            waiters, self._drain_waiters = self._drain_waiters, []
+        else:
+            waiters = asking
+            self._drain_waiters = [f for f in self._drain_waiters if f not in asking]
         for future in waiters:
             if not future.done():
                 future.set_result(None)
 
-    async def _deliver_some(self) -> bool:
+    async def _deliver_some(self, from_stream: bool = False) -> bool:
         """Deliver up to a batch of queued events; True when more may be queued."""
-        entries, lost = await self.reader.pending(BATCH)
+        entries, lost = await self.reader.pending(BATCH, from_stream)
         if lost:
             log.error("events dropped by the backlog bound before delivery",
                       extra={"ae": self.ae, "lost": lost})
@@ -191,7 +206,7 @@ class PeerSender:
                 self.assoc = None
                 self.assoc = await associate(
                     self.peer.host, self.peer.port, calling_ae=self.ae_title, called_ae=self.ae,
-                    timeout=self.config.send_timeout)
+                    timeout=self.config.send_timeout, ssl=self.ssl)
             self.last_used = time.monotonic()
             try:
                 dataset = convert.encode(entry.info, self.assoc.transfer_syntax)

@@ -26,7 +26,7 @@ from pynetdicom.dsutils import decode
 from redis.exceptions import RedisError
 
 from gateway import logs
-from gateway.dimse import binary, convert, responses
+from gateway.dimse import access, binary, convert, responses
 from gateway.dimse import messages as m
 from gateway.ups import matching
 from gateway.ups import status as st
@@ -64,12 +64,14 @@ UNRECOGNIZED_OPERATION = 0x0211
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 INVALID_OBJECT_INSTANCE = 0x0117
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
+QUERY_RETRIEVE_LEVEL = "00080052"
 OUT_OF_RESOURCES = 0xA700
 RESOURCE_LIMITATION = st.RESOURCE_LIMITATION
 # Failures a C-FIND may answer (PS3.4 C.4.1.1.4, CC.2.8.4); anything else becomes 0xC000. Never
 # 0xC311/0xC312: UPS uses them for N-ACTION refusals (and pynetdicom for its own C-FIND errors).
 _FIND_FAILURES = frozenset((SOP_CLASS_NOT_SUPPORTED, UNRECOGNIZED_OPERATION, OUT_OF_RESOURCES,
-                            IDENTIFIER_DOES_NOT_MATCH, st.UNABLE_TO_PROCESS))
+                            IDENTIFIER_DOES_NOT_MATCH, st.UNABLE_TO_PROCESS,
+                            access.NOT_AUTHORIZED))
 
 # Core statuses that name a bad argument; N-ACTION's status table says it with 0x0115.
 _ACTION_ARGUMENT_STATUSES = frozenset((st.INVALID_ATTRIBUTE_VALUE, st.MISSING_ATTRIBUTE,
@@ -113,7 +115,15 @@ class Request:
     sop_class: str | None = None  # the message's SOP class when it is not a UPS one
     instance: str | None = None  # the Affected SOP Instance UID of the response
     decoder: str | None = None  # what read the request's dataset: "binary" or "pydicom"
+    assoc: Any = None  # the association (it remembers the peer's character set)
+    principal: Any = None  # who the association acts as (``access``); None: unchecked
+    address: str | None = None  # the peer's, for the audit trail
+    patient: tuple[Any, Any] | None = None  # (Patient ID, Patient's Name) a request carried
     started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def charsets(self) -> list[str] | None:
+        return self.assoc.charsets if self.assoc is not None else None
 
     def log_extra(self, **more: Any) -> dict[str, Any]:
         return {"uid": self.uid, "ae": self.ae, "msg_id": self.msg_id, "op": self.op,
@@ -126,11 +136,15 @@ Outcome = tuple[int, str, bytes | None]
 
 
 class DimseHandlers:
-    def __init__(self, service: UPSService, request_timeout: float,
+    def __init__(self, service: UPSService, request_timeout: float, extensions=(),
                  max_dataset_bytes: int = 1 << 20):
         self.service = service
         self.timeout = request_timeout
         self.max_dataset_bytes = max_dataset_bytes  # a deflated dataset, once inflated
+        # Other SOP classes' handlers (MWL, MPPS): ``sop_class`` and ``serve(self, assoc, req)``.
+        self.extensions = {extension.sop_class: extension for extension in extensions}
+        # Told of every answered request (gateway.dimse.audit_hook), when auditing is on.
+        self.audit: Callable[[Request, int, str], None] | None = None
         self._bodies: dict[int, Callable[[Request], Awaitable[Outcome]]] = {
             N_CREATE: self.n_create, N_SET: self.n_set, N_GET: self.n_get,
             N_ACTION: self.n_action, N_EVENT_REPORT: self.n_event_report}
@@ -146,6 +160,9 @@ class DimseHandlers:
         if field_ == C_ECHO:
             self._done(req, st.SUCCESS, "")
             await self._respond(assoc, req, st.SUCCESS, "")
+        elif extension := self.extensions.get(req.context_class):
+            if await self._inflated_for(assoc, req):
+                await extension.serve(self, assoc, req)
         elif field_ == C_FIND:
             await self.c_find(assoc, req)
         elif field_ in self._bodies:
@@ -162,6 +179,7 @@ class DimseHandlers:
         uid = req.uid = _uid_param(req.message.text(m.AFFECTED_SOP_INSTANCE),
                                    "Affected SOP Instance UID")
         ds = _canonical(req, "Attribute List")
+        req.patient = (first(ds, t.PatientID), first(ds, t.PatientName))
         outcome = await self._core(self.service.create(ds, uid, requester=req.ae))
         req.uid = outcome.uid
         if outcome.uid_assigned:
@@ -191,7 +209,7 @@ class DimseHandlers:
                           "Attribute Identifier List cannot be read: not a list of tags")
         keys = [f"{tag:08X}" for tag in req.message.tags(m.ATTRIBUTE_IDENTIFIERS)]
         ds = await self._core(self.service.retrieve(uid, keys or None))
-        reply = convert.encode(ds, req.syntax)
+        reply = convert.encode(ds, req.syntax, req.charsets)
         if reply is None:
             raise Refused(st.PROCESSING_FAILURE, f"Workitem {uid} cannot be encoded")
         return st.SUCCESS, "", reply
@@ -221,8 +239,8 @@ class DimseHandlers:
         return outcome.status, outcome.message, None
 
     async def _subscription_action(self, req: Request, action: int, uid: str):
-        info = convert.identifier_to_canonical(_decoded(req, "Action Information"),
-                                               "Action Information")
+        info = _noting_charsets(req, convert.identifier_to_canonical(
+            _decoded(req, "Action Information"), "Action Information"))
         receiving_ae = first(info, t.ReceivingAE)
         if not isinstance(receiving_ae, str) or not receiving_ae.strip():
             raise Refused(st.INVALID_ARGUMENT_VALUE, "Receiving AE (0074,1234) is required")
@@ -230,6 +248,8 @@ class DimseHandlers:
         if len(receiving_ae) > 16 or "\\" in receiving_ae:
             raise Refused(st.INVALID_ARGUMENT_VALUE,
                           f"Receiving AE (0074,1234) {receiving_ae!r} is not an AE title")
+        if refusal := access.denied_watch(req.principal, receiving_ae):
+            raise Refused(*refusal)
         if action == 4:
             return await self._core(self.service.unsubscribe(uid, receiving_ae))
         if action == 5:
@@ -262,7 +282,8 @@ class DimseHandlers:
         try:
             self._check_context(req)
             await self._inflate(req, "Identifier")
-            identifier = convert.identifier_to_canonical(_decoded(req, "Identifier"))
+            identifier = _noting_charsets(req, convert.identifier_to_canonical(
+                _decoded(req, "Identifier")))
             query = self._find_query(identifier)
         except Exception as exc:  # noqa: BLE001 - every failure gets an explicit status
             await self._find_failure(assoc, req, exc)
@@ -279,7 +300,7 @@ class DimseHandlers:
                     ds = await anext(stream, None)
                 if ds is None:
                     break
-                result = self._find_result(ds, req.syntax)
+                result = self._find_result(ds, req)
                 count += 1
                 await self._respond(assoc, req, st.PENDING, "", result)
                 # Let the upper layer read what the peer sent meanwhile (a C-CANCEL) even when
@@ -294,16 +315,16 @@ class DimseHandlers:
         await self._respond(assoc, req, st.SUCCESS, "")
 
     def _find_query(self, identifier: Dataset) -> matching.Query:
-        unsupported = [k for k in identifier
-                       if k not in matching.MATCHABLE and k not in matching.NOT_MATCHED
-                       and k not in matching.NEVER_RETURNED]
-        if unsupported:
+        # Any attribute is a return key (and matched by the general rules); only a key that
+        # names another query model says the identifier is not one of this SOP class.
+        if QUERY_RETRIEVE_LEVEL in identifier:
             raise Refused(IDENTIFIER_DOES_NOT_MATCH,
-                          f"{describe(unsupported[0])} is not a UPS matching or return key")
+                          f"{describe(QUERY_RETRIEVE_LEVEL)} belongs to the Query/Retrieve "
+                          "model, not to a UPS identifier")
         return matching.from_identifier(identifier, default_tz=self.service.settings.timezone)
 
-    def _find_result(self, ds: Dataset, syntax: str) -> bytes:
-        result = convert.encode(ds, syntax)
+    def _find_result(self, ds: Dataset, req: Request) -> bytes:
+        result = convert.encode(ds, req.syntax, req.charsets)
         if result is None:
             raise Refused(st.UNABLE_TO_PROCESS,
                           f"Workitem {first(ds, t.SOPInstanceUID)} cannot be encoded")
@@ -328,7 +349,8 @@ class DimseHandlers:
         op = COMMANDS.get(message.command_field, f"DIMSE 0x{message.command_field:04X}")
         syntax = agreement.transfer_syntaxes.get(message.context_id, binary.IMPLICIT_LE)
         req = Request(op, ae, msg_id, context_class, message, syntax, offered,
-                      instance=message.sop_instance)
+                      instance=message.sop_instance, assoc=assoc, principal=agreement.principal,
+                      address=assoc.address)
         sop_class = message.sop_class
         if sop_class not in UPS_CLASSES:
             req.sop_class = sop_class or ""
@@ -343,6 +365,8 @@ class DimseHandlers:
         if not req.offered & OPERATIONS[req.op]:
             where = CLASS_NAMES.get(req.context_class, req.context_class)
             raise Refused(UNRECOGNIZED_OPERATION, f"{req.op} is not offered on a {where} context")
+        if refusal := access.denied(req.principal, req.op, req.message.us(m.ACTION_TYPE)):
+            raise Refused(*refusal)
 
     async def _run(self, req: Request, body: Callable[[Request], Awaitable[Outcome]]) -> Outcome:
         """Run one DIMSE-N request body: (status, comment, dataset), never an exception."""
@@ -356,6 +380,20 @@ class DimseHandlers:
             reply = None
         self._done(req, code, message)
         return code, message, reply
+
+    async def _inflated_for(self, assoc: Association, req: Request) -> bool:
+        """``_inflate`` for the extensions, answering a refusal itself (False: answered)."""
+        try:
+            await self._inflate(req, "dataset")
+            return True
+        except Exception as exc:  # noqa: BLE001 - answered with an explicit status
+            if req.message.command_field == C_FIND:
+                await self._find_failure(assoc, req, exc)
+            else:
+                code, message = self._classify(req, exc)
+                self._done(req, code, message)
+                await self._respond(assoc, req, code, message)
+            return False
 
     async def _inflate(self, req: Request, what: str) -> None:
         """A dataset on a Deflated context, inflated off the event loop and only up to
@@ -410,11 +448,17 @@ class DimseHandlers:
         return st.PROCESSING_FAILURE, f"Internal error; see the gateway log (msg {req.msg_id})"
 
     def _done(self, req: Request, code: int, message: str, **more: Any) -> None:
+        if self.audit is not None:
+            self.audit(req, code, message)
         failed = code not in (st.SUCCESS, st.PENDING, st.CANCEL) and not st.is_warning(code)
         level = logging.INFO if failed or st.is_warning(code) else logging.DEBUG
         if log.isEnabledFor(level):
             log.log(level, f"{req.op} 0x{code:04X}" + (f": {message}" if message else ""),
                     extra=req.log_extra(status=f"0x{code:04X}", **more))
+
+    # What the extensions (``dimse/mwl.py``, ``dimse/mpps.py``) share of the plumbing.
+    done, respond, find_failure, classify, core = (_done, _respond, _find_failure, _classify,
+                                                   _core)
 
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -435,8 +479,17 @@ def _canonical(req: Request, what: str) -> Dataset:
     fast = binary.read(raw, _dataset_syntax(req))
     if fast is not None:
         req.decoder = "binary"
-        return normalize(fast)
-    return convert.to_canonical(_decoded(req, what), what)
+        return _noting_charsets(req, normalize(fast))
+    return _noting_charsets(req, convert.to_canonical(_decoded(req, what), what))
+
+
+def _noting_charsets(req: Request, ds: Dataset) -> Dataset:
+    """``ds``, after noting the character set it declares as the requester's: its replies on
+    this association are written in it when they can be (``convert.reply_charset``)."""
+    declared = [v or "" for v in (ds.get(t.SpecificCharacterSet) or {}).get("Value") or ()]
+    if any(declared) and req.assoc is not None:  # an empty first value: the default repertoire
+        req.assoc.charsets = declared
+    return ds
 
 
 def _decoded(req: Request, what: str) -> PydicomDataset | None:

@@ -11,6 +11,7 @@ who may associate, and what it tells the peer about itself — the same either w
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (A_ASSOCIATE, AsynchronousOperationsWindowNegotiation,
@@ -37,7 +38,8 @@ IMPLEMENTATION_VERSION_NAME = f"UPS_GATEWAY_{__version__.replace('.', '')}"[:16]
 # A-ASSOCIATE-RJ (PS3.8 Table 9-21): result, source, reason/diagnostic.
 REJECTED_PERMANENT, REJECTED_TRANSIENT = 1, 2
 SERVICE_USER, SERVICE_PROVIDER_PRESENTATION = 1, 3
-APPLICATION_CONTEXT_NOT_SUPPORTED, CALLING_AE_NOT_RECOGNIZED = 2, 3  # service-user
+NO_REASON_GIVEN, APPLICATION_CONTEXT_NOT_SUPPORTED, CALLING_AE_NOT_RECOGNIZED = 1, 2, 3
+CALLED_AE_NOT_RECOGNIZED = 7  # (service-user)
 LOCAL_LIMIT_EXCEEDED = 2  # service-provider (presentation)
 
 
@@ -78,16 +80,22 @@ class Agreement:
     # proposed (we accept) or as answered (we request).
     roles: dict[str, tuple[bool | None, bool | None]] = field(default_factory=dict)
     ac: bytes = field(repr=False, default=b"")
+    principal: Any = None  # who the association acts as (gateway.security); None: unchecked
 
 
 @dataclass(frozen=True)
 class Policy:
     max_pdu: int  # ours: the largest P-DATA-TF variable field we receive (0: no limit)
     allowed_calling_aes: frozenset[str] = frozenset()  # empty: anyone
+    extra_sop_classes: tuple[str, ...] = ()  # served besides UPS (Modality Worklist, MPPS)
+    called_ae: str | None = None  # set: the only Called AE title accepted (dimse.called_ae_check)
+    # (request, calling AE) → a grant (``.principal``, ``.respond``: answer the User Identity)
+    # or a Rejection: the security decision (``dimse.access.decide``); None: no checks.
+    identify: Callable[[A_ASSOCIATE, str], Any] | None = None
 
     def supported(self) -> list[PresentationContext]:
         contexts = []
-        for abstract in (*UPS_SOP_CLASSES, VERIFICATION):
+        for abstract in (*UPS_SOP_CLASSES, *self.extra_sop_classes, VERIFICATION):
             cx = PresentationContext()
             cx.abstract_syntax = abstract
             for syntax in TRANSFER_SYNTAXES:
@@ -113,17 +121,45 @@ def negotiate(rq: A_ASSOCIATE, policy: Policy, supported: list[PresentationConte
     if str(rq.application_context_name or "") != APPLICATION_CONTEXT:
         return Rejection(REJECTED_PERMANENT, SERVICE_USER, APPLICATION_CONTEXT_NOT_SUPPORTED,
                          "application context name not supported")
+    if policy.called_ae is not None and \
+            str(rq.called_ae_title or "").strip() != policy.called_ae:
+        return Rejection(REJECTED_PERMANENT, SERVICE_USER, CALLED_AE_NOT_RECOGNIZED,
+                         "called AE title not recognised")
     if policy.allowed_calling_aes and calling not in policy.allowed_calling_aes:
         return Rejection(REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNIZED,
                          "calling AE title not recognised")
+    grant = policy.identify(rq, calling) if policy.identify is not None else None
+    if isinstance(grant, Rejection):
+        return grant
     peer_max_pdu, roles = _user_information(rq)
     window_proposed = any(isinstance(item, AsynchronousOperationsWindowNegotiation)
                           for item in rq.user_information)
     results, role_replies = negotiate_as_acceptor(rq.presentation_context_definition_list,
                                                   supported, roles or None)
+    _prefer_the_requestors_order(rq, results)
     agreement = _agreement(rq, results, peer_max_pdu, roles)
-    agreement.ac = _accept_pdu(rq, results, role_replies, policy, window_proposed)
+    extra = []
+    if grant is not None:
+        agreement.principal = grant.principal
+        if grant.respond:
+            extra.append(grant.response())
+    agreement.ac = _accept_pdu(rq, results, [*role_replies, *extra], policy, window_proposed)
     return agreement
+
+
+def _prefer_the_requestors_order(rq: A_ASSOCIATE, results: list[PresentationContext]) -> None:
+    """Each accepted context gets the first transfer syntax the requestor proposed that the
+    gateway supports (its preference: a client may decode only what it asked for first).
+    pynetdicom's matching picks by the acceptor's order instead."""
+    proposed = {cx.context_id: [str(ts) for ts in cx.transfer_syntax]
+                for cx in rq.presentation_context_definition_list}
+    for cx in results:
+        if cx.result != 0x00:
+            continue
+        for syntax in proposed.get(cx.context_id, ()):
+            if syntax in TRANSFER_SYNTAXES:
+                cx.transfer_syntax = [syntax]
+                break
 
 
 def _user_information(primitive: A_ASSOCIATE) -> tuple[int, dict]:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import ssl as ssl_module
 
 from pynetdicom.pdu import P_DATA_TF
 
@@ -419,17 +420,20 @@ def _settle(waiter: asyncio.Future | None, outcome: AssociationError | None) -> 
 
 async def associate(host: str, port: int, *, calling_ae: str, called_ae: str, timeout: float,
                     max_pdu: int = Dimse.max_pdu,
-                    max_response_dataset: int = RESPONSE_DATASET_LIMIT) -> Requestor:
+                    max_response_dataset: int = RESPONSE_DATASET_LIMIT,
+                    ssl: ssl_module.SSLContext | None = None) -> Requestor:
     """Open an association with the UPS Event SCU ``called_ae`` at ``host``:``port``, ready for
     ``send_event_report``. ``timeout`` bounds each wait: the connection, the A-ASSOCIATE-AC,
-    each report's write and response, the A-RELEASE-RP. Raises ``AssociationError``, or
-    ValueError for an AE title that is not one."""
+    each report's write and response, the A-RELEASE-RP. ``ssl``: over TLS (PS3.15 B.1), the
+    peer's certificate verified for ``host``. Raises ``AssociationError``, or ValueError for an
+    AE title that is not one."""
     address = f"{host}:{port}"
     assoc = Requestor(calling_ae, called_ae, address, timeout=timeout, max_pdu=max_pdu,
                       max_response_dataset=max_response_dataset)
     try:
         async with asyncio.timeout(timeout):
-            await asyncio.get_running_loop().create_connection(lambda: assoc, host, port)
+            await asyncio.get_running_loop().create_connection(
+                lambda: assoc, host, port, ssl=ssl, server_hostname=host if ssl else None)
     except TimeoutError:
         raise ConnectFailed(f"cannot connect to {called_ae} at {address} within "
                             f"{timeout:g} s") from None

@@ -1,10 +1,12 @@
 """The DIMSE listener: the gateway's own upper layer (``upper_layer``) on its event loop.
 
-Configuration (``dimse`` in config.yaml) is applied here and in the upper layer: the calling-AE
-allowlist (an association from any other AE is rejected, "calling AE title not recognised"), the
-maximum of concurrent associations (more are rejected as "local limit exceeded"), the ACSE,
-DIMSE and network timeouts and the largest PDU we receive. The called AE title is not checked
-(any is accepted, as before with pynetdicom's defaults).
+Configuration (``dimse`` in config.yaml) is applied here and in the upper layer: the called AE
+title (``called_ae_check``: any other is rejected, "called AE title not recognised"), the
+calling-AE allowlist (an association from any other AE is rejected, "calling AE title not
+recognised"), the maximum of concurrent associations, in all and per calling AE (more are
+rejected as "local limit exceeded"), User Identity and the scopes of the association
+(``dimse.access``, ``gateway.security.associations``), TLS (``dimse.tls``), the ACSE, DIMSE and
+network timeouts and the largest PDU we receive.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import errno
 import logging
 
 from gateway.config import ConfigError, Dimse
+from gateway.dimse import access as access_rules
 from gateway.dimse import negotiation
 from gateway.dimse.handlers import DimseHandlers
 from gateway.dimse.upper_layer import Association
+from gateway.security import tls
+from gateway.security.associations import AssociationAccess
 
 log = logging.getLogger("gateway.dimse")
 
@@ -30,12 +35,23 @@ REJECT_ALLOWANCE = 8
 class Listener:
     """What every association shares: configuration, negotiation policy, handlers."""
 
-    def __init__(self, config: Dimse, handlers: DimseHandlers):
+    def __init__(self, config: Dimse, handlers: DimseHandlers, ae_title: str | None = None,
+                 access: AssociationAccess | None = None):
         self.config = config
-        self.policy = negotiation.Policy(config.max_pdu, frozenset(config.allowed_calling_aes))
+        self.access = access
+        self.policy = negotiation.Policy(
+            config.max_pdu, frozenset(config.allowed_calling_aes), tuple(handlers.extensions),
+            called_ae=ae_title if config.called_ae_check else None,
+            identify=self._identify if access is not None else None)
         self.supported = self.policy.supported()
         self.handlers = handlers
         self.connections: set[Association] = set()
+        self.audit = None  # (calling AE, address, Agreement | Rejection) -> None, when auditing
+
+    def associated(self, calling_ae: str, address: str, outcome) -> None:
+        """An A-ASSOCIATE-RQ was answered with ``outcome``."""
+        if self.audit is not None:
+            self.audit(calling_ae, address, outcome)
 
     def admit(self, association: Association) -> bool:
         """A new connection: counted from now on (False: too many, close it unread)."""
@@ -52,24 +68,48 @@ class Listener:
         holding = sum(1 for a in self.connections if a is not asking and a.holds_slot)
         if holding >= self.config.max_associations:
             return negotiation.TOO_MANY
+        calling = str(rq.calling_ae_title or "").strip()
+        if sum(1 for a in self.connections if a.is_established and a.calling_ae == calling) \
+                >= self.config.max_associations_per_ae:
+            return negotiation.TOO_MANY
         return negotiation.negotiate(rq, self.policy, self.supported)
+
+    def _identify(self, rq, calling_ae: str):
+        try:
+            return access_rules.decide(self.access, rq, calling_ae)
+        except access_rules.IdentityRefused as exc:
+            return negotiation.Rejection(negotiation.REJECTED_PERMANENT,
+                                         negotiation.SERVICE_USER, negotiation.NO_REASON_GIVEN,
+                                         str(exc))
 
 
 class DimseServer:
-    def __init__(self, config: Dimse, ae_title: str, handlers: DimseHandlers):
+    def __init__(self, config: Dimse, ae_title: str, handlers: DimseHandlers,
+                 access: AssociationAccess | None = None, audit=None):
         self.config = config
         self.ae_title = ae_title
         self.handlers = handlers
+        self.access = access
+        self.audit = audit  # told of every association answered (see Listener.associated)
         self.server: asyncio.AbstractServer | None = None
         self.listener: Listener | None = None
 
     async def start(self) -> None:
         cfg = self.config
-        self.listener = listener = Listener(cfg, self.handlers)
+        self.listener = listener = Listener(cfg, self.handlers, self.ae_title, self.access)
+        listener.audit = self.audit
         loop = asyncio.get_running_loop()
+        context = None
+        if cfg.tls.cert_file:  # the port then serves only TLS (PS3.15 B.1)
+            try:
+                context = tls.server_context(cfg.tls.cert_file, cfg.tls.key_file,
+                                             cfg.tls.ca_file, cfg.tls.require_client_cert)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"dimse.tls: {exc}") from None
         try:
-            self.server = await loop.create_server(lambda: Association(listener),
-                                                   cfg.host, cfg.port, reuse_address=True)
+            self.server = await loop.create_server(
+                lambda: Association(listener), cfg.host, cfg.port, reuse_address=True,
+                ssl=context, ssl_handshake_timeout=(cfg.acse_timeout or None) if context else None)
         except OSError as exc:
             reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
             raise ConfigError(f"dimse.port: {cfg.host}:{cfg.port} {reason}") from None

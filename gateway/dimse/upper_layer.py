@@ -62,6 +62,9 @@ class Association(pdus.WriteFlow, asyncio.Protocol):
         self.address = "?"
         self.agreement: negotiation.Agreement | None = None
         self.cancelled: set[int] = set()  # message IDs of requests the peer sent C-CANCEL for
+        # The Specific Character Set of the peer's latest request dataset that declared one:
+        # what its replies are written in when they can be (an N-GET request has no dataset).
+        self.charsets: list[str] | None = None
         self._buffer = bytearray()
         self._assembler = Assembler(COMMAND_LIMIT, self.config.max_message_bytes,
                                     self.config.max_message_fragments)
@@ -196,6 +199,7 @@ class Association(pdus.WriteFlow, asyncio.Protocol):
         rq = negotiation.decode_request(pdu)
         peer = {"ae": str(rq.calling_ae_title or "").strip() or None, "address": self.address}
         outcome = self.listener.negotiate(rq, self)
+        self.listener.associated(peer["ae"] or "", self.address, outcome)
         if isinstance(outcome, negotiation.Rejection):
             log.info(f"association rejected: {outcome.reason}", extra=peer)
             self._write(outcome.pdu())

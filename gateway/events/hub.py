@@ -6,12 +6,17 @@ once and hands it to its listeners as entries by AE — the WebSocket fan-out (o
 for a notification to a hundred AEs) and each DIMSE peer's sender — which send them without
 reading the streams when they follow their cursors. A notification the hub cannot decode, and
 every reconnection to Redis, is passed on as None: "any AE may have events; read the streams".
+
+A commit made by this process hands its notification to the hub as soon as it returns
+(``published_here``), so local subscribers do not wait for Redis to echo it back; the echo, or
+whichever copy comes second, is passed over.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from typing import Callable
 
 import msgpack
@@ -27,11 +32,17 @@ Listener = Callable[[dict[str, list[QueuedEntry]] | None], None]
 RECONNECT_SECONDS = 1.0
 
 
+# Notifications handed over by this process's own commits and not yet echoed by Redis (or echoed
+# and not yet handed over): bounded, since an echo lost with a connection never comes.
+HANDED_OVER_KEPT = 4096
+
+
 class EventHub:
     def __init__(self, client: aioredis.Redis, keys: Keys):
         self.redis = client
         self.channel = keys.notify()
         self._listeners: list[Listener] = []
+        self._once: OrderedDict[int, None] = OrderedDict()
         self.ready = asyncio.Event()  # subscribed: what is published from now on is heard
 
     def listen(self, listener: Listener) -> None:
@@ -41,6 +52,21 @@ class EventHub:
     def unlisten(self, listener: Listener) -> None:
         if listener in self._listeners:
             self._listeners.remove(listener)
+
+    def published_here(self, data: bytes) -> None:
+        """A notification this process's commit just published: delivered now, and its echo
+        from Redis (whichever of the two comes first counts) is then passed over."""
+        self._heard(data)
+
+    def _heard(self, data: bytes) -> None:
+        mark = hash(data)
+        if mark in self._once:  # the other copy of this notification came first
+            del self._once[mark]
+            return
+        self._once[mark] = None
+        if len(self._once) > HANDED_OVER_KEPT:
+            self._once.popitem(last=False)
+        self._notify(_decode(data))
 
     def _notify(self, by_ae: dict[str, list[QueuedEntry]] | None) -> None:
         for listener in list(self._listeners):
@@ -56,7 +82,7 @@ class EventHub:
                 self._notify(None)  # what was published while we were not subscribed
                 async for message in pubsub.listen():
                     if message and message.get("type") == "message":
-                        self._notify(_decode(message["data"]))
+                        self._heard(message["data"])
             except (RedisError, OSError) as exc:
                 self.ready.clear()
                 log.warning("event hub lost Redis; reconnecting", extra={"error": str(exc)})

@@ -179,13 +179,15 @@ class QueueReader:
         self.cursor = (entry.id, entry.n)
         return [self.ae, self.lease.owner, f"{entry.id} {entry.n}"]
 
-    async def pending(self, count: int = 100) -> tuple[list[QueuedEntry], int]:
+    async def pending(self, count: int = 100,
+                      from_stream: bool = False) -> tuple[list[QueuedEntry], int]:
         """Up to ``count`` undelivered events, and how many were lost before the first of them
-        (offered ones when they follow the cursor, else read from the stream).
+        (offered ones when they follow the cursor, else — or always when ``from_stream``, for
+        a caller that must know the queue is empty — read from the stream).
 
         Raises ``LeaseLost`` when another reader now owns this AE's delivery."""
         offered = self.take_offered(count)
-        if offered is not None:
+        if offered is not None and not from_stream:
             return offered, 0
         [reply] = await self.queues.read([self], count)
         return self.take(reply)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -16,9 +16,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gateway import logs
 from gateway.config import Rest
 from gateway.events.fanout import WebSocketFanout
-from gateway.rest import paths, subscriptions, workitems
+from gateway.rest import paths, subscriptions, tickets, workitems
+from gateway.rest.audit_hook import Record, audit_middleware, channel_opened
+from gateway.rest.auth import security_middleware
 from gateway.rest.messages import BodyTimeout, error_response, problem
-from gateway.rest.state import FANOUT, HEALTH, ORIGIN, REQUEST_ID, SERVICE, SETTINGS, Health
+from gateway.rest.state import (FANOUT, HEALTH, ORIGIN, REQUEST_ID, SECURITY, SERVICE, SETTINGS,
+                                Health, Security)
+from gateway.security.principal import PERFORM, READ, WATCH, WRITE
 from gateway.ups.errors import UPSError
 from gateway.ups.service import UPSService
 
@@ -37,7 +41,28 @@ ROUTES: dict[str, dict[str, Handler]] = {
                      "GET": subscriptions.channel_at_subscription},
     "suspend": {"POST": subscriptions.suspend},
     "channel": {"GET": subscriptions.channel},
+    "tickets": {"POST": tickets.issue},
 }
+
+# The scope each route needs when auth is enabled (operation classes of issue 17; the same
+# kinds and methods as ROUTES: tests/test_security_rest.py checks that none is missing).
+SCOPES: dict[str, dict[str, str]] = {
+    "workitems": {"POST": WRITE, "GET": READ},
+    "workitem": {"GET": READ, "POST": WRITE, "PUT": WRITE},
+    "state": {"PUT": PERFORM, "POST": PERFORM},
+    "cancelrequest": {"POST": PERFORM},
+    "subscription": {"POST": WATCH, "DELETE": WATCH, "GET": WATCH},
+    "suspend": {"POST": WATCH},
+    "channel": {"GET": WATCH},
+    "tickets": {"POST": WATCH},
+}
+
+
+def scope_of(resource: paths.Resource | None, method: str) -> str | None:
+    """The scope ``method`` on ``resource`` needs (None: unknown, answered 404/405)."""
+    if resource is None:
+        return None
+    return SCOPES[resource.kind].get(method)
 
 
 @web.middleware
@@ -92,17 +117,28 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(settings: Rest, service: UPSService, fanout: WebSocketFanout,
-               health: Health) -> web.Application:
+               health: Health, security: Security, audit: Record | None = None,
+               extensions: Sequence[Callable[[web.Application], None]] = ()
+               ) -> web.Application:
     """The REST/WebSocket front end: UPS-RS on ``service``, event channels on ``fanout``,
-    /health answered by ``health()``."""
-    app = web.Application(client_max_size=settings.max_body_bytes,
-                          middlewares=[errors_middleware])
+    /health answered by ``health()``, callers checked as ``security`` says, what happened
+    told to ``audit`` (when auditing is on); each of ``extensions`` adds its own routes (the
+    PS3.18 Modality Worklist and MPPS services, ``rest/mwl.py``, ``rest/mpps.py``)."""
+    middlewares = [errors_middleware, security_middleware(scope_of)]
+    if audit is not None:
+        middlewares.insert(0, audit_middleware(audit))
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
+    if audit is not None:
+        app.on_response_prepare.append(channel_opened(audit))
+    app[SECURITY] = security
     app[SETTINGS] = settings
     app[SERVICE] = service
     app[FANOUT] = fanout
     app[HEALTH] = health
     app[ORIGIN] = _origin_function(settings.public_url)
     app.router.add_get("/health", health_route)
+    for install in extensions:
+        install(app)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
 

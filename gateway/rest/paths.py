@@ -14,6 +14,7 @@ from urllib.parse import unquote
 @dataclass(frozen=True)
 class Resource:
     kind: str  # workitems | workitem | state | cancelrequest | subscription | suspend | channel
+    #            | tickets
     uid: str | None = None
     ae: str | None = None  # requester (state, cancelrequest) or subscriber AE
 
@@ -23,6 +24,8 @@ def parse(path: str, base_path: str) -> Resource | None:
     segments = [unquote(s) for s in path.split("/") if s]
     lowered = [s.lower() for s in segments]
     base = [s.lower() for s in base_path.split("/") if s]
+    if lowered in (base + ["ws-tickets"], ["ws-tickets"]):
+        return Resource("tickets")
     if "workitems" in lowered:
         at = lowered.index("workitems")
         prefix, rest = lowered[:at], segments[at + 1:]

@@ -8,13 +8,21 @@
 --          11 expected global-subscription version ('' = unchecked),
 --          12 subscriptions to add (msgpack array of {ae, lock}),
 --          13 events (msgpack array of {type, info blob, extra recipients, required, only}),
---          14 per-subscriber backlog, 15 now (ms), 16 State Report blob of the new content
+--          14 per-subscriber backlog, 15 now (ms), 16 State Report blob of the new content,
+--          17 MPPS instance UID to write in the same step ('' = none), 18 its expected version,
+--          19 its dataset blob, 20 its linked workitem, 21 its Transaction UID, 22 its note,
+--          23 its TTL in seconds ('' = none)
 -- An event goes to the workitem's subscribers plus its extra recipients, or only to 'only' when
 -- that list is not empty; 'required' refuses the commit when nobody would receive it.
 -- Returns  {1, new version} | {0, current version} conflict | {2} purged UID | {3} no recipient
+-- (an MPPS instance no longer at its version is a conflict too)
 local p, uid, key = ARGV[1], ARGV[2], KEYS[1]
 local current = tonumber(redis.call('HGET', key, 'v') or '0')
 if current ~= tonumber(ARGV[3]) then return {0, current} end
+if ARGV[17] ~= '' and tonumber(redis.call('HGET', k_mpps(p, ARGV[17]), 'v') or '0')
+    ~= tonumber(ARGV[18]) then
+  return {0, current}
+end
 if current == 0 and redis.call('EXISTS', k_tombstone(p, uid)) == 1 then return {2} end
 if ARGV[11] ~= '' and (redis.call('GET', k_globals_version(p)) or '0') ~= ARGV[11] then
   return {0, current}
@@ -73,6 +81,10 @@ if ARGV[4] ~= '' then
   end
 end
 redis.call('HSET', key, 'v', version)
+if ARGV[17] ~= '' then
+  save_mpps(k_mpps(p, ARGV[17]), tonumber(ARGV[18]) + 1, ARGV[19], ARGV[20], ARGV[21], ARGV[22],
+            ARGV[23])
+end
 
 for i, ev in ipairs(events) do
   local event = new_event(ev[1], uid, ev[2], ARGV[15])
@@ -80,5 +92,4 @@ for i, ev in ipairs(events) do
     enqueue(p, ae, ARGV[14], event)
   end
 end
-notify(p)
-return {1, version}
+return {1, version, notify(p)}

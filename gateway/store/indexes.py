@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from gateway.ups import tags as t
 from gateway.ups.dataset import Dataset, first, items, values
 from gateway.ups.matching import Key, Query, SeqKey
+from gateway.ups.mwl import step_id
+from gateway.ups.uids import IN_PROGRESS, SCHEDULED
 
 # Code-sequence indexes: (sequence tag, index prefix).
 _CODE_INDEXES = ((t.ScheduledStationNameCodeSequence, "sta"),
@@ -36,7 +38,14 @@ def index_names(ds: Dataset) -> list[str]:
             names.add(f"acc:{accession}")
         if study := first(request, t.StudyInstanceUID):
             names.add(f"study:{study}")
+    if state in (SCHEDULED, IN_PROGRESS) and (uid := first(ds, t.SOPInstanceUID)):
+        names.add(step_index(step_id(uid)))  # an MPPS names the workitem by its SPS ID
     return sorted(names)
+
+
+def step_index(sps_id: str) -> str:
+    """The index holding the (open) workitem whose MWL Scheduled Procedure Step ID is this."""
+    return f"sps:{sps_id}"
 
 
 @dataclass

@@ -19,8 +19,12 @@ Layout (``p`` = the key prefix, ``redis.key_prefix``, default ``ups:``):
   p queues               set    every AE that ever had an event queued
   p own:{transport}:{ae} string lease: who delivers the AE's events on ``ws`` / ``dimse``
   p cur:{transport}:{ae} string that transport's delivery cursor, "entry-id n"
+  p mpps:{uid}           hash   an MPPS instance: d=dataset (``codec``), v=version, w=linked
+                                workitem UID, tx=Transaction UID of its claim, n=note (TTL once
+                                COMPLETED/DISCONTINUED)
   p procs                zset   live gateway processes → heartbeat expiry
   p notify               pubsub wake-ups (and the events themselves) for the deliverers
+  p tkt:{digest}         string a WebSocket ticket (SHA-256 of it) → who and which AE (TTL)
 
 The Lua scripts get the same names as functions (``lua_functions``), generated from the methods
 below, so a key's name cannot differ between the two languages.
@@ -80,11 +84,17 @@ class Keys:
     def cursor(self, transport: str, ae: str) -> str:
         return f"{self.prefix}cur:{transport}:{ae}"
 
+    def mpps(self, uid: str) -> str:
+        return f"{self.prefix}mpps:{uid}"
+
     def processes(self) -> str:
         return f"{self.prefix}procs"
 
     def notify(self) -> str:
         return f"{self.prefix}notify"
+
+    def ticket(self, digest: str) -> str:
+        return f"{self.prefix}tkt:{digest}"
 
 
 _HOLE = "\x00"

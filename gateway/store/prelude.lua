@@ -23,8 +23,21 @@ local function enqueue(p, ae, backlog, event)
   end
 end
 
+-- Returns the notification ('' when nothing was queued), so that the committing process can
+-- hand it to its own deliverers at once instead of waiting for its echo.
 local function notify(p)
   if #published_entries > 0 then
-    redis.call('PUBLISH', k_notify(p), cmsgpack.pack({published_entries, published_events}))
+    local message = cmsgpack.pack({published_entries, published_events})
+    redis.call('PUBLISH', k_notify(p), message)
+    return message
   end
+  return ''
+end
+
+-- Write an MPPS instance (``mpps``): its fields at version v, and how long it is kept.
+local function save_mpps(key, v, blob, workitem, tx, note, ttl)
+  redis.call('HSET', key, 'd', blob, 'v', v, 'n', note)
+  if workitem ~= '' then redis.call('HSET', key, 'w', workitem) else redis.call('HDEL', key, 'w') end
+  if tx ~= '' then redis.call('HSET', key, 'tx', tx) else redis.call('HDEL', key, 'tx') end
+  if ttl ~= '' then redis.call('EXPIRE', key, tonumber(ttl)) end
 end

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from datetime import timezone
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator, Callable, Iterable
 
 import redis.asyncio as aioredis
 
@@ -36,7 +36,8 @@ from gateway.ups.dataset import Dataset
 from gateway.ups.dicomtime import UTC
 from gateway.ups.errors import WorkitemGone
 from gateway.ups.matching import Query, search_order
-from gateway.ups.ports import Change, Conflict, NoRecipient, QueuedEvent, Record, SearchPage
+from gateway.ups.ports import (Change, Conflict, MppsRecord, NoRecipient, QueuedEvent, Record,
+                               SearchPage)
 
 _SCAN_CHUNK = 500  # candidate UIDs read per round trip
 _PURGE_BATCH = 200
@@ -61,6 +62,10 @@ class RedisWorkitemStore:
         self._page = scripts.on_lane(lane, "page.lua")
         self._datasets = scripts.on_lane(lane, "datasets.lua")
         self._purge = scripts.script(client, "purge.lua")
+        self._save_mpps = scripts.script(client, "mpps.lua")
+        # Set by the composition root: given each notification this process's commits publish,
+        # as soon as the commit returns (the event hub: no wait for Redis's echo).
+        self.on_published: Callable[[bytes], None] | None = None
 
     # ---- single workitems --------------------------------------------------------------------
 
@@ -115,10 +120,13 @@ class RedisWorkitemStore:
             codec.pack_for_lua([[e.type, codec.pack(e.info), list(e.extra), e.needs_recipient,
                                  list(e.only)] for e in events]),
             self.backlog, now_ms(),
-            codec.pack(change.state_report) if change.state_report else b""])
+            codec.pack(change.state_report) if change.state_report else b"",
+            *_mpps_args(change.mpps, with_uid=True)])
         code = int(result[0])
         if code == 1:
             version = int(result[1])
+            if result[2] and self.on_published is not None:
+                self.on_published(result[2])
             if ds is not None:
                 self._remember(uid, version, blob, change.state, change.tx, change.performer)
             elif uid in self._recent:  # events only: the content is as remembered
@@ -130,6 +138,28 @@ class RedisWorkitemStore:
         if code == 3:
             raise NoRecipient(uid)
         raise Conflict(uid, int(result[1]))
+
+    # ---- MPPS instances ------------------------------------------------------------------------
+
+    async def load_mpps(self, uid: str) -> MppsRecord | None:
+        blob, version, workitem, tx, note = await self.redis.hmget(
+            self.keys.mpps(uid), "d", "v", "w", "tx", "n")
+        if blob is None:
+            return None
+        return MppsRecord(uid, int(version), codec.unpack_dataset(blob),
+                          workitem.decode() if workitem else None, tx.decode() if tx else None,
+                          (note or b"").decode())
+
+    async def save_mpps(self, record: MppsRecord) -> int:
+        result = await self._save_mpps(keys=[self.keys.mpps(record.uid)],
+                                       args=_mpps_args(record, with_uid=False))
+        if int(result[0]) != 1:
+            raise Conflict(record.uid, int(result[1]))
+        return int(result[1])
+
+    async def find_step(self, step_id: str) -> str | None:
+        found = await self.redis.zrange(self.keys.index(indexes.step_index(step_id)), 0, 0)
+        return found[0].decode() if found else None
 
     # ---- search --------------------------------------------------------------------------------
 
@@ -169,12 +199,13 @@ class RedisWorkitemStore:
 
     async def _matches(self, query: Query, plan: indexes.Plan
                        ) -> AsyncIterator[tuple[str, codec.RawDataset]]:
-        matched_part = codec.decoder(query.keys)  # matching decodes only what it compares
+        matched_part = codec.decoder(query.compared())  # decode only what matching reads
         uid_key = query.keys.get(t.SOPInstanceUID)
         if uid_key is not None and uid_key.kind == "uids":
             # An explicit UID list is short: sort its matches into search order here.
             found = await self._raw_datasets(sorted(uid_key.uids))
-            keyed = [(search_order(codec.parse(raw, (t.ScheduledProcedureStepStartDateTime,)),
+            keyed = [(search_order(codec.parse(raw, (t.ScheduledProcedureStepStartDateTime,
+                                                     t.TimezoneOffsetFromUTC)),
                                    self.tz), uid, raw) for uid, raw in found]
             for _, uid, raw in sorted(keyed, key=lambda k: (k[0], k[1])):
                 if query.matches(matched_part(raw)):
@@ -227,6 +258,16 @@ class RedisWorkitemStore:
         for uid in purged:
             self._recent.pop(uid, None)
         return purged
+
+
+def _mpps_args(record: MppsRecord | None, *, with_uid: bool) -> list:
+    """An MPPS instance to write as script arguments (commit.lua 17-23, mpps.lua 1-6)."""
+    if record is None:
+        return ["", "", "", "", "", "", ""] if with_uid else []
+    args = [record.version, codec.pack_dataset(record.dataset), record.workitem or "",
+            record.tx or "", record.note,
+            "" if record.ttl_seconds is None else max(1, int(record.ttl_seconds))]
+    return [record.uid, *args] if with_uid else args
 
 
 def _bounds(plan: indexes.Plan) -> tuple[str, str]:

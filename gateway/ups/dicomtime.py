@@ -19,14 +19,51 @@ _TM = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?$")
 UTC = timezone.utc
 
 
+@functools.lru_cache(maxsize=256)
 def parse_offset(text: str | None, default: timezone = UTC) -> timezone:
+    """A UTC offset (+HHMM / -HHMM, -1200 … +1400, PS3.5 DT) as a timezone; ``default`` for
+    none."""
     if not text:
         return default
     sign = -1 if text[0] == "-" else 1
-    digits = text.lstrip("+-")
+    digits = text[1:] if text[0] in "+-" else text
     if len(digits) != 4 or not digits.isdigit():
         raise ValueError(f"invalid UTC offset {text!r}")
-    return timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
+    hours, minutes = int(digits[:2]), int(digits[2:])
+    limit = 12 if sign < 0 else 14
+    if minutes >= 60 or hours > limit or (hours == limit and minutes):
+        raise ValueError(f"UTC offset {text!r} is out of range (-1200 to +1400)")
+    return timezone(sign * timedelta(hours=hours, minutes=minutes))
+
+
+def split_dt_range(raw: str, tz: timezone = UTC) -> tuple[str, str] | None:
+    """How a DT matching value reads: (low, high) texts of a range (either may be empty: an
+    open end), or None for a single value. A hyphen is a range separator or the sign of a UTC
+    offset; every reading is tried: a range whose ends are valid DT values (each may carry its
+    own offset) and that does not end before it starts comes first — so year-only and date-only
+    ranges (``2026-2027``, ``20261125-20261130``) are ranges, never a value with an offset —
+    then a single value with a negative offset (``20261125100000-0500``), then any other range
+    (which the caller refuses as ending before it starts). ValueError when none is valid."""
+    ranges = [(raw[:i], raw[i + 1:]) for i, c in enumerate(raw) if c == "-"
+              and _is_dt(raw[:i], tz, empty=True) and _is_dt(raw[i + 1:], tz, empty=True)]
+    for low, high in ranges:
+        if not low or not high or dt_period(low, tz)[0] < dt_period(high, tz)[1]:
+            return low, high
+    if _is_dt(raw, tz):
+        return None
+    if ranges:
+        return ranges[0]
+    raise ValueError(f"invalid DT value or range {raw!r}")
+
+
+def _is_dt(text: str, tz: timezone, empty: bool = False) -> bool:
+    if not text:
+        return empty
+    try:
+        dt_period(text, tz)
+    except (ValueError, OverflowError):
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=8192)  # the same values recur: stamps, query ranges, scores

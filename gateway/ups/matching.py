@@ -11,6 +11,7 @@ matching (all keys of one query item must match within one item of the target), 
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -18,9 +19,9 @@ from datetime import timezone
 from typing import Union
 
 from gateway.ups import tags as t
-from gateway.ups.dataset import (STRING_VRS, Dataset, describe, dictionary_vr, first, person_name,
+from gateway.ups.dataset import (STRING_VRS, Dataset, describe, dictionary_vr, first,
                                  resolve, select, values)
-from gateway.ups.dicomtime import UTC, dt_period, parse_offset, period
+from gateway.ups.dicomtime import UTC, dt_period, parse_offset, period, split_dt_range
 from gateway.ups.errors import InvalidQuery
 
 WILDCARD_VRS = frozenset("AE CS LO LT PN SH ST UC UR UT".split())
@@ -49,6 +50,9 @@ MATCHABLE = DEFAULT_RETURN | frozenset((
     t.UnifiedProcedureStepPerformedProcedureSequence, t.OutputInformationSequence,
 ))
 NEVER_RETURNED = frozenset((t.TransactionUID,))
+# What every C-FIND response carries when the workitem has it, asked for or not: which instance
+# it is, and the offset its DT values without one are read in.
+ALWAYS_RETURNED = frozenset((t.SOPClassUID, t.SOPInstanceUID, t.TimezoneOffsetFromUTC))
 # Keys an identifier carries that are not matching keys.
 NOT_MATCHED = frozenset((t.SpecificCharacterSet, t.TimezoneOffsetFromUTC))
 
@@ -77,7 +81,10 @@ class SeqKey:
 
     @property
     def kind(self) -> str:
-        return "sequence" if self.children else "universal"
+        # An item of only universal keys (the usual "return me this sequence" template) is
+        # universal for the sequence: it matches workitems whose sequence is empty or absent.
+        return ("sequence" if any(c.kind != "universal" for c in self.children.values())
+                else "universal")
 
 
 Node = Union[Key, SeqKey]
@@ -92,10 +99,20 @@ class Query:
     offset: int = 0
     limit: int | None = None
     store_tz: timezone = UTC  # how stored DT values without a UTC offset are read
+    # A C-FIND identifier (canonical form): when set, a result carries exactly its keys (and
+    # ALWAYS_RETURNED), a sequence reduced to its matching items and to the
+    # attributes the identifier's item asks for.
+    template: Dataset | None = None
     _returned: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def matches(self, ds: Dataset) -> bool:
-        return all(_match(node, ds, self) for node in self.keys.values())
+        tz = workitem_tz(ds, self.store_tz)
+        return all(_match(node, ds, self, tz) for node in self.keys.values())
+
+    def compared(self) -> frozenset[str]:
+        """The top-level attributes matching reads of a workitem (its keys, and the workitem's
+        Timezone Offset From UTC, which says how its DT values are read)."""
+        return frozenset(self.keys) | {t.TimezoneOffsetFromUTC}
 
     def project(self, ds: Dataset) -> Dataset:
         """The attributes a result returns: defaults, match keys and includefield attributes."""
@@ -108,8 +125,24 @@ class Query:
         if self.include_all:
             return None, NEVER_RETURNED
         if self._returned is None:
-            self._returned = (DEFAULT_RETURN | self.include | set(self.keys)) - NEVER_RETURNED
+            if self.template is not None:
+                self._returned = frozenset(
+                    set(self.template) - {t.SpecificCharacterSet}
+                    | ALWAYS_RETURNED) - NEVER_RETURNED
+            else:
+                self._returned = (DEFAULT_RETURN | self.include | set(self.keys)) - NEVER_RETURNED
         return self._returned, NEVER_RETURNED
+
+    def respond(self, ds: Dataset) -> Dataset:
+        """A (projected) match as the C-FIND response identifier: every key of the template with
+        the workitem's value or empty, a sequence key's items reduced to those that match it and
+        to the attributes its item asks for (all of them for an empty item or no item). Without
+        a template the match is returned as it is."""
+        if self.template is None:
+            return ds
+        out = _respond(self.template, self.keys, ds, self, workitem_tz(ds, self.store_tz))
+        out.update((tag, ds[tag]) for tag in ALWAYS_RETURNED if tag in ds)
+        return dict(sorted(out.items()))
 
     def single_value(self, tag: str) -> str | None:
         """The value of a top-level single-value key (for index selection)."""
@@ -119,12 +152,25 @@ class Query:
 
 def search_order(ds: Dataset, tz: timezone = UTC) -> float:
     """Where a workitem sorts in every search answer: by Scheduled Procedure Step Start
-    DateTime (epoch seconds; 0 when absent or unreadable), equal times by SOP Instance UID."""
+    DateTime (epoch seconds; 0 when absent or unreadable), equal times by SOP Instance UID.
+    ``ds`` needs its Timezone Offset From UTC too (``workitem_tz``)."""
     start = first(ds, t.ScheduledProcedureStepStartDateTime)
     try:
-        return dt_period(start, tz)[0] if start else 0.0
+        return dt_period(start, workitem_tz(ds, tz))[0] if start else 0.0
     except ValueError:
         return 0.0
+
+
+def workitem_tz(ds: Dataset, default: timezone = UTC) -> timezone:
+    """How a workitem's DT values without a UTC offset are read: in its own Timezone Offset From
+    UTC (0008,0201) when it has a valid one, else in ``default`` (``ups.timezone_offset``)."""
+    offset = first(ds, t.TimezoneOffsetFromUTC)
+    if not offset:
+        return default
+    try:
+        return parse_offset(offset, default)
+    except (ValueError, TypeError):
+        return default
 
 
 # ---- building queries ---------------------------------------------------------------------
@@ -174,9 +220,11 @@ def leaf_key(tag: str, vr: str, raw: str, tz: timezone) -> Key:
 
 def _range_key(tag: str, vr: str, raw: str, tz: timezone, where: str) -> Key:
     low_text, sep, high_text = raw.partition("-")
-    if vr == "DT" and re.fullmatch(r"\d{4,21}(\.\d{1,6})?[+-]\d{4}", raw):
-        sep = ""  # one DT with a negative UTC offset, not a range
     try:
+        if vr == "DT":  # a hyphen may also be the sign of a UTC offset, on either end
+            bounds = split_dt_range(raw, tz)
+            low_text, sep, high_text = ("", "", "") if bounds is None else (bounds[0], "-",
+                                                                            bounds[1])
         if not sep:  # a single value: the whole period of its precision
             low, high = period(vr, raw, tz)
             return Key(tag, vr, "range", raw, low=low, high=high)
@@ -217,30 +265,35 @@ def add_term(query: Query, path: list[str], raw: str, tz: timezone, name: str) -
 
 def from_identifier(identifier: Dataset, *, default_tz: timezone = UTC) -> Query:
     """Build a query from a C-FIND identifier in canonical form: every element is a return key,
-    every element with a value a matching key."""
+    every element with a value a matching key. Any attribute of the data dictionary is matched
+    by the same rules (PS3.4 C.2.2.2), whether or not the UPS IOD has it; an attribute the
+    dictionary does not know (a private one) is only a return key."""
     offset = values(identifier, t.TimezoneOffsetFromUTC)
     try:
         tz = parse_offset(offset[0], default_tz) if offset else default_tz
     except ValueError:
         raise InvalidQuery("TimezoneOffsetFromUTC (0008,0201) is not +HHMM/-HHMM") from None
-    query = Query(store_tz=default_tz)
-    query.keys = _identifier_keys(identifier, tz, top_level=True)
+    query = Query(store_tz=default_tz, template=identifier)
+    query.keys = _identifier_keys(identifier, tz)
     return query
 
 
-def _identifier_keys(ds: Dataset, tz: timezone, top_level: bool) -> dict[str, Node]:
+def _identifier_keys(ds: Dataset, tz: timezone) -> dict[str, Node]:
     keys: dict[str, Node] = {}
     for tag, elem in ds.items():
         if tag in NOT_MATCHED or tag in NEVER_RETURNED:
             continue
-        if top_level and tag not in MATCHABLE:
-            raise InvalidQuery(f"{describe(tag)} is not a supported matching key")
+        known = dictionary_vr(tag)
+        if known is None:
+            continue  # private or unknown: returned (empty), never matched
         vr = elem.get("vr")
+        if vr == "UN" or vr is None:
+            vr = known.split(" or ")[0]
         if vr == "SQ":
             item_list = elem.get("Value") or []
             if len(item_list) > 1:
                 raise InvalidQuery(f"{describe(tag)}: a sequence matching key has one item")
-            children = _identifier_keys(item_list[0], tz, False) if item_list else {}
+            children = _identifier_keys(item_list[0], tz) if item_list else {}
             keys[tag] = SeqKey(tag, children)
             continue
         keys[tag] = leaf_key(tag, vr, _identifier_text(elem), tz)
@@ -249,33 +302,66 @@ def _identifier_keys(ds: Dataset, tz: timezone, top_level: bool) -> dict[str, No
 
 def _identifier_text(elem: dict) -> str:
     vals = [v for v in elem.get("Value") or [] if v is not None]
-    if elem.get("vr") == "PN":
-        vals = [person_name(v) for v in vals]
+    if elem.get("vr") == "PN":  # every component group: "Alphabetic=Ideographic=Phonetic"
+        vals = ["=".join(v.get(g) or "" for g in PN_GROUPS).rstrip("=") if isinstance(v, dict)
+                else str(v) for v in vals]
     return "\\".join(str(v) for v in vals)
+
+
+def _respond(template: Dataset, nodes: dict[str, Node], ds: Dataset, query: Query,
+             tz: timezone) -> Dataset:
+    out: Dataset = {}
+    for tag, elem in template.items():
+        if tag == t.SpecificCharacterSet or tag in NEVER_RETURNED:
+            continue
+        stored = ds.get(tag)
+        if elem.get("vr") != "SQ" or stored is None:
+            out[tag] = stored if stored is not None else {"vr": _empty_vr(tag, elem)}
+            continue
+        wanted = elem.get("Value") or []
+        if not wanted or not set(wanted[0]) - {t.SpecificCharacterSet}:
+            out[tag] = stored  # a zero-length sequence or item: the whole sequence
+            continue
+        node = nodes.get(tag)
+        children = node.children if isinstance(node, SeqKey) else {}
+        kept = [_respond(wanted[0], children, item, query, tz)
+                for item in stored.get("Value") or () if isinstance(item, dict)
+                and all(_match(child, item, query, tz) for child in children.values())]
+        out[tag] = {"vr": "SQ", "Value": kept} if kept else {"vr": "SQ"}
+    return dict(sorted(out.items()))
+
+
+def _empty_vr(tag: str, elem: dict) -> str:
+    vr = elem.get("vr")
+    if vr and vr != "UN":
+        return vr
+    known = dictionary_vr(tag)
+    return known.split(" or ")[0] if known else "UN"
 
 
 # ---- matching ------------------------------------------------------------------------------
 
-def _match(node: Node, ds: Dataset, query: Query) -> bool:
+def _match(node: Node, ds: Dataset, query: Query, tz: timezone) -> bool:
+    """``tz``: how the workitem's DT values without an offset are read (``workitem_tz``)."""
     if node.kind == "universal":
         return True
     if isinstance(node, SeqKey):
-        return any(all(_match(child, item, query) for child in node.children.values())
+        return any(all(_match(child, item, query, tz) for child in node.children.values())
                    for item in values(ds, node.tag) if isinstance(item, dict))
     vals = [v for v in values(ds, node.tag) if v is not None and v != ""]
     if not vals:
         return False
-    return any(_match_value(node, v, query) for v in vals)
+    return any(_match_value(node, v, query, tz) for v in vals)
 
 
-def _match_value(key: Key, value, query: Query) -> bool:
+def _match_value(key: Key, value, query: Query, tz: timezone) -> bool:
     if key.vr == "PN":
         return _match_name(key, value, query.fuzzy)
     if key.kind == "uids":
         return value in key.uids
     if key.kind == "range":
         try:
-            start = period(key.vr, value, query.store_tz)[0]
+            start = period(key.vr, value, tz)[0]
         except ValueError:
             return False
         return (key.low is None or start >= key.low) and (key.high is None or start < key.high)
@@ -286,16 +372,56 @@ def _match_value(key: Key, value, query: Query) -> bool:
     return value == key.value
 
 
+PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+
+
 def _match_name(key: Key, value: dict, fuzzy: bool) -> bool:
-    groups = [g for g in (value or {}).values() if g]
+    """Person names: case-insensitive; compared component by component (``^``), trailing empty
+    components insignificant (``DOE^JOHN^^^`` = ``DOE^JOHN``); a wildcard matches within its
+    component, and a value ending in ``*`` also matches any further components (``DOE*``
+    matches ``DOE^JOHN``). A value of one component group matches any group of the name; one of
+    several groups (``Yamada^Tarou=山田^太郎``) matches each of its non-empty groups against the
+    name's group in the same place."""
+    stored = [(value or {}).get(g) or "" for g in PN_GROUPS] if isinstance(value, dict) \
+        else [str(value), "", ""]
     if fuzzy:
         wanted = _fold(key.value.replace("*", "").replace("?", ""))
         return any(_fold(g).startswith(wanted) or
                    any(part.startswith(wanted) for part in re.split(r"[\^= ]", _fold(g)) if part)
-                   for g in groups)
-    if key.kind == "wildcard":
-        return any(key.pattern.fullmatch(g) for g in groups)
-    return any(g.casefold() == key.value.casefold() for g in groups)
+                   for g in stored if g)
+    wildcard = key.kind == "wildcard"
+    wanted = key.value.split("=")
+    if len(wanted) == 1:
+        return any(_name_group_matches(wanted[0], g, wildcard) for g in stored if g)
+    return any(wanted) and all(not w or _name_group_matches(w, g, wildcard)
+                               for w, g in zip(wanted, stored))
+
+
+def _name_group_matches(wanted: str, stored: str, wildcard: bool) -> bool:
+    want, have = _components(wanted), _components(stored)
+    if not wildcard:
+        return [c.casefold() for c in want] == [c.casefold() for c in have]
+    extends = bool(want) and want[-1].endswith("*")
+    for i in range(max(len(want), len(have))):
+        if i < len(want):
+            if not _component_pattern(want[i]).fullmatch(have[i] if i < len(have) else ""):
+                return False
+        elif have[i] and not extends:
+            return False
+    return True
+
+
+def _components(group: str) -> list[str]:
+    """A component group's components, without the trailing empty ones."""
+    parts = group.split("^")
+    while parts and not parts[-1].strip():
+        parts.pop()
+    return parts
+
+
+@functools.lru_cache(maxsize=1024)
+def _component_pattern(component: str) -> re.Pattern:
+    return _wildcard(component, True)
 
 
 def _fold(text: str) -> str:

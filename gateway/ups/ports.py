@@ -42,6 +42,21 @@ class Record:
 
 
 @dataclass
+class MppsRecord:
+    """A Modality Performed Procedure Step instance as kept by the gateway (``mpps``): its
+    dataset, the workitem it is linked to, the Transaction UID of the claim made for it, and a
+    note saying how it was linked or why not. ``version`` 0: not stored yet."""
+
+    uid: str
+    version: int
+    dataset: Dataset
+    workitem: str | None = None
+    tx: str | None = None
+    note: str = ""
+    ttl_seconds: int | None = None  # kept this long after this change (None: no limit)
+
+
+@dataclass
 class Change:
     """The new content of a workitem, ready to commit together with its events."""
 
@@ -53,6 +68,7 @@ class Change:
     add_subscriptions: tuple[tuple[str, bool], ...] = ()  # (AE, deletion lock)
     global_version: int | None = None  # commit only if the global subscriptions are unchanged
     state_report: Dataset | None = None  # kept beside the dataset for later global subscribers
+    mpps: MppsRecord | None = None  # written in the same step, if still at its version
 
 
 @dataclass
@@ -123,6 +139,16 @@ class WorkitemStore(Protocol):
 
     async def count(self) -> int:
         """How many workitems are stored."""
+
+    async def find_step(self, step_id: str) -> str | None:
+        """The open (SCHEDULED or IN PROGRESS) workitem whose MWL Scheduled Procedure Step ID
+        is ``step_id`` (``mwl.step_id``), or None."""
+
+    async def load_mpps(self, uid: str) -> MppsRecord | None: ...
+
+    async def save_mpps(self, record: MppsRecord) -> int:
+        """Store an MPPS instance alone if it is still at ``record.version`` (0: it must not
+        exist); returns the new version; raises ``Conflict``."""
 
     async def purge(self, cutoff_ms: int, tombstone_ttl_s: int) -> list[str]:
         """Delete up to a batch of final workitems that reached their final state before

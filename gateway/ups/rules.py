@@ -45,7 +45,21 @@ NOT_SETTABLE = (t.SOPClassUID, t.SOPInstanceUID, t.ProcedureStepState, t.Patient
 # N-SET usage 3/1: optional in the request, but if sent it must carry a value.
 SET_TYPE1 = (t.ScheduledProcedureStepPriority, t.ProcedureStepLabel, t.WorklistLabel,
              t.ScheduledProcedureStepStartDateTime, t.InputReadinessState,
-             t.ExpectedCompletionDateTime)
+             t.ExpectedCompletionDateTime, t.ScheduledWorkitemCodeSequence,
+             t.CommentsOnTheScheduledProcedureStep)
+
+# N-SET usage 3/1 inside the items of a sequence the N-SET sends.
+SET_ITEM_TYPE1 = {
+    t.ProcedureStepProgressInformationSequence: (
+        t.ProcedureStepProgress, t.ProcedureStepProgressDescription,
+        t.ProcedureStepCommunicationsURISequence, t.ProcedureStepCancellationDateTime,
+        t.ReasonForCancellation, t.ProcedureStepDiscontinuationReasonCodeSequence),
+    t.UnifiedProcedureStepPerformedProcedureSequence: (
+        t.ActualHumanPerformersSequence, t.PerformedProcedureStepStartDateTime,
+        t.PerformedProcedureStepDescription, t.CommentsOnThePerformedProcedureStep,
+        t.PerformedWorkitemCodeSequence, t.PerformedProcessingParametersSequence,
+        t.PerformedProcedureStepEndDateTime),
+}
 
 ENUMERATED = {t.ScheduledProcedureStepPriority: PRIORITIES,
               t.InputReadinessState: INPUT_READINESS_STATES}
@@ -53,7 +67,17 @@ ENUMERATED = {t.ScheduledProcedureStepPriority: PRIORITIES,
 CODE_SEQUENCES = (t.ScheduledStationNameCodeSequence, t.ScheduledStationClassCodeSequence,
                   t.ScheduledStationGeographicLocationCodeSequence, t.ScheduledWorkitemCodeSequence,
                   t.HumanPerformerCodeSequence, t.PerformedStationNameCodeSequence,
-                  t.PerformedWorkitemCodeSequence, t.ProcedureStepDiscontinuationReasonCodeSequence)
+                  t.PerformedWorkitemCodeSequence, t.ProcedureStepDiscontinuationReasonCodeSequence,
+                  t.ConceptNameCodeSequence, t.ConceptCodeSequence,
+                  t.MeasurementUnitsCodeSequence)
+
+# Content items (processing parameters, progress parameters): the attribute holding the value
+# of each Value Type (PS3.3 Table 10-2 Content Item macro; type 1C on the Value Type).
+CONTENT_VALUES = {"TEXT": (t.TextValue,), "NUMERIC": (t.NumericValue,
+                                                      t.MeasurementUnitsCodeSequence),
+                  "CODE": (t.ConceptCodeSequence,), "DATETIME": (t.DateTimeValue,),
+                  "DATE": (t.DateValue,), "TIME": (t.TimeValue,),
+                  "PNAME": (t.PersonNameValue,), "UIDREF": (t.UIDValue,)}
 
 
 def check_create(ds: Dataset) -> list[str]:
@@ -91,14 +115,25 @@ def check_create(ds: Dataset) -> list[str]:
     return added
 
 
-def check_update(mods: Dataset) -> None:
-    """Validate an N-SET modification list (before the state checks have passed it on)."""
+def check_update(mods: Dataset, stored: Dataset | None = None) -> Dataset:
+    """Validate an N-SET modification list (once the state checks have passed it) against the
+    ``stored`` dataset; returns the modifications to apply. An attribute sent with the value it
+    already has is no change (clients echo what N-GET returned): it is accepted, even one that
+    may not be changed, and left out."""
+    if stored is not None:
+        mods = {tag: elem for tag, elem in mods.items() if not same_element(elem, stored.get(tag))}
     for tag in NOT_SETTABLE:
         if tag in mods:
             raise InvalidDataset(f"{describe(tag)} may not be changed by an update")
     for tag in SET_TYPE1:
         if tag in mods and not has_value(mods, tag):
             raise InvalidDataset(f"{describe(tag)} may not be emptied", st.MISSING_ATTRIBUTE_VALUE)
+    for seq, item_tags in SET_ITEM_TYPE1.items():
+        for i, item in enumerate(items(mods, seq)):
+            for tag in item_tags:
+                if tag in item and not has_value(item, tag):
+                    raise InvalidDataset(f"{describe(tag)} may not be emptied (in "
+                                         f"{describe(seq)}[{i}])", st.MISSING_ATTRIBUTE_VALUE)
     for tag in (t.ProcedureStepProgressInformationSequence,):
         for i, item in enumerate(items(mods, tag)):
             for uri_item in items(item, t.ProcedureStepCommunicationsURISequence):
@@ -107,6 +142,28 @@ def check_update(mods: Dataset) -> None:
                                          f"{describe(t.ProcedureStepCommunicationsURISequence)}: "
                                          f"{describe(t.ContactURI)} is required")
     check_values(mods)
+    return mods
+
+
+def same_element(new: dict, old: dict | None) -> bool:
+    """Whether an element sent in an update holds what is stored: the same values (items
+    compared attribute by attribute), an empty element and an absent one alike."""
+    if old is None:
+        return not new.get("Value") and "InlineBinary" not in new
+    if new.get("InlineBinary") != old.get("InlineBinary"):
+        return False
+    a, b = new.get("Value") or [], old.get("Value") or []
+    if len(a) != len(b):
+        return False
+    if new.get("vr") == "SQ":
+        return all(isinstance(x, dict) and isinstance(y, dict) and _same_item(x, y)
+                   for x, y in zip(a, b))
+    return a == b
+
+
+def _same_item(a: Dataset, b: Dataset) -> bool:
+    return all(same_element(elem, b.get(tag)) for tag, elem in a.items()) and \
+        all(tag in a or same_element(elem, None) for tag, elem in b.items())
 
 
 def check_values(ds: Dataset) -> None:
@@ -123,11 +180,14 @@ def _check_codes(ds: Dataset, path: tuple = ()) -> None:
         if elem.get("vr") != "SQ" or not (seq_items := elem.get("Value")):
             continue
         is_code = tag_key in CODE_SEQUENCES
+        item_rule = ITEM_RULES.get(tag_key)
         for i, item in enumerate(seq_items):
             if item:
                 where = (*path, (tag_key, i))  # rendered only when something is wrong
                 if is_code:
                     _check_code_item(item, where)
+                if item_rule is not None:
+                    item_rule(item, where)
                 _check_codes(item, where)
 
 
@@ -142,6 +202,54 @@ def _check_code_item(item: Dataset, where: tuple) -> None:
     if not has_value(item, t.CodeMeaning):
         raise InvalidDataset(f"{_path(where)}: {describe(t.CodeMeaning)} is required",
                              st.MISSING_ATTRIBUTE)
+
+
+def _require(item: Dataset, where: tuple, *tags: str) -> None:
+    for tag in tags:
+        # The missing attribute first: an Error Comment (64 characters) keeps the start.
+        if tag not in item:
+            raise InvalidDataset(f"{describe(tag)} is required in {_path(where)}",
+                                 st.MISSING_ATTRIBUTE)
+        if not has_value(item, tag):
+            raise InvalidDataset(f"{describe(tag)} must have a value in {_path(where)}",
+                                 st.MISSING_ATTRIBUTE_VALUE)
+
+
+def _human_performer(item: Dataset, where: tuple) -> None:
+    _require(item, where, t.HumanPerformerCodeSequence)
+
+
+def _referenced_instances(item: Dataset, where: tuple) -> None:
+    """Referenced Instances and Access macro (Input / Output Information Sequence items)."""
+    _require(item, where, t.TypeOfInstances, t.ReferencedSOPSequence)
+    if first(item, t.TypeOfInstances) == "DICOM":
+        _require(item, where, t.StudyInstanceUID, t.SeriesInstanceUID)
+    for i, ref in enumerate(items(item, t.ReferencedSOPSequence)):
+        _require(ref, (*where, (t.ReferencedSOPSequence, i)), t.ReferencedSOPClassUID,
+                 t.ReferencedSOPInstanceUID)
+
+
+def _content_item(item: Dataset, where: tuple) -> None:
+    """Content Item macro (processing and progress parameter items)."""
+    _require(item, where, t.ValueType, t.ConceptNameCodeSequence)
+    value_type = first(item, t.ValueType)
+    if value_type not in CONTENT_VALUES:
+        raise InvalidDataset(f"{describe(t.ValueType)} {value_type!r} is not one of "
+                             f"{', '.join(CONTENT_VALUES)} (in {_path(where)})")
+    _require(item, where, *CONTENT_VALUES[value_type])
+
+
+# What the items of these sequences must hold (their type 1 attributes; PS3.4 Table CC.2.5-3),
+# wherever the sequence appears, on N-CREATE and N-SET alike.
+ITEM_RULES = {
+    t.ScheduledHumanPerformersSequence: _human_performer,
+    t.ActualHumanPerformersSequence: _human_performer,
+    t.InputInformationSequence: _referenced_instances,
+    t.OutputInformationSequence: _referenced_instances,
+    t.ScheduledProcessingParametersSequence: _content_item,
+    t.PerformedProcessingParametersSequence: _content_item,
+    t.ProcedureStepProgressParametersSequence: _content_item,
+}
 
 
 def _path(where: tuple) -> str:

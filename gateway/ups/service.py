@@ -21,7 +21,7 @@ from gateway.ups import rules, statemachine
 from gateway.ups import status as st
 from gateway.ups import tags as t
 from gateway.ups.dataset import (Dataset, code_item, describe, element, first, has_value, items,
-                                 new_uid, put, select)
+                                 dictionary_vr, new_uid, put, select, without_character_sets)
 from gateway.ups.dicomtime import UTC, format_dt
 from gateway.ups.errors import InvalidDataset, NoSuchWorkitem, UPSError, WorkitemGone
 from gateway.ups.matching import Query, Terms
@@ -100,6 +100,7 @@ class UPSService:
             raise InvalidDataset(f"{describe(t.SOPInstanceUID)} {payload_uid} differs from the "
                                  f"workitem UID {uid} of the request")
         uid = uid or payload_uid
+        ds = without_character_sets(ds)
         outcome = Outcome(uid or "", uid_assigned=not uid)
         if not uid:
             outcome.uid = uid = new_uid()
@@ -146,18 +147,25 @@ class UPSService:
     # ---- retrieve ----------------------------------------------------------------------
 
     async def retrieve(self, uid: str, keys: list[str] | None = None) -> Dataset:
-        """The workitem (N-GET / Retrieve Workitem); never includes the Transaction UID."""
+        """The workitem (N-GET / Retrieve Workitem); never includes the Transaction UID.
+        With ``keys`` (an N-GET Attribute Identifier List), those attributes: one the workitem
+        lacks comes back empty (zero-length), as C-FIND return keys do."""
         record = await self.store.load(uid)
         if record is None:
             raise NoSuchWorkitem(uid)
-        return select(record.dataset, keys) if keys else record.dataset
+        if not keys:
+            return record.dataset
+        ds = record.dataset
+        return {key: ds[key] if key in ds else element(_empty_vr(key))
+                for key in sorted(set(keys)) if key != t.TransactionUID
+                and not key.startswith("0000") and key[4:] != "0000"}  # never in a dataset
 
     # ---- update ------------------------------------------------------------------------
 
     async def update(self, uid: str, mods: Dataset, tx: str | None = None, *,
                      requester: str | None = None) -> Outcome:
         """Apply an N-SET modification list / Update Workitem payload."""
-        mods = dict(mods)
+        mods = dict(without_character_sets(mods))
         payload_tx = first(mods, t.TransactionUID)
         mods.pop(t.TransactionUID, None)
         if tx and payload_tx and tx != payload_tx:
@@ -169,13 +177,12 @@ class UPSService:
         async def decide(attempt: Attempt) -> None:
             record = await attempt.load(uid)
             statemachine.check_update(record.state, tx, record.tx)
-            rules.check_update(mods)
             before = record.dataset
-            after = {**before, **mods}
-            if t.SpecificCharacterSet in mods and t.SpecificCharacterSet in before:
-                merged = list(dict.fromkeys(before[t.SpecificCharacterSet].get("Value", []) +
-                                            mods[t.SpecificCharacterSet].get("Value", [])))
-                after[t.SpecificCharacterSet] = element("CS", *merged)
+            applied = rules.check_update(mods, before)  # what an echo leaves out is no change
+            # Text is Unicode and no character set is kept (a workitem stored by an earlier
+            # version may still hold one: it goes, so nothing can end up multi-valued).
+            after = {**before, **applied}
+            after.pop(t.SpecificCharacterSet, None)
             put(after, t.ScheduledProcedureStepModificationDateTime, "DT", format_dt())
             after = dict(sorted(after.items()))
             events = []
@@ -305,8 +312,19 @@ class UPSService:
         return SearchResult(page.rendered, page.total, query.offset)
 
     def search_stream(self, query: Query) -> AsyncIterator[Dataset]:
-        """Every match in search order, projected — for C-FIND pending responses."""
-        return self.store.search_stream(query)
+        """Every match in search order, projected — for C-FIND pending responses (shaped to
+        the identifier's return keys when the query has one)."""
+        if query.template is None:
+            return self.store.search_stream(query)
+        return self._responses(query)
+
+    async def _responses(self, query: Query) -> AsyncIterator[Dataset]:
+        stream = self.store.search_stream(query)
+        try:
+            async for ds in stream:
+                yield query.respond(ds)
+        finally:
+            await stream.aclose()
 
     # ---- retention ---------------------------------------------------------------------
 
@@ -354,3 +372,9 @@ class UPSService:
         ds[t.ProcedureStepProgressInformationSequence] = element(
             "SQ", dict(sorted(item.items())), *progress[1:])
         return [f"filled {name}" for name in filled]
+
+
+def _empty_vr(key: str) -> str:
+    """The VR of an empty attribute: the dictionary's (its first, when it allows several)."""
+    vr = dictionary_vr(key)
+    return vr.split(" or ")[0] if vr else "UN"

@@ -128,7 +128,9 @@ client.addRequest(
     'c-find-pull'
   )
 );
-client.addRequest(findRequest(QUERY, { SOPInstanceUID: uid, WorklistLabel: '' }, 'c-find-query'));
+client.addRequest(
+  findRequest(QUERY, { SOPInstanceUID: uid, WorklistLabel: '', ProcedureStepState: '' }, 'c-find-query')
+);
 client.addRequest(
   findRequest(PULL, { QueryRetrieveLevel: 'STUDY', PatientID: '' }, 'c-find-wrong-identifier')
 );

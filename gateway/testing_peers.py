@@ -1,7 +1,6 @@
-"""What the tests' pynetdicom peers (requestors and receivers) need to behave on loopback.
-
-These are workarounds for the *test clients*, not for the gateway, which has its own asyncio
-DICOM upper layer in both directions and never runs pynetdicom's association threads.
+"""What pynetdicom 3.0.4 *peers* — the tests' and the benchmark's requestors and receivers, never
+the gateway, which has its own asyncio upper layer in both directions — need on loopback:
+TCP_NODELAY on their sockets, and a requestor that does not lose its DIMSE responses.
 """
 
 from __future__ import annotations
@@ -25,15 +24,15 @@ def set_nodelay(event) -> None:
 NODELAY_HANDLER = (evt.EVT_CONN_OPEN, set_nodelay)
 
 
-def guard_responses(assoc) -> None:
-    """Stop a requestor's reactor thread from stealing DIMSE responses (pynetdicom 3.0.4 race).
+def guard_responses(assoc):
+    """Keep a requestor's reactor thread from stealing DIMSE responses; returns ``assoc``.
 
-    ``send_*`` pauses the reactor before sending and then blocks on the message queue for the
-    response, but the pause handshake has a window in which the reactor, already past its
-    checkpoint, polls the queue once more. On loopback the response can arrive inside that window:
-    the reactor takes it, discards it as "unexpected", and the sender waits out the whole DIMSE
-    timeout. Responses only ever belong to the blocked sender, so the reactor's non-blocking poll
-    is made to leave them in the queue.
+    pynetdicom 3.0.4's ``send_*`` pauses the reactor and then blocks on the message queue for the
+    response, but the reactor, already past its pause checkpoint, may poll the queue once more.
+    On loopback the response can arrive in that window: the reactor takes it, discards it as
+    unexpected, and the sender waits out the whole DIMSE timeout (every few hundred messages
+    under load). Responses only ever belong to the blocked sender, so the reactor's non-blocking
+    poll is made to leave anything but a request in the queue.
     """
     provider = assoc.dimse
     original = provider.get_msg
@@ -51,3 +50,4 @@ def guard_responses(assoc) -> None:
             return item
 
     provider.get_msg = get_msg
+    return assoc

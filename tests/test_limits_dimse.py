@@ -7,6 +7,7 @@ or a failure status, logged — and the process keeps answering others, its memo
 from __future__ import annotations
 
 import asyncio
+import io
 import select
 import socket
 import struct
@@ -34,6 +35,7 @@ DIMSE_TIMEOUT = 1.0
 RQ_TIMEOUT = 3.0
 MAX_ASSOCIATIONS = 4
 EXPLICIT, IMPLICIT, DEFLATED = negotiation.TRANSFER_SYNTAXES
+MWL_FIND = "1.2.840.10008.5.1.4.31"
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +52,10 @@ def gw(tmp_path_factory):
 # ---- a peer speaking PDUs by hand ----------------------------------------------------------------
 
 class Peer:
-    def __init__(self, gw, syntax: str = EXPLICIT):
+    def __init__(self, gw, syntax: str = EXPLICIT, abstract: str = d.PUSH):
         self.sock = socket.create_connection(("127.0.0.1", gw.dimse_port), timeout=10)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.syntax = syntax
+        self.syntax, self.abstract = syntax, abstract
 
     def associate(self) -> None:
         primitive = A_ASSOCIATE()
@@ -62,7 +64,7 @@ class Peer:
         max_length = MaximumLengthNotification()
         max_length.maximum_length_received = MAX_PDU
         primitive.user_information = [max_length]
-        cx = build_context(d.PUSH, [self.syntax])
+        cx = build_context(self.abstract, [self.syntax])
         cx.context_id = 1
         primitive.presentation_context_definition_list.append(cx)
         pdu = A_ASSOCIATE_RQ()
@@ -273,6 +275,28 @@ def test_a_deflate_bomb_is_refused_with_0213_after_inflating_no_more_than_the_li
     assert after < before + 32, "the bombs were never inflated whole"
     assert gw.records("N-CREATE 0x0213: The deflated dataset inflates to more than "
                       f"{MAX_MESSAGE} bytes")
+
+
+def test_a_deflate_bomb_as_an_mwl_identifier_is_refused_with_a700(gw):
+    """The extensions (Modality Worklist here) inflate with the same cap: C-FIND → 0xA700."""
+    from pynetdicom.dimse_messages import C_FIND_RQ
+    from pynetdicom.dimse_primitives import C_FIND
+
+    primitive = C_FIND()
+    primitive.MessageID = 3
+    primitive.AffectedSOPClassUID = MWL_FIND
+    primitive.Priority = 2
+    primitive.Identifier = io.BytesIO(b"\x08\x00\x05\x00")
+    message = C_FIND_RQ()
+    message.primitive_to_message(primitive)
+    wire = d.wire(message, 1, 0)
+    command = wire[12:6 + struct.unpack(">I", wire[2:6])[0]]
+    peer = Peer(gw, DEFLATED, MWL_FIND)
+    peer.associate()
+    peer.sock.sendall(b"".join(message_pdus(command, deflate(b"\x00" * (10 << 20)), 4)))
+    assert peer.response_status() == 0xA700
+    peer.close()
+    still_serving(gw)
 
 
 def d_echo() -> bytes:

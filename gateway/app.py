@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from gateway.audit import messages as audit_messages
 from gateway.audit.sinks import FileSink, SyslogSink
 from gateway.audit.trail import AuditTrail
-from gateway.config import Config, ConfigError
+from gateway.config import Config, ConfigError, sentinel_target
 from gateway.dimse import audit_hook as dimse_audit
 from gateway.dimse.event_sender import DimseEventSender
 from gateway.dimse.handlers import DimseHandlers
@@ -52,6 +52,7 @@ from gateway.store import client
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.keys import Keys
 from gateway.store.lane import Lane
+from gateway.store.replication import Replication
 from gateway.store.subscriptions import RedisSubscriptionStore
 from gateway.store.tickets import RedisTickets
 from gateway.store.workitems import RedisWorkitemStore
@@ -85,6 +86,11 @@ class Core:
     worklist: mwl.ModalityWorklist
     mpps: mpps.MppsService
 
+    async def close(self) -> None:
+        """Close the connections the stores hold besides the client's pool."""
+        await self.lane.close()
+        await self.subscriptions.close()
+
 
 def make_core(cfg: Config, redis: aioredis.Redis) -> Core:
     """The UPS service on its Redis stores, as configured (also what bench/loader.py loads
@@ -92,10 +98,13 @@ def make_core(cfg: Config, redis: aioredis.Redis) -> Core:
     keys = Keys(cfg.redis.key_prefix)
     tz = parse_offset(cfg.ups.timezone_offset)
     lane = Lane(redis)
+    replication = Replication(cfg.redis.min_replicas_ack, cfg.redis.replica_ack_timeout)
     workitems = RedisWorkitemStore(redis, keys, lane=lane, backlog=cfg.events.backlog,
                                    timezone_=tz,
-                                   search_cache_bytes=int(cfg.ups.search_cache_mb * 2**20))
-    subscriptions = RedisSubscriptionStore(redis, keys, backlog=cfg.events.backlog)
+                                   search_cache_bytes=int(cfg.ups.search_cache_mb * 2**20),
+                                   replication=replication)
+    subscriptions = RedisSubscriptionStore(redis, keys, backlog=cfg.events.backlog,
+                                           replication=replication)
     service = UPSService(workitems, subscriptions, Settings(
         default_worklist_label=cfg.ups.default_worklist_label, timezone=tz,
         search_default_limit=cfg.ups.search_default_limit,
@@ -117,6 +126,7 @@ class Gateway:
         self.redis: aioredis.Redis | None = None
         self.service: UPSService | None = None
         self.lane: Lane | None = None
+        self.core: Core | None = None
         self.fanout: WebSocketFanout | None = None
         self.status: ServiceStatus | None = None
         self.sender: DimseEventSender | None = None
@@ -137,6 +147,7 @@ class Gateway:
         keys, workitems, subscriptions = core.keys, core.workitems, core.subscriptions
         self.service = service = core.service
         self.lane = core.lane
+        self.core = core
 
         queues = EventQueues(self.redis, keys, core.lane)
         hub = EventHub(self.redis, keys)
@@ -194,7 +205,7 @@ class Gateway:
         log.info("gateway started", extra={
             "ae": cfg.ae_title, "rest": f"{cfg.rest.host}:{cfg.rest.port}{cfg.rest.base_path}",
             "dimse": f"{cfg.dimse.host}:{cfg.dimse.port}" if cfg.dimse.enabled else "disabled",
-            "redis": "embedded" if self.embedded else _redact(cfg.redis.url)})
+            "redis": "embedded" if self.embedded else redis_location(cfg)})
 
     async def stop(self) -> None:
         log.info("gateway stopping")
@@ -217,6 +228,8 @@ class Gateway:
             await self.sender.close()
         if self.lane:
             await self.lane.close()
+        if self.core:
+            await self.core.subscriptions.close()
         if self.redis:
             await self.redis.aclose()
         if self.embedded:
@@ -255,21 +268,14 @@ class Gateway:
     async def _connect_redis(self) -> aioredis.Redis:
         cfg = self.config
         url = cfg.redis.url
-        if url is None:
+        if url is None and sentinel_target(cfg.redis) is None:
             self.embedded = EmbeddedRedis(cfg.data_dir)
             try:
                 await self.embedded.start()
             except (RuntimeError, OSError) as exc:
                 raise ConfigError(f"data_dir: cannot start the embedded Redis: {exc}") from None
             url = self.embedded.url
-        redis = client.connect(url, socket_connect_timeout=cfg.redis.connect_timeout,
-                               health_check_interval=30, max_connections=512)
-        try:
-            await asyncio.wait_for(redis.ping(), cfg.redis.connect_timeout + 1)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            await redis.aclose()
-            raise ConfigError(f"redis.url: cannot reach Redis at {_redact(url)}: "
-                              f"{exc or type(exc).__name__}") from None
+        redis = await open_redis(cfg, url)
         await _check_redis_settings(redis)
         return redis
 
@@ -366,6 +372,42 @@ def _association_audit(record: Record):
     def audit(calling_ae: str, address: str, outcome) -> None:
         record(dimse_audit.association_event(calling_ae, address, outcome))
     return audit
+
+
+def redis_client(cfg: Config, url: str | None = None) -> aioredis.Redis:
+    """The Redis client of ``cfg``: through its Sentinels when it has them, else at ``url``
+    (``cfg.redis.url``, or the embedded Redis's socket)."""
+    options = dict(socket_connect_timeout=cfg.redis.connect_timeout, health_check_interval=30,
+                   max_connections=512)
+    target = sentinel_target(cfg.redis)
+    if target is not None:
+        return client.connect_sentinel(target.master, target.hosts, password=target.password,
+                                       sentinel_password=target.sentinel_password,
+                                       db=target.db, **options)
+    return client.connect(url or cfg.redis.url, **options)
+
+
+def redis_location(cfg: Config, url: str | None = None) -> str:
+    """Where ``cfg``'s Redis is, for messages (credentials masked)."""
+    target = sentinel_target(cfg.redis)
+    if target is not None:
+        hosts = ",".join(f"{host}:{port}" for host, port in target.hosts)
+        return f"master {target.master!r} of the Sentinels at {hosts}"
+    return _redact(url or cfg.redis.url)
+
+
+async def open_redis(cfg: Config, url: str | None = None) -> aioredis.Redis:
+    """A client of ``cfg``'s Redis that has answered a PING; ConfigError (naming the key) when
+    it cannot be reached."""
+    redis = redis_client(cfg, url)
+    try:
+        await asyncio.wait_for(redis.ping(), cfg.redis.connect_timeout + 1)
+    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        await redis.aclose()
+        key = "redis.sentinel" if cfg.redis.sentinel.master else "redis.url"
+        raise ConfigError(f"{key}: cannot reach Redis at {redis_location(cfg, url)}: "
+                          f"{exc or type(exc).__name__}") from None
+    return redis
 
 
 async def _check_redis_settings(redis: aioredis.Redis) -> None:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote
 
 import yaml
 
@@ -90,10 +92,21 @@ class Rest:
 
 
 @dataclass
+class Sentinel:
+    master: str | None = None  # the monitored master's name; null: no Sentinel
+    hosts: list[str] = field(default_factory=list)  # "host:port" of the Sentinels
+    password: str | None = None  # of the Redis servers (master and replicas)
+    sentinel_password: str | None = None  # of the Sentinels themselves; null: they need none
+
+
+@dataclass
 class Redis:
     url: str | None = None  # null: start the embedded redis-server under data_dir
     key_prefix: str = "ups:"
     connect_timeout: float = 5.0
+    sentinel: Sentinel = field(default_factory=Sentinel)
+    min_replicas_ack: int = 0  # N > 0: a change is acknowledged once N replicas have it (WAIT)
+    replica_ack_timeout: float = 1.0  # seconds a change waits for those replicas
 
 
 @dataclass
@@ -336,9 +349,7 @@ def _check(config: Config) -> None:
     if not config.rest.base_path.startswith("/"):
         raise ConfigError(f"rest.base_path: {config.rest.base_path!r} must start with /")
     config.rest.base_path = config.rest.base_path.rstrip("/")
-    url = config.redis.url
-    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"redis.url: {url!r} must start with redis://, rediss:// or unix://")
+    _check_redis(config.redis)
     if config.log.format not in ("json", "text"):
         raise ConfigError(f"log.format: {config.log.format!r} must be json or text")
     if config.event_loop not in ("uvloop", "asyncio"):
@@ -441,6 +452,143 @@ def _scopes(name: str, scopes: list[str]) -> None:
     for scope in scopes:
         if scope not in ALL_SCOPES:
             raise ConfigError(f"{name}: {scope!r} is not a scope ({', '.join(ALL_SCOPES)})")
+
+
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
+def _check_redis(redis: Redis) -> None:
+    url, sentinel = redis.url, redis.sentinel
+    if url is not None and not url.startswith(("redis://", "rediss://", "unix://",
+                                               SENTINEL_SCHEME)):
+        raise ConfigError(f"redis.url: {mask_url(url)!r} must start with redis://, rediss://, "
+                          f"unix:// or {SENTINEL_SCHEME}")
+    if url is not None and url.startswith(SENTINEL_SCHEME):
+        try:
+            parse_sentinel_url(url)
+        except ValueError as exc:
+            raise ConfigError(f"redis.url: {exc}") from None
+    if sentinel.master is not None:
+        if url is not None:
+            raise ConfigError("redis.sentinel.master: give either redis.url or redis.sentinel, "
+                              "not both")
+        if not sentinel.master:
+            raise ConfigError("redis.sentinel.master: must name the monitored master")
+        if not sentinel.hosts:
+            raise ConfigError("redis.sentinel.hosts: list at least one Sentinel as host:port")
+        for i, host in enumerate(sentinel.hosts):
+            try:
+                _host_port(host)
+            except ValueError as exc:
+                raise ConfigError(f"redis.sentinel.hosts[{i}]: {exc}") from None
+    elif sentinel.hosts:
+        raise ConfigError("redis.sentinel.master: required when redis.sentinel.hosts is given")
+    if redis.min_replicas_ack < 0:
+        raise ConfigError("redis.min_replicas_ack: must be 0 or more")
+    if redis.min_replicas_ack and url is None and sentinel.master is None:
+        raise ConfigError("redis.min_replicas_ack: the embedded Redis has no replicas; "
+                          "set redis.url or redis.sentinel, or 0")
+    if redis.replica_ack_timeout <= 0:
+        raise ConfigError("redis.replica_ack_timeout: must be more than 0")
+
+
+@dataclass
+class SentinelTarget:
+    """Where a Sentinel-managed Redis is: the master's name, the Sentinels, the servers' and the
+    Sentinels' passwords, the database."""
+
+    master: str
+    hosts: list[tuple[str, int]]
+    password: str | None = None
+    db: int = 0
+    sentinel_password: str | None = None
+
+
+def sentinel_target(redis: Redis) -> SentinelTarget | None:
+    """The Sentinel set-up of ``redis`` (from ``redis.sentinel`` or a redis+sentinel:// URL), or
+    None when the Redis is reached directly."""
+    if redis.url is not None and redis.url.startswith(SENTINEL_SCHEME):
+        return parse_sentinel_url(redis.url)
+    if redis.sentinel.master is not None:
+        return SentinelTarget(redis.sentinel.master,
+                              [_host_port(h) for h in redis.sentinel.hosts],
+                              redis.sentinel.password,
+                              sentinel_password=redis.sentinel.sentinel_password)
+    return None
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """``redis+sentinel://[:password@]host:port[,host:port…]/master[/db][?sentinel_password=…]``
+    (``password``: the servers'; ``sentinel_password``: the Sentinels')."""
+    rest, _, query = url[len(SENTINEL_SCHEME):].partition("?")
+    options = parse_qs(query, keep_blank_values=True)
+    unknown = sorted(set(options) - {"sentinel_password"})
+    if unknown:
+        raise ValueError(f"unknown option {unknown[0]!r} (only sentinel_password)")
+    sentinel_password = options.get("sentinel_password", [None])[-1] or None
+    password = None
+    if "@" in rest:
+        credentials, rest = rest.rsplit("@", 1)
+        password = unquote(credentials.split(":", 1)[-1]) or None
+    hosts_part, _, path = rest.partition("/")
+    parts = [p for p in path.split("/") if p]
+    if not parts:
+        raise ValueError("a redis+sentinel:// URL names the master after the hosts: "
+                         "redis+sentinel://host:26379,host2:26379/mymaster/0")
+    if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise ValueError(f"{'/'.join(parts)!r} must be master or master/db")
+    hosts = [_host_port(h) for h in hosts_part.split(",") if h]
+    if not hosts:
+        raise ValueError("a redis+sentinel:// URL lists at least one Sentinel as host:port")
+    return SentinelTarget(unquote(parts[0]), hosts, password,
+                          int(parts[1]) if len(parts) == 2 else 0, sentinel_password)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"{text!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+SECRET_NAMES = ("password", "passwd", "secret", "token", "credential", "api_key", "private_key")
+
+
+def is_secret(name: str) -> bool:
+    """Whether a configuration key holds a secret (password, key, token, credentials)."""
+    lower = name.lower()
+    return any(word in lower for word in SECRET_NAMES) or lower == "key" or lower.endswith("_key")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password of its credentials (``user:password@``) masked."""
+    url = re.sub(r"([?&][^=&]*password=)[^&]*", r"\1***", url)
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, host = rest.rsplit("@", 1)
+    user, colon, _ = credentials.partition(":")
+    return f"{scheme}://{user + ':' if colon else ''}***@{host}"
+
+
+def effective(config: Config) -> dict[str, Any]:
+    """The configuration as a mapping of every key, secrets masked (``check-config``)."""
+
+    def shown(name: str, value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: shown(f.name, getattr(value, f.name))
+                    for f in dataclasses.fields(value) if not f.metadata.get("internal")}
+        if isinstance(value, dict):
+            return {k: shown(k, v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [shown(name, v) for v in value]
+        if value is not None and is_secret(name):
+            return "***"
+        if isinstance(value, str) and "://" in value:
+            return mask_url(value)
+        return value
+
+    return shown("", config)
 
 
 def _port(name: str, port: int) -> None:

@@ -245,3 +245,43 @@ def test_a_limit_out_of_range_is_refused_naming_it(section, key, value):
 
     with pytest.raises(ConfigError, match=f"{section}.{key}"):
         load(None, {f"UPSGW_{section.upper()}__{key.upper()}": str(value)})
+
+
+def test_a_sentinel_url_and_the_sentinel_keys_say_the_same():
+    from gateway.config import SentinelTarget, load, sentinel_target
+
+    from_url = load(None, {"UPSGW_REDIS__URL":
+                           "redis+sentinel://:p%40ss@s1:26379,[::1]:26380/ups/3"
+                           "?sentinel_password=sp"})
+    assert sentinel_target(from_url.redis) == SentinelTarget(
+        "ups", [("s1", 26379), ("::1", 26380)], "p@ss", 3, "sp")
+    from_keys = load(None, {"UPSGW_REDIS__SENTINEL__MASTER": "ups",
+                            "UPSGW_REDIS__SENTINEL__HOSTS": "[s1:26379]",
+                            "UPSGW_REDIS__SENTINEL__PASSWORD": "pw"})
+    assert sentinel_target(from_keys.redis) == SentinelTarget("ups", [("s1", 26379)], "pw")
+    assert sentinel_target(load(None, {}).redis) is None
+
+
+@pytest.mark.parametrize("name,secret", [
+    ("password", True), ("sentinel_password", True), ("auth_token", True), ("api_key", True),
+    ("client_secret", True), ("credentials", True), ("key", True),
+    ("key_prefix", False), ("backlog", False), ("hosts", False), ("master", False),
+])
+def test_which_keys_hold_secrets(name, secret):
+    from gateway.config import is_secret
+
+    assert is_secret(name) is secret
+
+
+@pytest.mark.parametrize("url,shown", [
+    ("redis://admin:pw@db:6379/0", "redis://admin:***@db:6379/0"),
+    ("redis://:pw@db:6379/0", "redis://:***@db:6379/0"),
+    ("rediss://db:6380/0", "rediss://db:6380/0"),
+    ("redis+sentinel://:a@s1:1,s2:2/m?sentinel_password=b",
+     "redis+sentinel://:***@s1:1,s2:2/m?sentinel_password=***"),
+    ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+])
+def test_urls_are_shown_without_their_passwords(url, shown):
+    from gateway.config import mask_url
+
+    assert mask_url(url) == shown

@@ -637,11 +637,14 @@ def strict_gateway(tmp_path_factory):
     proc.kill()
 
 
-def test_calling_ae_allowlist(strict_gateway):
+async def test_calling_ae_allowlist(strict_gateway):
     bad = d.associate(strict_gateway, ae_title="BAD_SCU")
-    assert bad.is_rejected
-    assert bad.acceptor.primitive.result_source == 1  # service-user
-    assert bad.acceptor.primitive.diagnostic == 3  # calling AE title not recognised
+    assert not bad.is_established
+    if bad.is_rejected:  # (pynetdicom 3.0.4 on a busy machine may abort its side after the RJ)
+        assert bad.acceptor.primitive.result_source == 1  # service-user
+        assert bad.acceptor.primitive.diagnostic == 3  # calling AE title not recognised
+    await strict_gateway.wait_for_log("association rejected: calling AE title not recognised",
+                                      ae="BAD_SCU")
     with d.association(strict_gateway, ae_title="GOOD_SCU") as a:
         assert a.send_c_echo().Status == 0
 

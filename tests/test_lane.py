@@ -107,3 +107,20 @@ async def test_a_cancelled_caller_does_not_shift_the_replies(redis_client):
     assert await after == b"after"  # its own reply, not the dropped BLPOP's
     assert await lane.call("ECHO", "next") == b"next"
     await lane.close()
+
+
+async def test_commands_called_together_share_one_connection_in_order(redis_client):
+    """``call_together``: MULTI … EXEC and the WAIT after it go out together, on one connection
+    (a WAIT counts only its own connection's writes), and their replies come back in order."""
+    lane = Lane(redis_client)
+    key = f"together:{new_uid()}"
+    replies = await lane.call_together(("MULTI",), ("INCR", key), ("INCR", key), ("EXEC",),
+                                       ("CLIENT", "ID"), ("WAIT", 0, 10))
+    assert replies[:3] == [b"OK", b"QUEUED", b"QUEUED"]
+    assert replies[3] == [1, 2] and replies[5] == 0
+    assert replies[4] == await lane.call("CLIENT", "ID")  # the lane's one connection
+    with pytest.raises(ResponseError):  # an error reply is raised, after every reply came
+        await lane.call_together(("INCR", key), ("HGET", key, "f"), ("INCR", key))
+    assert int(await redis_client.get(key)) == 4
+    await lane.close()
+

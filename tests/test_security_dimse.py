@@ -204,3 +204,21 @@ def test_associations_per_calling_ae_are_limited(gw):
     assert again.is_established
     again.release()
     second.release()
+
+
+def test_modality_worklist_and_mpps_need_their_scopes(gw):
+    """MWL C-FIND reads (ups.read); an MPPS drives its UPS workitem, so its N-CREATE and N-SET
+    need what a performer's changes need (ups.perform)."""
+    from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
+    from pynetdicom.sop_class import ModalityWorklistInformationFind as MWL
+
+    identifier = Dataset()
+    identifier.PatientName = ""
+    mpps = Dataset()
+    mpps.PerformedProcedureStepStatus = "IN PROGRESS"
+    with d.association(gw, contexts=(MWL, MPPS), ae_title="QUERY_ONLY") as assoc:
+        *_, (final, _) = list(assoc.send_c_find(identifier, MWL))
+        assert d.status_of(final) == 0x0000
+        status, _ = assoc.send_n_create(mpps, MPPS, new_uid())
+        assert d.status_of(status) == NOT_AUTHORIZED
+        assert "N-CREATE needs the scope ups.perform" in d.comment_of(status)

@@ -86,12 +86,18 @@ CASES = [
     ("GET", f"/workitems/{UID}/subscribers/SOME_AE", WATCH),
     ("POST", f"/workitems/{GLOBAL}/subscribers/SOME_AE/suspend", WATCH),
     ("GET", "/ws/subscribers/SOME_AE", WATCH), ("POST", "/ws-tickets", WATCH),
+    # PS3.18 ch. 14/15 (rest/mwl.py, rest/mpps.py): an MPPS drives its workitem.
+    ("GET", "/modality-scheduled-procedure-steps", READ),
+    ("GET", f"/modality-performed-procedure-steps/{UID}", READ),
+    ("POST", f"/modality-performed-procedure-steps/{UID}", PERFORM),
 ]
+EXTENSION_ROUTES = {"mwl": {"GET"}, "mpps": {"GET", "POST"}}
 
 
 def test_every_route_has_a_scope_and_a_case():
-    assert {k: set(v) for k, v in SCOPES.items()} == {k: set(v) for k, v in ROUTES.items()}
-    assert len(CASES) == sum(len(v) for v in ROUTES.values())
+    assert {k: set(v) for k, v in SCOPES.items()} == {
+        **{k: set(v) for k, v in ROUTES.items()}, **EXTENSION_ROUTES}
+    assert len(CASES) == sum(len(v) for v in [*ROUTES.values(), *EXTENSION_ROUTES.values()])
 
 
 async def _call(http, secure, method, path, headers=None, **kw):

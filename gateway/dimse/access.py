@@ -45,11 +45,24 @@ def decide(access: AssociationAccess, rq: A_ASSOCIATE, calling_ae: str) -> Grant
     return Grant(principal, respond)
 
 
-def denied(principal: Principal | None, op: str, action: int | None) -> tuple[int, str] | None:
-    """(0x0124, why) when ``principal`` may not do ``op`` (``action``: its Action Type)."""
+# The other SOP classes the listener serves: an MPPS drives its UPS workitem (claims, completes,
+# cancels it), so its changes need what a performer's do.
+EXTENSION_SCOPES = {
+    "1.2.840.10008.5.1.4.31": {"C-FIND": READ},  # Modality Worklist Information Model - FIND
+    "1.2.840.10008.3.1.2.3.3": {"N-CREATE": PERFORM, "N-SET": PERFORM, "N-GET": READ},  # MPPS
+}
+
+
+def denied(principal: Principal | None, op: str, action: int | None,
+           sop_class: str | None = None) -> tuple[int, str] | None:
+    """(0x0124, why) when ``principal`` may not do ``op`` (``action``: its Action Type) — on a
+    UPS context, or on the context of ``sop_class`` (Modality Worklist, MPPS)."""
     if principal is None:
         return None
-    scope = ACTION_SCOPES.get(action) if op == "N-ACTION" else OPERATION_SCOPES.get(op)
+    if sop_class is not None:
+        scope = EXTENSION_SCOPES.get(sop_class, {}).get(op, READ)
+    else:
+        scope = ACTION_SCOPES.get(action) if op == "N-ACTION" else OPERATION_SCOPES.get(op)
     if scope is None or principal.may(scope):
         return None
     return NOT_AUTHORIZED, f"Not authorized: {op} needs the scope {scope}"

@@ -161,7 +161,10 @@ class DimseHandlers:
             self._done(req, st.SUCCESS, "")
             await self._respond(assoc, req, st.SUCCESS, "")
         elif extension := self.extensions.get(req.context_class):
-            if await self._inflated_for(assoc, req):
+            if refusal := access.denied(req.principal, req.op, None, extension.sop_class):
+                self._done(req, *refusal)
+                await self._respond(assoc, req, *refusal)
+            elif await self._inflated_for(assoc, req):
                 await extension.serve(self, assoc, req)
         elif field_ == C_FIND:
             await self.c_find(assoc, req)

@@ -106,6 +106,41 @@ class EventQueues:
         return [(owner, found[k].get(reader.queue_key, []))
                 for reader, owner, k in zip(readers, owners, placement)]
 
+    async def backlog(self, transports: tuple[str, ...] = ("ws", "dimse")) -> list[dict]:
+        """Per AE that ever had an event queued (``ups-gateway events backlog``): how many
+        events its stream holds, the number of the latest, and per transport how far delivery
+        has got and how many wait (only for a transport that has delivered to it or holds its
+        lease). Reads only."""
+        aes = sorted(ae.decode() for ae in await self.redis.smembers(self.keys.queues()))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for ae in aes:
+                pipe.xlen(self.keys.queue(ae))
+                pipe.get(self.keys.queue_seq(ae))
+                pipe.xrange(self.keys.queue(ae), count=1)
+                for transport in transports:
+                    pipe.get(self.keys.cursor(transport, ae))
+                    pipe.exists(self.keys.lease(transport, ae))
+            replies = await pipe.execute()
+        step = 3 + 2 * len(transports)
+        found = []
+        for i, ae in enumerate(aes):
+            length, seq, oldest, *per_transport = replies[i * step:(i + 1) * step]
+            latest = int(seq or 0)
+            first_n = int(oldest[0][1][b"n"]) if oldest else latest + 1
+            entry = {"ae": ae, "queued": int(length), "latest": latest}
+            for k, transport in enumerate(transports):
+                cursor, leased = per_transport[2 * k], per_transport[2 * k + 1]
+                if cursor is None and not leased:
+                    continue
+                delivered = int(cursor.decode().split()[1]) if cursor else 0
+                entry[transport] = {
+                    "delivered": delivered,
+                    "pending": max(0, latest - max(delivered, first_n - 1)),
+                    "lost": max(0, first_n - 1 - delivered),  # dropped by the bounded backlog
+                    "delivering": bool(leased)}
+            found.append(entry)
+        return found
+
     async def advance(self, transport: str, advances: list[list]) -> list[bool]:
         """Store the cursors of several AEs on one transport (``QueueReader.advance`` results),
         each only if its reader still holds the lease: one ``cursor.lua`` call."""

@@ -11,6 +11,7 @@ from typing import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import logs
@@ -55,6 +56,9 @@ SCOPES: dict[str, dict[str, str]] = {
     "suspend": {"POST": WATCH},
     "channel": {"GET": WATCH},
     "tickets": {"POST": WATCH},
+    # The PS3.18 ch. 14/15 services (rest/mwl.py, rest/mpps.py): an MPPS drives its workitem.
+    "mwl": {"GET": READ},
+    "mpps": {"GET": READ, "POST": PERFORM},
 }
 
 
@@ -86,7 +90,8 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
             raise
         response = problem(request, exc.status, exc.text or exc.reason, headers={
             k: v for k, v in exc.headers.items() if k.lower() == "allow"})
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+    except (RedisConnectionError, RedisTimeoutError, ReadOnlyError) as exc:
+        # ReadOnlyError: a demoted master (a failover, reached without Sentinel) refuses writes
         log.error("redis unavailable", extra={"request": rid, "error": str(exc)})
         response = problem(request, 503, "the worklist store is unavailable; try again",
                            headers={"Retry-After": "5"})
@@ -107,7 +112,9 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if resource is None:
         raise web.HTTPNotFound(text=f"no UPS-RS resource at {request.path}; the worklist is at "
                                f"{base}/workitems")
-    methods = ROUTES[resource.kind]
+    methods = ROUTES.get(resource.kind)
+    if methods is None:  # a path of rest/mwl.py or rest/mpps.py that they do not serve
+        raise web.HTTPNotFound(text=f"no resource at {request.path}")
     handler = methods.get(request.method)
     if handler is None:
         allowed = list(methods)

@@ -19,7 +19,8 @@ Record = Callable[[a.AuditEvent], None]
 _ACTIONS = {("workitems", "POST"): "C", ("workitem", "GET"): "R", ("workitem", "POST"): "U",
             ("workitem", "PUT"): "U", ("state", "PUT"): "U", ("state", "POST"): "U",
             ("cancelrequest", "POST"): "U", ("subscription", "POST"): "U",
-            ("subscription", "DELETE"): "U", ("suspend", "POST"): "U"}
+            ("subscription", "DELETE"): "U", ("suspend", "POST"): "U",
+            ("mpps", "POST"): "U", ("mpps", "GET"): "R"}  # an MPPS changes its UPS workitem
 
 
 def audit_middleware(record: Record):
@@ -65,7 +66,7 @@ async def _event(request: web.Request, response: web.StreamResponse) -> a.AuditE
     if isinstance(response, web.WebSocketResponse):
         return _base(request, a.USER_AUTHENTICATION, "E", a.SUCCESS, type_code=a.LOGOUT,
                      description="event channel closed") if response.prepared else None
-    if resource.kind == "workitems" and request.method == "GET":
+    if resource.kind in ("workitems", "mwl") and request.method == "GET":
         return _base(request, a.QUERY, "E", outcome, description=warning,
                      query=request.query_string)
     if resource.kind == "tickets":

@@ -26,6 +26,10 @@ def parse(path: str, base_path: str) -> Resource | None:
     base = [s.lower() for s in base_path.split("/") if s]
     if lowered in (base + ["ws-tickets"], ["ws-tickets"]):
         return Resource("tickets")
+    for kind, name in (("mwl", "modality-scheduled-procedure-steps"),
+                       ("mpps", "modality-performed-procedure-steps")):
+        if name in lowered and lowered[:lowered.index(name)] in (base, []):
+            return Resource(kind)  # served by rest/mwl.py, rest/mpps.py
     if "workitems" in lowered:
         at = lowered.index("workitems")
         prefix, rest = lowered[:at], segments[at + 1:]

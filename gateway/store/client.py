@@ -13,6 +13,7 @@ import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import (Connection, ConnectionPool, SSLConnection,
                                       UnixDomainSocketConnection, parse_url)
+from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 
 
 class _HiredisPacking:
@@ -48,3 +49,22 @@ def connect(url: str, **options) -> aioredis.Redis:
     settings = {**options, **parse_url(url)}
     settings["connection_class"] = _PACKING[settings.get("connection_class", Connection)]
     return aioredis.Redis(connection_pool=ConnectionPool(**settings))
+
+
+class SentinelTCPConnection(_HiredisPacking, SentinelManagedConnection):
+    pass
+
+
+def connect_sentinel(master: str, hosts: list[tuple[str, int]], *, password: str | None = None,
+                     sentinel_password: str | None = None, db: int = 0,
+                     **options) -> aioredis.Redis:
+    """A client for the master that the Sentinels at ``hosts`` name ``master``. Every new
+    connection asks them where the master is now, so after a failover — a broken connection, or
+    a demoted master answering READONLY (which redis-py turns into a ConnectionError) — the next
+    connection goes to the promoted replica. ``password`` is the servers', ``sentinel_password``
+    the Sentinels' own."""
+    timeouts = {k: v for k, v in options.items() if k.startswith("socket_")}
+    sentinel = Sentinel(hosts, sentinel_kwargs={**timeouts, "password": sentinel_password},
+                        password=password, db=db, **options)
+    return sentinel.master_for(master, redis_class=aioredis.Redis,
+                               connection_class=SentinelTCPConnection)

@@ -45,6 +45,22 @@ class Lane:
             loop.call_soon(self._flush)  # after the callbacks already due in this turn
         return await future
 
+    async def call_together(self, *commands: Sequence) -> list[Any]:
+        """Run several commands written together, in order, on one connection (so a WAIT after
+        a write waits for that very write); their replies. The first error reply is raised,
+        after every command has had its reply."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in commands]
+        was_empty = not self._queued
+        self._queued.extend(zip(commands, futures))
+        if was_empty:
+            loop.call_soon(self._flush)
+        replies = await asyncio.gather(*futures, return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies
+
     def script(self, source: str) -> "LaneScript":
         return LaneScript(self, source)
 

@@ -12,6 +12,8 @@ import redis.asyncio as aioredis
 
 from gateway.store import codec, scripts
 from gateway.store.keys import Keys
+from gateway.store.lane import Lane
+from gateway.store.replication import Replication
 from gateway.store.workitems import now_ms
 from gateway.ups.dataset import Dataset
 from gateway.ups.matching import Terms, legacy_terms
@@ -22,8 +24,13 @@ log = logging.getLogger("gateway.store")
 
 
 class RedisSubscriptionStore:
-    def __init__(self, client: aioredis.Redis, keys: Keys, *, backlog: int = 1000):
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, backlog: int = 1000,
+                 replication: Replication = Replication()):
         self.redis = client
+        # Subscription changes that must be replicated go on a connection of their own: while
+        # their WAIT waits, Redis holds that connection's later commands (``_transact``).
+        self.replicated_lane = Lane(client)
+        self.replication = replication
         self.keys = keys
         self.backlog = backlog
         self._existing = scripts.script(client, "subscribe_existing.lua")
@@ -48,17 +55,14 @@ class RedisSubscriptionStore:
         return int(version or 0), subs
 
     async def set_global(self, ae: str, lock: bool, terms: Terms | None) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.globals(), ae, codec.pack({"lock": lock, "filter": terms}))
-            pipe.incr(self.keys.globals_version())
-            pipe.sadd(self.keys.subscribers(), ae)
-            await pipe.execute()
+        await self._transact(f"The subscription of {ae}", [
+            ("HSET", self.keys.globals(), ae, codec.pack({"lock": lock, "filter": terms})),
+            ("INCR", self.keys.globals_version()),
+            ("SADD", self.keys.subscribers(), ae)])
 
     async def remove_global(self, ae: str) -> bool:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(self.keys.globals(), ae)
-            pipe.incr(self.keys.globals_version())
-            removed, _ = await pipe.execute()
+        removed, _ = await self._transact(f"The removal of {ae}'s worklist subscription", [
+            ("HDEL", self.keys.globals(), ae), ("INCR", self.keys.globals_version())])
         return bool(removed)
 
     async def subscribe_existing(self, ae: str, lock: bool, uids: list[str],
@@ -73,13 +77,30 @@ class RedisSubscriptionStore:
                          extra={"ae": ae, "done": i, "of": len(uids)})
         return count
 
+    async def close(self) -> None:
+        await self.replicated_lane.close()
+
+    async def _transact(self, what: str, commands: list[tuple]) -> list:
+        """Run ``commands`` as one MULTI/EXEC transaction; their replies. When changes must be
+        replicated (``replication``), a WAIT follows the EXEC on the same connection (a WAIT
+        inside the transaction would not wait) and the replies come once the replicas have it."""
+        if not self.replication.replicas:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                return await pipe.execute()
+        replies = await self.replicated_lane.call_together(
+            ("MULTI",), *commands, ("EXEC",),
+            ("WAIT", self.replication.replicas, self.replication.timeout_ms))
+        self.replication.check(int(replies[-1]), what)
+        return replies[-2]
+
     # ---- per-workitem subscriptions ----------------------------------------------------------
 
     async def unsubscribe(self, uid: str, ae: str) -> bool:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(self.keys.subscribers_of(uid), ae)
-            pipe.srem(self.keys.subscriptions_of(ae), uid)
-            removed, _ = await pipe.execute()
+        removed, _ = await self._transact(f"The removal of {ae}'s subscription to {uid}", [
+            ("HDEL", self.keys.subscribers_of(uid), ae),
+            ("SREM", self.keys.subscriptions_of(ae), uid)])
         return bool(removed)
 
     async def unsubscribe_all(self, ae: str) -> int:
@@ -100,6 +121,37 @@ class RedisSubscriptionStore:
             pipe.scard(self.keys.subscribers())
             member, count = await pipe.execute()
         return bool(member) or count < limit
+
+    async def overview(self) -> list[dict]:
+        """Every subscriber AE (for ``ups-gateway subscriptions list``): its worklist
+        subscription (none, global or filtered, with its deletion lock and filter), how many
+        workitems it is subscribed to, and whether an event channel of it is open. Reads only."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(self.keys.subscribers())
+            pipe.hgetall(self.keys.globals())
+            members, entries = await pipe.execute()
+        worklist = {ae.decode(): codec.unpack(blob) for ae, blob in entries.items()}
+        aes = sorted({ae.decode() for ae in members} | set(worklist))
+        now = time.time()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for ae in aes:
+                pipe.scard(self.keys.subscriptions_of(ae))
+                pipe.zcount(self.keys.channels(ae), now, "+inf")
+            counts = await pipe.execute()
+        found = []
+        for i, ae in enumerate(aes):
+            sub = worklist.get(ae)
+            terms = sub.get("filter") if sub else None
+            if isinstance(terms, dict):  # written by an earlier version
+                terms = legacy_terms(terms)
+            found.append({
+                "ae": ae,
+                "worklist": None if sub is None else ("filtered" if terms else "global"),
+                "deletion_lock": None if sub is None else bool(sub["lock"]),
+                "filter": terms or None,
+                "workitems": int(counts[2 * i]),
+                "channel_open": bool(counts[2 * i + 1])})
+        return found
 
     # ---- events outside a workitem commit ----------------------------------------------------
 

@@ -26,10 +26,12 @@ from datetime import timezone
 from typing import AsyncIterator, Callable, Iterable
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from gateway.store import codec, indexes, scripts
 from gateway.store.keys import Keys
 from gateway.store.lane import Lane
+from gateway.store.replication import Replication
 from gateway.store.results import RenderedResults
 from gateway.ups import tags as t
 from gateway.ups.dataset import Dataset
@@ -47,8 +49,10 @@ RECENT_RECORDS = 4096  # workitems remembered as last read or written (≈1.5 KB
 class RedisWorkitemStore:
     def __init__(self, client: aioredis.Redis, keys: Keys, *, lane: Lane | None = None,
                  backlog: int = 1000, timezone_: timezone = UTC,
-                 search_cache_bytes: int = 32 * 2**20):
+                 search_cache_bytes: int = 32 * 2**20,
+                 replication: Replication = Replication()):
         self.redis = client
+        self.replication = replication
         lane = lane or Lane(client)
         self.keys = keys
         self.backlog = backlog  # events kept per subscriber AE (the queues' bound)
@@ -110,7 +114,8 @@ class RedisWorkitemStore:
         else:
             blob, score, index_names = (codec.pack_dataset(ds), search_order(ds, self.tz),
                                         indexes.index_names(ds))
-        result = await self._commit(keys=[self.keys.workitem(uid)], args=[
+        keys = [self.keys.workitem(uid)]
+        args = [
             self.keys.prefix, uid, version, blob, change.state, change.tx or "",
             change.performer or "", repr(score), codec.pack_for_lua(index_names),
             "" if change.final_at_ms is None else change.final_at_ms,
@@ -121,8 +126,16 @@ class RedisWorkitemStore:
                                  list(e.only)] for e in events]),
             self.backlog, now_ms(),
             codec.pack(change.state_report) if change.state_report else b"",
-            *_mpps_args(change.mpps, with_uid=True)])
+            *_mpps_args(change.mpps, with_uid=True)]
+        acked = 0
+        if self.replication.replicas:
+            result, acked = await self._commit_replicated(keys, args)
+        else:
+            result = await self._commit(keys=keys, args=args)
         code = int(result[0])
+        if code == 1 and acked < self.replication.replicas:
+            self._recent.pop(uid, None)
+            self.replication.check(acked, f"The change of workitem {uid}")
         if code == 1:
             version = int(result[1])
             if result[2] and self.on_published is not None:
@@ -160,6 +173,28 @@ class RedisWorkitemStore:
     async def find_step(self, step_id: str) -> str | None:
         found = await self.redis.zrange(self.keys.index(indexes.step_index(step_id)), 0, 0)
         return found[0].decode() if found else None
+
+    async def _commit_replicated(self, keys: list, args: list) -> tuple[list, int]:
+        """The commit and ``WAIT replicas timeout`` written together on one pooled connection
+        (a WAIT counts only its own connection's writes: sent after the reply it could go out on
+        a new connection, to a promoted replica, and confirm nothing). Not on the lane: while a
+        WAIT waits, Redis holds that connection's later commands, and the lane carries every
+        load, search page and acknowledgement of the process. The commit's reply and how many
+        replicas have it."""
+        replication = self.replication
+        for attempt in (1, 2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.execute_command("EVALSHA", self._commit.sha, len(keys), *keys, *args)
+                pipe.execute_command("WAIT", replication.replicas, replication.timeout_ms)
+                try:
+                    result, acked = await pipe.execute()
+                except NoScriptError:  # a restarted Redis, SCRIPT FLUSH, a promoted replica
+                    if attempt == 2:
+                        raise
+                    await self.redis.script_load(self._commit.source)
+                    continue
+            return result, int(acked)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # ---- search --------------------------------------------------------------------------------
 

@@ -12,9 +12,11 @@ reaches through another. Start and stop happen here too, in order.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import gc
 import logging
+import platform
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -44,6 +46,7 @@ from gateway.rest import websocket
 from gateway.rest.app import create_app
 from gateway.rest.audit_hook import Record
 from gateway.rest.origin import allowed_origins
+from gateway.rest.server import Runner
 from gateway.rest.state import Security
 from gateway.security import tls
 from gateway.security.associations import AssociationAccess
@@ -68,6 +71,11 @@ log = logging.getLogger("gateway")
 # DICOM JSON) that reference counting frees at once; at the default threshold of 700 a young
 # collection ran every other create, scanning objects that were about to go anyway.
 GC_THRESHOLDS = (20000, 20, 10)
+# glibc's allocator raises its mmap threshold to the size of each large block freed (up to
+# 32 MiB), so after one burst of large buffers (request bodies, DIMSE messages) later ones come
+# from the heap, which fragments and is rarely given back: 100 slow bodies kept 86 MB after they
+# closed. Fixed thresholds keep large blocks in their own mappings, returned when freed.
+MALLOC_THRESHOLD_BYTES = 128 * 1024
 HUB_READY_SECONDS = 10.0
 SHUTDOWN_DELIVERY_SECONDS = 2.0
 
@@ -105,7 +113,8 @@ def make_core(cfg: Config, redis: aioredis.Redis) -> Core:
         default_worklist_label=cfg.ups.default_worklist_label, timezone=tz,
         search_default_limit=cfg.ups.search_default_limit,
         search_max_limit=cfg.ups.search_max_limit, direct_event_aes=frozenset(cfg.peers),
-        commit_wait_seconds=cfg.ups.commit_wait_seconds))
+        commit_wait_seconds=cfg.ups.commit_wait_seconds,
+        max_subscriber_aes=cfg.events.max_subscriber_aes))
     worklist = mwl.ModalityWorklist(workitems.search_stream, mwl.Settings(
         default_modality=cfg.mwl.default_modality, rules=cfg.mwl.rules, timezone=tz))
     performed = mpps.MppsService(workitems, worklist, mpps.Settings(
@@ -143,6 +152,7 @@ class Gateway:
     async def start(self) -> None:
         cfg = self.config
         self.instance = identity(cfg)
+        _fix_malloc_thresholds()
         self.redis = await self._connect_redis()
         core = make_core(cfg, self.redis)
         keys, workitems, subscriptions = core.keys, core.workitems, core.subscriptions
@@ -186,7 +196,8 @@ class Gateway:
                                        cfg.dimse.require_identity)
             extensions = ([MwlFind(core.worklist)] if cfg.mwl.enabled else []) + (
                 [MppsScp(core.mpps)] if cfg.mpps.enabled else [])
-            handlers = DimseHandlers(service, cfg.dimse.request_timeout, extensions, metrics)
+            handlers = DimseHandlers(service, cfg.dimse.request_timeout, extensions, metrics,
+                                     cfg.dimse.max_message_bytes)
             associated = None
             if record is not None:
                 handlers.audit = _dimse_request_audit(record)
@@ -373,7 +384,7 @@ class Gateway:
                                              require_client_cert=bool(cfg.tls.client_ca_file))
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"rest.tls: {exc}") from None
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = Runner(app, cfg)  # with the connection, header and keep-alive limits
         await runner.setup()
         site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True, ssl_context=context)
         try:
@@ -403,6 +414,21 @@ class Gateway:
             except RedisError as exc:
                 log.warning("purge skipped: redis unavailable", extra={"error": str(exc)})
             await asyncio.sleep(ups.purge_interval_seconds)
+
+
+def _fix_malloc_thresholds() -> None:
+    """Fixed glibc trim and mmap thresholds (``MALLOC_THRESHOLD_BYTES``); elsewhere nothing."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    for option in (m_trim_threshold, m_mmap_threshold):
+        if libc.mallopt(option, MALLOC_THRESHOLD_BYTES) != 1:
+            log.warning("malloc thresholds not set: memory may not return after bursts")
+            return
 
 
 def _dimse_request_audit(record: Record):

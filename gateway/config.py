@@ -53,6 +53,12 @@ class Dimse:
     network_timeout: float = 60.0
     max_pdu: int = 262144
     request_timeout: float = 20.0  # how long a DIMSE request may wait for the UPS core
+    # Limits a peer cannot grow past (docs/operations.md, "Limits").
+    association_rq_timeout: float = 10.0  # seconds a new connection has to send A-ASSOCIATE-RQ
+    max_message_bytes: int = 1048576  # one message's dataset (deflated: once inflated)
+    max_message_fragments: int = 4096  # PDVs (fragments) one message may take
+    message_deadline_seconds: float = 120.0  # from a message's first fragment to its last
+    max_pending_requests: int = 4  # received requests waiting to be served; more: reading pauses
     tls: DimseTls = field(default_factory=DimseTls)
     called_ae_check: bool = True  # refuse associations whose Called AE is not ae_title
     require_identity: bool = False  # with auth.enabled: no User Identity, no association
@@ -75,6 +81,12 @@ class Rest:
     base_path: str = "/dicom-web"
     max_body_bytes: int = 1048576
     public_url: str | None = None  # advertised origin, e.g. https://ups.example.org; null: from Host
+    # Limits a client cannot grow past (docs/operations.md, "Limits").
+    header_timeout_seconds: float = 10.0  # from connection (or the previous response) to headers
+    max_header_bytes: int = 16384  # request line or one header field; more: 400 / 431
+    body_timeout_seconds: float = 30.0  # to receive the whole request body
+    keepalive_seconds: float = 15.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 1024  # open HTTP/WebSocket connections; more: 503 and closed
     # Origins (scheme://host[:port]) whose pages may call UPS-RS (CORS: gateway/rest/cors.py),
     # change state or open event channels; a request with any other Origin header is refused
     # (403). "*": any.
@@ -168,6 +180,7 @@ class Events:
     max_channels: int = 1000  # open channels in one process
     channel_send_buffer_bytes: int = 1048576  # sent to a channel, not yet confirmed by its pong
     channel_ack_timeout_seconds: float = 30.0  # a channel whose client confirms nothing is closed
+    max_subscriber_aes: int = 256  # distinct AEs holding subscriptions; one more: refused
 
 
 @dataclass
@@ -420,7 +433,24 @@ def _check(config: Config) -> None:
                               "(scheme://host[:port], no path) or \"*\"")
     if config.rest.max_body_bytes < 1024:
         raise ConfigError("rest.max_body_bytes: must be at least 1024")
+    _at_least("rest.max_header_bytes", config.rest.max_header_bytes, 1024)
+    _at_least("dimse.max_message_bytes", config.dimse.max_message_bytes, 1024)
+    for name in ("dimse.max_message_fragments", "dimse.max_pending_requests",
+                 "rest.max_connections", "events.max_subscriber_aes"):
+        section, key = name.split(".")
+        _at_least(name, getattr(getattr(config, section), key), 1)
+    for name in ("dimse.association_rq_timeout", "dimse.message_deadline_seconds",
+                 "rest.header_timeout_seconds", "rest.body_timeout_seconds",
+                 "rest.keepalive_seconds"):
+        section, key = name.split(".")
+        if getattr(getattr(config, section), key) <= 0:
+            raise ConfigError(f"{name}: must be more than 0")
     _check_security(config)
+
+
+def _at_least(name: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum}")
 
 
 def _check_security(config: Config) -> None:
@@ -451,10 +481,6 @@ def _check_security(config: Config) -> None:
     for title, peer in config.peers.items():
         if bool(peer.cert_file) != bool(peer.key_file):
             raise ConfigError(f"peers.{title}: cert_file and key_file go together")
-    for origin in config.rest.cors_allow_origins:
-        if origin != "*" and (origin.endswith("/") or "://" not in origin):
-            raise ConfigError(f"rest.cors_allow_origins: {origin!r} is not an origin "
-                              "(scheme://host[:port], no path)")
 
 
     syslog = config.audit.syslog

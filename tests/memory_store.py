@@ -248,6 +248,9 @@ class MemorySubscriptionStore:
     async def subscribers(self) -> list[str]:
         return sorted(self.db.subscriber_aes)
 
+    async def admits(self, ae: str, limit: int) -> bool:
+        return ae in self.db.subscriber_aes or len(self.db.subscriber_aes) < limit
+
     async def broadcast(self, aes: Iterable[str], event_type: int, uid: str,
                         info: Dataset) -> int:
         aes = list(aes)

@@ -214,6 +214,41 @@ def test_health_without_dimse(tmp_path):
         proc.stop()
 
 
+# ---- the limits (docs/operations.md, "Limits") ---------------------------------------------------
+
+LIMITS = {"dimse": ["association_rq_timeout", "max_message_bytes", "max_message_fragments",
+                    "message_deadline_seconds", "max_pending_requests"],
+          "rest": ["header_timeout_seconds", "max_header_bytes", "body_timeout_seconds",
+                   "keepalive_seconds", "max_connections"],
+          "events": ["max_subscriber_aes"]}
+
+
+def test_every_limit_is_in_config_yaml_with_its_default_and_documented():
+    from gateway import config as cfg
+
+    listed = yaml.safe_load((ROOT / "config.yaml").read_text())
+    defaults = cfg.Config()
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    for section, keys in LIMITS.items():
+        for key in keys:
+            assert listed[section][key] == getattr(getattr(defaults, section), key), key
+            assert f"`{key}`" in operations, f"{section}.{key} is not in docs/operations.md"
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("dimse", "max_message_bytes", 100), ("dimse", "max_message_fragments", 0),
+    ("dimse", "max_pending_requests", 0), ("dimse", "message_deadline_seconds", 0),
+    ("dimse", "association_rq_timeout", -1), ("rest", "max_connections", 0),
+    ("rest", "header_timeout_seconds", 0), ("rest", "body_timeout_seconds", 0),
+    ("rest", "keepalive_seconds", 0), ("rest", "max_header_bytes", 10),
+    ("events", "max_subscriber_aes", 0)])
+def test_a_limit_out_of_range_is_refused_naming_it(section, key, value):
+    from gateway.config import ConfigError, load
+
+    with pytest.raises(ConfigError, match=f"{section}.{key}"):
+        load(None, {f"UPSGW_{section.upper()}__{key.upper()}": str(value)})
+
+
 def test_a_sentinel_url_and_the_sentinel_keys_say_the_same():
     from gateway.config import SentinelTarget, load, sentinel_target
 

@@ -108,3 +108,25 @@ def test_gateway_reads_plain_datasets_with_the_binary_reader(tmp_path):
             assert ds.PatientName.ideographic == "山田^太郎"
     finally:
         proc.stop()
+
+
+def test_only_empty_values_read_as_an_empty_element_both_ways():
+    """Found by the fuzz tier: "\\" (two empty values) was [null, null] here, empty there."""
+    for value in (["", ""], ["", "", ""]):
+        ds = Dataset()
+        ds.OtherPatientIDs = value
+        reference, fast = _both(ds, implicit=False)
+        assert normalize(fast) == reference == {"00101000": {"vr": "LO"}}
+
+
+def test_leading_spaces_that_are_not_significant_are_trimmed_both_ways():
+    """Found by the fuzz tier: pydicom kept " 0" in a CS, the binary reader read "0"."""
+    ds = Dataset()
+    ds.ScheduledProcedureStepPriority = " HIGH"
+    ds.PatientID = "  PID-7"
+    ds.CommentsOnTheScheduledProcedureStep = "  indented on purpose"  # LT: significant
+    reference, fast = _both(ds, implicit=True)
+    assert normalize(fast) == reference
+    assert reference["00741200"]["Value"] == ["HIGH"]
+    assert reference["00100020"]["Value"] == ["PID-7"]
+    assert reference["00400400"]["Value"] == ["  indented on purpose"]

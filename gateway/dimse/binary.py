@@ -24,6 +24,9 @@ DEFLATED_LE = "1.2.840.10008.1.2.1.99"
 _LONG_VRS = frozenset("OB OD OF OL OV OW SQ UC UN UR UT SV UV".split())
 _TEXT_VRS = frozenset("AE AS CS DA DS DT IS LO LT PN SH ST TM UC UI UR UT".split())
 _SINGLE_VALUED = frozenset(("LT", "ST", "UT", "UR"))
+# Text VRs whose values are read without leading or trailing spaces (PS3.5 6.2: not
+# significant); the pydicom path (``convert``) trims them the same way.
+TRIMMED_VRS = _TEXT_VRS - _SINGLE_VALUED - {"PN"}
 _BINARY_VRS = frozenset("OB OD OF OL OV OW UN".split())
 _NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d",
                    "SV": "q", "UV": "Q"}
@@ -41,16 +44,39 @@ _KEYS: dict[int, str] = {}
 _ASCII_VRS = frozenset(("UI", "DA", "DT", "TM", "CS", "AE", "IS", "DS", "AS"))
 
 
+# What ``read`` inflates a deflated dataset to at most; the listener inflates with its own
+# limit (dimse.max_message_bytes) before anything reads the dataset.
+INFLATE_LIMIT = 16 << 20
+
+
 class Unsupported(Exception):
     """Something this reader leaves to pydicom."""
+
+
+class TooLarge(Exception):
+    """Deflated data that inflates to more than the limit."""
+
+
+def inflate(data: bytes, limit: int) -> bytes:
+    """Deflated bytes (raw deflate, PS3.5 A.5) inflated to at most ``limit`` bytes: inflating
+    stops as soon as the output passes the limit (``TooLarge``), so a small PDU that would
+    inflate to gigabytes costs no more than the limit. Raises ``zlib.error`` on garbage."""
+    inflater = zlib.decompressobj(-15)
+    out = inflater.decompress(data, limit + 1)
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise TooLarge(f"the dataset inflates to more than {limit} bytes")
+    rest = inflater.flush()
+    if len(out) + len(rest) > limit:
+        raise TooLarge(f"the dataset inflates to more than {limit} bytes")
+    return out + rest if rest else out
 
 
 def read(data: bytes, transfer_syntax: str) -> dict | None:
     """The dataset as DICOM JSON (not yet validated), or None when pydicom must decode it."""
     if transfer_syntax == DEFLATED_LE:
         try:
-            data = zlib.decompress(data, -15)
-        except zlib.error:
+            data = inflate(data, INFLATE_LIMIT)
+        except (zlib.error, TooLarge):
             return None
         transfer_syntax = EXPLICIT_LE
     if transfer_syntax not in (EXPLICIT_LE, IMPLICIT_LE):
@@ -170,8 +196,12 @@ def _value(vr: str, raw: bytes, encoding: str) -> dict[str, Any]:
         parts = [text] if vr in _SINGLE_VALUED else text.split("\\")
         if vr == "PN":
             values = [_person_name(p) for p in parts]
+        elif vr in _SINGLE_VALUED:
+            values = parts  # leading spaces are significant here (PS3.5 6.2)
         else:
             values = [p.strip(" ") if p.strip(" ") else None for p in parts]
+        if all(v is None for v in values):
+            return {"vr": vr}  # only empty values ("\\"): empty, as the pydicom path reads it
         return {"vr": vr, "Value": values}
     if vr in _NUMBER_FORMATS:
         fmt = _NUMBER_FORMATS[vr]

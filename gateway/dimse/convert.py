@@ -11,6 +11,8 @@ pydicom quirks fixed here (digest §8):
 * an empty sequence comes out as ``"Value": []``; canonical is ``{"vr": "SQ"}``;
 * a PN with only Ideographic/Phonetic groups gets ``"Alphabetic": ""``;
 * empty values inside a multi-valued attribute come out as ``""`` instead of ``null``;
+* leading spaces are kept in values whose leading spaces are not significant (AE, CS, LO, SH,
+  DS, IS, DA, DT, TM, UI, UC, AS: PS3.5 6.2); trimmed, as the binary reader does;
 * command (group 0000) and group-length (gggg,0000) elements are emitted if present: group
   lengths are dropped; command elements are kept in an attribute list for ``normalize`` to refuse
   (a workitem never holds them, and dropping them silently would hide the requester's error),
@@ -35,7 +37,7 @@ from pydicom.dataset import Dataset as PydicomDataset
 from pydicom.valuerep import format_number_as_ds
 from pynetdicom import dsutils
 
-from gateway.dimse.binary import DEFLATED_LE, IMPLICIT_LE
+from gateway.dimse.binary import DEFLATED_LE, IMPLICIT_LE, TRIMMED_VRS
 from gateway.ups.dataset import Dataset, describe, normalize
 from gateway.ups.errors import InvalidDataset
 
@@ -89,6 +91,8 @@ def _fix_element(elem: dict[str, Any], keep_commands: bool = False) -> dict[str,
         return {"vr": "SQ", "Value": [_fix_item(item, keep_commands) for item in vals]}
     if vr == "PN":
         vals = [_fix_pn(v) for v in vals]
+    elif vr in TRIMMED_VRS:  # pydicom keeps leading spaces; they are not significant
+        vals = [v.strip(" ") or None if isinstance(v, str) else v for v in vals]
     elif len(vals) > 1:
         vals = [None if v == "" else v for v in vals]
     if all(v is None for v in vals):

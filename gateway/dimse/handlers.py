@@ -16,6 +16,7 @@ import asyncio
 import logging
 import re
 import time
+import zlib
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
@@ -69,6 +70,7 @@ INVALID_OBJECT_INSTANCE = 0x0117
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 QUERY_RETRIEVE_LEVEL = "00080052"
 OUT_OF_RESOURCES = 0xA700
+RESOURCE_LIMITATION = st.RESOURCE_LIMITATION
 # Failures a C-FIND may answer (PS3.4 C.4.1.1.4, CC.2.8.4); anything else becomes 0xC000. Never
 # 0xC311/0xC312: UPS uses them for N-ACTION refusals (and pynetdicom for its own C-FIND errors).
 _FIND_FAILURES = frozenset((SOP_CLASS_NOT_SUPPORTED, UNRECOGNIZED_OPERATION, OUT_OF_RESOURCES,
@@ -148,9 +150,10 @@ Outcome = tuple[int, str, bytes | None]
 
 class DimseHandlers:
     def __init__(self, service: UPSService, request_timeout: float, extensions=(),
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, max_dataset_bytes: int = 1 << 20):
         self.service = service
         self.timeout = request_timeout
+        self.max_dataset_bytes = max_dataset_bytes  # a deflated dataset, once inflated
         # Other SOP classes' handlers (MWL, MPPS): ``sop_class`` and ``serve(self, assoc, req)``.
         self.extensions = {extension.sop_class: extension for extension in extensions}
         self.metrics = metrics or Metrics(process=False)
@@ -175,7 +178,7 @@ class DimseHandlers:
             if refusal := access.denied(req.principal, req.op, None, extension.sop_class):
                 self._done(req, *refusal)
                 await self._respond(assoc, req, *refusal)
-            else:
+            elif await self._inflated_for(assoc, req):
                 await extension.serve(self, assoc, req)
         elif field_ == C_FIND:
             await self.c_find(assoc, req)
@@ -307,6 +310,7 @@ class DimseHandlers:
         try:
             if check is not None:
                 check(req)
+            await self._inflate(req, "Identifier")
             identifier = _noting_charsets(req, convert.identifier_to_canonical(
                 _decoded(req, "Identifier")))
             query = query_of(identifier)
@@ -394,12 +398,46 @@ class DimseHandlers:
         try:
             if req.op != "N-EVENT-REPORT":
                 self._check_context(req)
+            await self._inflate(req, "dataset")
             code, message, reply = await body(req)
         except Exception as exc:  # noqa: BLE001 - every failure gets an explicit status
             code, message = self._classify(req, exc)
             reply = None
         self._done(req, code, message)
         return code, message, reply
+
+    async def _inflated_for(self, assoc: Association, req: Request) -> bool:
+        """``_inflate`` for the extensions, answering a refusal itself (False: answered)."""
+        try:
+            await self._inflate(req, "dataset")
+            return True
+        except Exception as exc:  # noqa: BLE001 - answered with an explicit status
+            if req.message.command_field == C_FIND:
+                await self._find_failure(assoc, req, exc)
+            else:
+                code, message = self._classify(req, exc)
+                self._done(req, code, message)
+                await self._respond(assoc, req, code, message)
+            return False
+
+    async def _inflate(self, req: Request, what: str) -> None:
+        """A dataset on a Deflated context, inflated off the event loop and only up to
+        ``max_dataset_bytes``: a deflate bomb is refused (0x0213 Resource limitation; C-FIND
+        0xA700 Out of resources) after inflating no more than that, and nothing else waits
+        meanwhile. From here on the dataset is Explicit VR Little Endian."""
+        message = req.message
+        if req.syntax != binary.DEFLATED_LE or not message.dataset or message.inflated:
+            return
+        try:
+            message.dataset = await asyncio.to_thread(binary.inflate, message.dataset,
+                                                      self.max_dataset_bytes)
+        except binary.TooLarge:
+            status = OUT_OF_RESOURCES if req.op == "C-FIND" else RESOURCE_LIMITATION
+            raise Refused(status, f"The deflated {what} inflates to more than "
+                          f"{self.max_dataset_bytes} bytes") from None
+        except zlib.error:
+            raise InvalidDataset(f"cannot decode the {what}: not valid deflate data") from None
+        message.inflated = True
 
     async def _core(self, coro):
         """Await the UPS core, at most ``dimse.request_timeout`` seconds. Cut short while its
@@ -487,7 +525,7 @@ def _canonical(req: Request, what: str) -> Dataset:
     raw = req.message.dataset
     if not raw:
         return {}
-    fast = binary.read(raw, req.syntax)
+    fast = binary.read(raw, _dataset_syntax(req))
     if fast is not None:
         req.decoder = "binary"
         return _noting_charsets(req, normalize(fast))
@@ -511,11 +549,17 @@ def _decoded(req: Request, what: str) -> PydicomDataset | None:
         return None
     req.decoder = "pydicom"
     try:
-        return decode(BytesIO(raw), req.syntax == binary.IMPLICIT_LE, True,
-                      req.syntax == binary.DEFLATED_LE)
+        syntax = _dataset_syntax(req)
+        return decode(BytesIO(raw), syntax == binary.IMPLICIT_LE, True,
+                      syntax == binary.DEFLATED_LE)
     except Exception as exc:  # noqa: BLE001
         raise InvalidDataset(f"cannot decode the {what}: "
                              f"{str(exc)[:100] or type(exc).__name__}") from None
+
+
+def _dataset_syntax(req: Request) -> str:
+    """The transfer syntax of the request's dataset bytes (a deflated one once inflated)."""
+    return binary.EXPLICIT_LE if req.message.inflated else req.syntax
 
 
 def _requested_uid(req: Request) -> str:

@@ -40,6 +40,7 @@ _ELEMENT = struct.Struct("<HHI")
 
 
 INVALID_PDU_PARAMETER = 0x06  # A-ABORT reason (PS3.8 Table 9-26)
+COMMAND_LIMIT = 1 << 16  # a command set holds a handful of short elements
 
 
 class ProtocolError(Exception):
@@ -58,6 +59,7 @@ class Message:
     context_id: int
     command: dict[int, bytes]  # element number -> raw value
     dataset: bytes | None
+    inflated: bool = False  # dataset received deflated and inflated since: Explicit VR LE
 
     def us(self, element: int) -> int | None:
         return _us(self.command.get(element))
@@ -116,26 +118,39 @@ class Assembler:
     message's command fragments, then all of its dataset fragments, on one context).
 
     ``max_command`` / ``max_dataset`` bound what one message may make us hold (None: no bound);
-    each fragment counts its PDV's length, so a flood of empty fragments is bounded too."""
+    each fragment counts its PDV's length, so a flood of empty fragments is bounded too, and
+    ``max_fragments`` bounds how many PDVs one message may take (each costs more to hold than
+    its bytes)."""
 
-    def __init__(self, max_command: int | None = None, max_dataset: int | None = None):
+    def __init__(self, max_command: int | None = None, max_dataset: int | None = None,
+                 max_fragments: int | None = None):
         self.max_command = max_command
         self.max_dataset = max_dataset
+        self.max_fragments = max_fragments
         self._context_id: int | None = None
         self._command: list[bytes] = []
         self._dataset: list[bytes] = []
         self._held = 0  # what the message's fragments so far count
+        self._fragments = 0  # PDVs of the message so far
         self._parsed: dict[int, bytes] | None = None  # the command, once complete
 
     @property
     def in_progress(self) -> bool:
         return self._context_id is not None
 
+    @property
+    def held_bytes(self) -> int:
+        """What the fragments of the message in progress hold."""
+        return sum(map(len, self._command)) + sum(map(len, self._dataset))
+
     def feed(self, context_id: int, pdv: bytes) -> Message | None:
         """One PDV (control header + fragment); the message it completes, if any."""
         if not pdv:
             raise ProtocolError("empty presentation data value")
         header, fragment = pdv[0], pdv[1:]
+        self._fragments += 1
+        if self.max_fragments is not None and self._fragments > self.max_fragments:
+            raise ProtocolError(f"a DIMSE message in more than {self.max_fragments} fragments")
         if self._context_id is None:
             self._context_id = context_id
         elif context_id != self._context_id:
@@ -167,9 +182,13 @@ class Assembler:
 
     def _complete(self, dataset: bytes | None) -> Message:
         message = Message(self._context_id, self._parsed, dataset)
-        self._context_id, self._command, self._dataset, self._parsed = None, [], [], None
-        self._held = 0
+        self.reset()
         return message
+
+    def reset(self) -> None:
+        """Forget the message in progress (its fragments are released)."""
+        self._context_id, self._command, self._dataset, self._parsed = None, [], [], None
+        self._held = self._fragments = 0
 
 
 def _us(raw: bytes | None) -> int | None:

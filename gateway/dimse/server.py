@@ -28,6 +28,10 @@ log = logging.getLogger("gateway.dimse")
 
 STOP_GRACE_SECONDS = 2.0  # how long requests in flight may finish when the gateway stops
 IDENTITY_REFUSED = "user identity refused"  # the metrics' reason for an _identify refusal
+# Connections beyond dimse.max_associations still read, so that their A-ASSOCIATE-RQ is answered
+# with A-ASSOCIATE-RJ ("local limit exceeded") rather than a bare close; beyond these few more,
+# a connection is closed at once.
+REJECT_ALLOWANCE = 8
 
 
 class Listener:
@@ -52,8 +56,16 @@ class Listener:
         if self.audit is not None:
             self.audit(calling_ae, address, outcome)
 
-    def negotiate(self, rq) -> negotiation.Agreement | negotiation.Rejection:
-        outcome = self._negotiate(rq)
+    def admit(self, association: Association) -> bool:
+        """A new connection: counted from now on (False: too many, close it unread)."""
+        if len(self.connections) >= self.config.max_associations + REJECT_ALLOWANCE:
+            return False
+        self.connections.add(association)
+        return True
+
+    def negotiate(self, rq, asking: Association | None = None
+                  ) -> negotiation.Agreement | negotiation.Rejection:
+        outcome = self._negotiate(rq, asking)
         if isinstance(outcome, negotiation.Rejection):
             # (an identity refusal's text names the credential: one bounded label for all)
             reason = IDENTITY_REFUSED if outcome.diagnostic == negotiation.NO_REASON_GIVEN \
@@ -63,12 +75,16 @@ class Listener:
             self.metrics.associations_accepted.inc()
         return outcome
 
-    def _negotiate(self, rq) -> negotiation.Agreement | negotiation.Rejection:
-        established = [a for a in self.connections if a.is_established]
-        if len(established) >= self.config.max_associations:
+    def _negotiate(self, rq, asking: Association | None
+                   ) -> negotiation.Agreement | negotiation.Rejection:
+        # Connections still to send their A-ASSOCIATE-RQ hold a slot as associations do (each
+        # for at most dimse.association_rq_timeout): a crowd of silent or trickling connections
+        # cannot keep the limit's worth of associations out for longer than that.
+        holding = sum(1 for a in self.connections if a is not asking and a.holds_slot)
+        if holding >= self.config.max_associations:
             return negotiation.TOO_MANY
         calling = str(rq.calling_ae_title or "").strip()
-        if sum(1 for a in established if a.calling_ae == calling) \
+        if sum(1 for a in self.connections if a.is_established and a.calling_ae == calling) \
                 >= self.config.max_associations_per_ae:
             return negotiation.TOO_MANY
         return negotiation.negotiate(rq, self.policy, self.supported)

@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING
 from pynetdicom.pdu import P_DATA_TF
 
 from gateway.dimse import negotiation, pdus
-from gateway.dimse.messages import (C_CANCEL, INVALID_PDU_PARAMETER as INVALID_PARAMETER,
-                                    RESPONDED_TO, Assembler, Message, ProtocolError, p_data)
+from gateway.dimse.messages import (C_CANCEL, COMMAND_LIMIT,
+                                    INVALID_PDU_PARAMETER as INVALID_PARAMETER, RESPONDED_TO,
+                                    Assembler, Message, ProtocolError, p_data)
 from gateway.dimse.pdus import (ABORT, ASSOCIATE_RQ, DATA, NOT_SPECIFIED, RELEASE_RQ,
                                 UNEXPECTED_PDU)
 
@@ -65,8 +66,11 @@ class Association(pdus.WriteFlow, asyncio.Protocol):
         # what its replies are written in when they can be (an N-GET request has no dataset).
         self.charsets: list[str] | None = None
         self._buffer = bytearray()
-        self._assembler = Assembler()
+        self._assembler = Assembler(COMMAND_LIMIT, self.config.max_message_bytes,
+                                    self.config.max_message_fragments)
+        self._message_started = 0.0  # when the first fragment of the message in progress came
         self._queue: asyncio.Queue = asyncio.Queue()
+        self._reading_paused = False  # max_pending_requests received and not yet served
         self._worker: asyncio.Task | None = None
         self._busy = False
         self._stop_when_idle = False
@@ -84,6 +88,11 @@ class Association(pdus.WriteFlow, asyncio.Protocol):
     def is_established(self) -> bool:
         return self.state is State.ESTABLISHED
 
+    @property
+    def holds_slot(self) -> bool:
+        """Counted against dimse.max_associations: established, or still to send its RQ."""
+        return self.state in (State.ESTABLISHED, State.AWAITING_RQ)
+
     async def send(self, context_id: int, command: bytes, dataset: bytes | None = None) -> None:
         """Write one DIMSE message, fragmented to the peer's maximum PDU; wait while the peer
         reads slower than we write (a long C-FIND)."""
@@ -96,6 +105,14 @@ class Association(pdus.WriteFlow, asyncio.Protocol):
                     await self.writable()
             except TimeoutError:
                 self.abort(NOT_SPECIFIED, "the peer stopped reading our responses")
+
+    @property
+    def held_bytes(self) -> int:
+        """What the peer's bytes cost us now: unread PDUs, the message being reassembled and
+        the requests waiting to be served (0 once the connection is closed)."""
+        queued = sum(len(item.dataset or b"") for item in self._queue._queue
+                     if isinstance(item, Message))
+        return len(self._buffer) + self._assembler.held_bytes + queued
 
     def log_extra(self) -> dict:
         return {"ae": self.calling_ae or None,
@@ -110,18 +127,31 @@ class Association(pdus.WriteFlow, asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.address = f"{peer[0]}:{peer[1]}"
-        self.listener.connections.add(self)
-        self._arm(self.config.acse_timeout, self._artim_expired)
+        if not self.listener.admit(self):
+            # Every slot is taken (associations and connections still to send their
+            # A-ASSOCIATE-RQ count alike): nothing is read from this one.
+            log.warning("connection refused: dimse.max_associations connections are open",
+                        extra=self.log_extra())
+            self.state = State.CLOSED
+            transport.close()
+            return
+        self._arm(min(self.config.association_rq_timeout, self.config.acse_timeout or float("inf")),
+                  self._artim_expired)
 
     def data_received(self, data: bytes) -> None:
         self._last_activity = self.loop.time()
         if self.state in (State.CLOSING, State.CLOSED):
             return  # waiting for the peer to close: whatever it still sends is moot
         self._buffer += data
+        self._take_pdus()
+
+    def _take_pdus(self) -> None:
+        """Act on each whole PDU in the buffer — until reading is paused: what is left waits
+        in the buffer (at most one PDU's worth more) until the worker catches up."""
         try:
             for pdu_type, pdu in pdus.take(self._buffer, self.config.max_pdu):
                 self._on_pdu(pdu_type, pdu)
-                if self.state in (State.CLOSING, State.CLOSED):
+                if self.state in (State.CLOSING, State.CLOSED) or self._reading_paused:
                     return
         except ProtocolError as exc:
             self.abort(exc.reason, str(exc))
@@ -136,8 +166,17 @@ class Association(pdus.WriteFlow, asyncio.Protocol):
         self._retire_worker()
         self.resume_writing()
         self.listener.connections.discard(self)
+        self._release_buffers()
         if not self.closed.done():
             self.closed.set_result(None)
+
+    def _release_buffers(self) -> None:
+        """Drop what the peer sent: a closed association holds no message bytes, even while
+        something (a log record, the collector's young generation) still refers to it."""
+        self._buffer = bytearray()
+        self._assembler.reset()
+        while not self._queue.empty():
+            self._queue.get_nowait()
 
     # ---- PDUs ------------------------------------------------------------------------------------
 
@@ -153,7 +192,7 @@ class Association(pdus.WriteFlow, asyncio.Protocol):
         elif pdu_type == DATA:
             self._on_p_data(pdu)
         elif pdu_type == RELEASE_RQ:
-            self._queue.put_nowait(_RELEASE)
+            self._enqueue(_RELEASE)
         else:
             raise ProtocolError(f"unexpected PDU type 0x{pdu_type:02X}", UNEXPECTED_PDU)
 
@@ -163,7 +202,7 @@ class Association(pdus.WriteFlow, asyncio.Protocol):
         peer = {"ae": str(rq.calling_ae_title or "").strip() or None,
                 "called_ae": str(rq.called_ae_title or "").strip() or None,
                 "address": self.address}
-        outcome = self.listener.negotiate(rq)
+        outcome = self.listener.negotiate(rq, self)
         self.listener.associated(peer["ae"] or "", self.address, outcome)
         if isinstance(outcome, negotiation.Rejection):
             log.info(f"association rejected: {outcome.reason}", extra=peer)
@@ -186,6 +225,8 @@ class Association(pdus.WriteFlow, asyncio.Protocol):
             if context_id not in contexts:
                 raise ProtocolError(f"P-DATA on presentation context {context_id}, which was "
                                     "not accepted", INVALID_PARAMETER)
+            if not self._assembler.in_progress:
+                self._message_started = self.loop.time()
             message = self._assembler.feed(context_id, item.presentation_data_value or b"")
             if message is not None:
                 self._on_message(message)
@@ -196,7 +237,25 @@ class Association(pdus.WriteFlow, asyncio.Protocol):
             if responded_to is not None:
                 self.cancelled.add(responded_to)
             return
-        self._queue.put_nowait(message)
+        self._enqueue(message)
+
+    def _enqueue(self, item) -> None:
+        """Queue a request (or the release) for the worker. At ``max_pending_requests``
+        waiting, stop reading: TCP flow control holds the peer back until the worker has
+        caught up (``_resume_reading``)."""
+        self._queue.put_nowait(item)
+        if self._queue.qsize() >= self.config.max_pending_requests and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+            log.debug("reading paused: requests are waiting", extra=self.log_extra())
+
+    def _resume_reading(self) -> None:
+        if not self._reading_paused or self._queue.qsize() >= self.config.max_pending_requests:
+            return
+        self._reading_paused = False
+        self._take_pdus()  # what arrived before the pause, first
+        if not self._reading_paused and self.state is State.ESTABLISHED:
+            self.transport.resume_reading()
 
     # ---- serving requests, in order ----------------------------------------------------------
 
@@ -204,6 +263,7 @@ class Association(pdus.WriteFlow, asyncio.Protocol):
         handlers = self.listener.handlers
         while True:
             item = await self._queue.get()
+            self._resume_reading()
             if item is _RELEASE:
                 self._write(pdus.RELEASE_RP_PDU)
                 log.debug("association released", extra=self.log_extra())
@@ -296,8 +356,9 @@ class Association(pdus.WriteFlow, asyncio.Protocol):
         return self.config.network_timeout or None
 
     def _check_interval(self) -> float | None:
-        # Checked by the shorter of the two limits: a message may start fragmenting meanwhile.
-        limits = [x for x in (self.config.dimse_timeout, self.config.network_timeout) if x]
+        # Checked by the shortest of the limits: a message may start fragmenting meanwhile.
+        limits = [x for x in (self.config.dimse_timeout, self.config.network_timeout,
+                              self.config.message_deadline_seconds) if x]
         return min(limits) if limits else None
 
     def _check_idle(self) -> None:
@@ -305,16 +366,31 @@ class Association(pdus.WriteFlow, asyncio.Protocol):
         self._timer = None
         if self.state is not State.ESTABLISHED:
             return
-        limit = self._idle_limit()
-        if limit is None:
-            return
         now = self.loop.time()
-        if self._busy:  # our own request in flight: not the peer's idling
+        if self._busy or not self._queue.empty():
+            # Our own requests in hand (reading may be paused for them): not the peer's idling.
             self._arm(self._check_interval(), self._check_idle)
             return
-        silent = now - self._last_activity
-        if silent >= limit:
-            what = "DIMSE message incomplete" if self._assembler.in_progress else "no activity"
-            self.abort(NOT_SPECIFIED, f"{what} for {limit:g} s")
-            return
-        self._arm(min(limit - silent, self._check_interval()), self._check_idle)
+        waits = []
+        if self._assembler.in_progress:
+            # A deadline from the first fragment: a trickle of fragments does not move it.
+            deadline = self.config.message_deadline_seconds
+            taken = now - self._message_started
+            if taken >= deadline:
+                self.abort(NOT_SPECIFIED, f"DIMSE message not complete within {deadline:g} s "
+                           "of its first fragment (dimse.message_deadline_seconds)")
+                return
+            waits.append(deadline - taken)
+        limit = self._idle_limit()
+        if limit is not None:
+            silent = now - self._last_activity
+            if silent >= limit:
+                what = "DIMSE message incomplete" if self._assembler.in_progress else "no activity"
+                self.abort(NOT_SPECIFIED, f"{what} for {limit:g} s")
+                return
+            waits.append(limit - silent)
+        interval = self._check_interval()
+        if interval is not None:
+            waits.append(interval)
+        if waits:
+            self._arm(max(min(waits), 0.01), self._check_idle)

@@ -23,7 +23,7 @@ from gateway.rest import capabilities, cors, openapi, paths, subscriptions, tick
 from gateway.rest import metrics as rest_metrics
 from gateway.rest.audit_hook import Record, audit_middleware, channel_opened
 from gateway.rest.auth import OPEN_PATHS, security_middleware
-from gateway.rest.messages import error_response, problem
+from gateway.rest.messages import BodyTimeout, error_response, problem
 from gateway.rest.state import (FANOUT, HEALTH, METRICS, OPERATION, ORIGIN, REQUEST_ID, SECURITY,
                                 SERVICE, SETTINGS, SUBPROTOCOLS, Health, Security)
 from gateway.security.principal import PERFORM, READ, WATCH, WRITE
@@ -85,6 +85,10 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
         response = await _within_deadline(request, handler)
     except UPSError as error:
         response = error_response(request, error)
+    except BodyTimeout as exc:
+        log.info("request body too slow", extra={"request": rid, "path": request.path})
+        response = problem(request, 408, str(exc))
+        response.force_close()  # what is left of the body is not waited for
     except web.HTTPRequestEntityTooLarge:
         response = problem(request, 413, f"the request body exceeds the limit of "
                            f"{request.app[SETTINGS].max_body_bytes} bytes")

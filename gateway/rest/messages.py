@@ -4,9 +4,10 @@ to and from it here (``media``, ``native_xml``) — and UPS errors as HTTP answe
 
 from __future__ import annotations
 
-import orjson
+import asyncio
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from gateway.rest import media, native_xml
@@ -30,10 +31,14 @@ HTTP_STATUS = {
     st.CANCEL_ALREADY_COMPLETED: 409, st.PERFORMER_UNREACHABLE: 409, st.PERFORMER_DECLINES: 409,
     st.NO_SUCH_UPS: 404, st.UNKNOWN_RECEIVING_AE: 404, st.DUPLICATE_INSTANCE: 409,
     st.CREATE_NOT_SCHEDULED: 400, st.ACTION_NOT_APPROPRIATE: 400, st.EVENTS_NOT_SUPPORTED: 403,
-    st.PROCESSING_FAILURE: 503,
+    st.PROCESSING_FAILURE: 503, st.RESOURCE_LIMITATION: 403,
 }
 _STATE_CODES = (st.MAY_NO_LONGER_BE_UPDATED, st.ALREADY_IN_PROGRESS, st.ONLY_CREATE_SCHEDULES,
                 st.FINAL_STATE_REQUIREMENTS_NOT_MET, st.NOT_IN_PROGRESS)
+
+
+class BodyTimeout(Exception):
+    """The request body did not arrive in time: 408, and the connection is closed."""
 
 
 def service_url(request: web.Request) -> str:
@@ -103,7 +108,13 @@ async def read_json(request: web.Request, *, optional: bool = False) -> Any:
     limit = request.app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    raw = await request.read()  # aiohttp enforces client_max_size on chunked bodies too
+    seconds = request.app[SETTINGS].body_timeout_seconds
+    try:  # a body trickled in slower than this holds a connection and its buffer: no more
+        async with asyncio.timeout(seconds):
+            raw = await request.read()  # aiohttp enforces client_max_size on chunked bodies too
+    except TimeoutError:
+        raise BodyTimeout(f"the request body did not arrive within {seconds:g} s "
+                          "(rest.body_timeout_seconds)") from None
     if not raw.strip():
         if optional:
             return None

@@ -113,6 +113,15 @@ class RedisSubscriptionStore:
     async def subscribers(self) -> list[str]:
         return sorted(ae.decode() for ae in await self.redis.smembers(self.keys.subscribers()))
 
+    async def admits(self, ae: str, limit: int) -> bool:
+        # Checked before the subscription is written: subscribes racing in other processes may
+        # pass the limit by as many as they are.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.sismember(self.keys.subscribers(), ae)
+            pipe.scard(self.keys.subscribers())
+            member, count = await pipe.execute()
+        return bool(member) or count < limit
+
     async def overview(self) -> list[dict]:
         """Every subscriber AE (for ``ups-gateway subscriptions list``): its worklist
         subscription (none, global or filtered, with its deletion lock and filter), how many

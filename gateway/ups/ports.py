@@ -175,6 +175,10 @@ class SubscriptionStore(Protocol):
     async def subscribers(self) -> list[str]:
         """Every AE that holds any subscription."""
 
+    async def admits(self, ae: str, limit: int) -> bool:
+        """Whether ``ae`` may subscribe under a limit of ``limit`` subscriber AEs: it is one
+        already, or fewer than ``limit`` are."""
+
     async def broadcast(self, aes: Iterable[str], event_type: int, uid: str,
                         info: Dataset) -> int:
         """Queue one event outside any workitem commit (SCP Status Change) for ``aes``."""

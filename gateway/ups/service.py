@@ -45,6 +45,9 @@ class Settings:
     commit_wait_seconds: float | None = 10.0
     # AEs that can be told of events even without a subscription (DIMSE peers with an address).
     direct_event_aes: frozenset[str] = frozenset()
+    # Distinct AEs that may hold subscriptions (0: no limit): every one of them is subscribed to
+    # each new workitem by its create commit, so they bound what a create costs.
+    max_subscriber_aes: int = 0
 
 
 @dataclass

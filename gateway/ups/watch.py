@@ -67,6 +67,11 @@ class Watch:
             raise UPSError(st.UNKNOWN_RECEIVING_AE,
                            f"Receiving AE {ae} is unknown: not a configured peer and no open "
                            "WebSocket channel")
+        limit = self.settings.max_subscriber_aes
+        if limit and not await self.subs.admits(ae, limit):
+            raise UPSError(st.RESOURCE_LIMITATION,
+                           f"{limit} AEs hold subscriptions already (events.max_subscriber_aes); "
+                           f"{ae} cannot be another until one unsubscribes from the worklist")
         if uid in WELL_KNOWN_SUBSCRIPTION_UIDS:
             if uid == GLOBAL_SUBSCRIPTION and terms:
                 raise UPSError(st.ACTION_NOT_APPROPRIATE, "matching keys are only accepted with "

@@ -8,6 +8,8 @@ subscriptions …), as a real UPS SCU does.
 from __future__ import annotations
 
 import contextlib
+import socket
+import struct
 import time
 from io import BytesIO
 from typing import Iterator
@@ -118,6 +120,32 @@ def c_find(assoc, identifier: Dataset, model: str = PULL) -> tuple[int, list[Dat
     return int(final.Status), results, final
 
 
+# ---- the usual steps, each checked to succeed ----------------------------------------------------
+
+def create(assoc, **kw) -> str:
+    """N-CREATE a workitem (``tests.helpers.workitem(**kw)``); its UID."""
+    from tests.helpers import new_uid, workitem
+    uid = new_uid()
+    status, _ = n_create(assoc, workitem(**kw), uid)
+    assert status_of(status) == 0x0000, comment_of(status)
+    return uid
+
+
+def claim(assoc, uid: str) -> str:
+    """N-ACTION to IN PROGRESS with a new Transaction UID; that UID."""
+    from tests.helpers import new_uid
+    tx = new_uid()
+    status, _ = change_state(assoc, uid, "IN PROGRESS", tx)
+    assert status_of(status) == 0x0000, comment_of(status)
+    return tx
+
+
+def get(assoc, uid: str, tags=None) -> Dataset:
+    status, ds = n_get(assoc, uid, tags)
+    assert status_of(status) == 0x0000, comment_of(status)
+    return ds
+
+
 def raw_request(assoc, primitive, abstract_syntax: str):
     """Send a hand-built DIMSE request primitive on the context of ``abstract_syntax`` and
     return the response primitive (for what pynetdicom's send_* methods won't send)."""
@@ -151,3 +179,50 @@ def wire(message, context_id: int, max_pdu: int) -> bytes:
         pdu.from_primitive(primitive)
         out.append(pdu.encode())
     return b"".join(out)
+
+
+# ---- a peer that speaks PDUs by hand -------------------------------------------------------------
+
+class RawPeer:
+    """A TCP connection to the gateway's DIMSE port that reads and writes PDUs itself."""
+
+    def __init__(self, gateway, timeout: float = 5.0):
+        self.sock = socket.create_connection(("127.0.0.1", gateway.dimse_port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _exactly(self, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            chunk = self.sock.recv(n - len(out))
+            if not chunk:
+                raise EOFError(f"closed after {len(out)} of {n} bytes")
+            out += chunk
+        return out
+
+    def pdu(self) -> tuple[int, bytes]:
+        """The next PDU: (type, the whole PDU)."""
+        header = self._exactly(6)
+        return header[0], header + self._exactly(struct.unpack(">I", header[2:])[0])
+
+    def closed_by_peer(self, within: float = 5.0) -> bool:
+        self.sock.settimeout(within)
+        try:
+            while self.sock.recv(4096):
+                pass
+            return True
+        except (socket.timeout, TimeoutError):
+            return False
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def still_serving(gateway) -> None:
+    """The gateway still accepts an association and answers a C-ECHO."""
+    with association(gateway) as assoc:
+        assert assoc.send_c_echo().Status == 0x0000

@@ -11,6 +11,7 @@ from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian,
                          ImplicitVRLittleEndian)
 
 from tests import dimse_util as d
+from tests.dimse_util import create, claim, get
 from tests.helpers import code, element, new_uid, workitem
 
 
@@ -23,24 +24,7 @@ def assoc(gateway):
     a.release()
 
 
-def create(assoc, **kw) -> str:
-    uid = new_uid()
-    status, _ = d.n_create(assoc, workitem(**kw), uid)
-    assert d.status_of(status) == 0x0000, d.comment_of(status)
-    return uid
 
-
-def claim(assoc, uid: str) -> str:
-    tx = new_uid()
-    status, _ = d.change_state(assoc, uid, "IN PROGRESS", tx)
-    assert d.status_of(status) == 0x0000, d.comment_of(status)
-    return tx
-
-
-def get(assoc, uid: str, tags=None) -> Dataset:
-    status, ds = d.n_get(assoc, uid, tags)
-    assert d.status_of(status) == 0x0000, d.comment_of(status)
-    return ds
 
 
 def expect(status: Dataset, code_: int, *words: str) -> None:

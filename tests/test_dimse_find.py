@@ -9,7 +9,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from tests import dimse_util as d
-from tests.helpers import code, element, new_uid, workitem
+from tests.dimse_util import create
+from tests.helpers import code, element, new_uid
 
 
 @pytest.fixture(scope="module")
@@ -20,12 +21,6 @@ def assoc(gateway):
     assert a.is_established
     a.release()
 
-
-def create(assoc, **kw) -> str:
-    uid = new_uid()
-    status, _ = d.n_create(assoc, workitem(**kw), uid)
-    assert d.status_of(status) == 0x0000, d.comment_of(status)
-    return uid
 
 
 def ds(**keys) -> Dataset:

@@ -55,47 +55,13 @@ def assert_found(assoc, label: str, uids: list[str]) -> None:
     assert sorted(r.SOPInstanceUID for r in results) == sorted(uids)
 
 
-def still_serving(gw) -> None:
-    with d.association(gw) as assoc:
-        assert assoc.send_c_echo().Status == 0x0000
+still_serving = d.still_serving
 
 
 # ---- raw sockets -----------------------------------------------------------------------------
 
-class Raw:
+class Raw(d.RawPeer):
     """A TCP connection that speaks PDUs by hand."""
-
-    def __init__(self, gw, timeout: float = 5.0):
-        self.sock = socket.create_connection(("127.0.0.1", gw.dimse_port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _exactly(self, n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            chunk = self.sock.recv(n - len(out))
-            if not chunk:
-                raise EOFError(f"closed after {len(out)} of {n} bytes")
-            out += chunk
-        return out
-
-    def pdu(self) -> tuple[int, bytes]:
-        header = self._exactly(6)
-        length = struct.unpack(">I", header[2:])[0]
-        return header[0], header + self._exactly(length)
-
-    def closed_by_peer(self, within: float = 5.0) -> bool:
-        self.sock.settimeout(within)
-        try:
-            while self.sock.recv(4096):
-                pass
-            return True
-        except (socket.timeout, TimeoutError):
-            return False
-        except ConnectionResetError:
-            return True
 
     def associate(self, contexts=((1, d.PUSH),), calling: str = "RAW_SCU",
                   application_context: str = negotiation.APPLICATION_CONTEXT) -> tuple[int, bytes]:
@@ -106,9 +72,6 @@ class Raw:
         """The gateway answered with A-ABORT, then the connection ended."""
         pdu_type, _ = self.pdu()
         return pdu_type == 0x07 and self.closed_by_peer()
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def associate_rq(contexts, calling: str, application_context: str) -> bytes:

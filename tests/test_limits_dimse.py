@@ -51,10 +51,9 @@ def gw(tmp_path_factory):
 
 # ---- a peer speaking PDUs by hand ----------------------------------------------------------------
 
-class Peer:
+class Peer(d.RawPeer):
     def __init__(self, gw, syntax: str = EXPLICIT, abstract: str = d.PUSH):
-        self.sock = socket.create_connection(("127.0.0.1", gw.dimse_port), timeout=10)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().__init__(gw, timeout=10)
         self.syntax, self.abstract = syntax, abstract
 
     def associate(self) -> None:
@@ -72,19 +71,6 @@ class Peer:
         self.sock.sendall(pdu.encode())
         assert self.pdu()[0] == 0x02, "association accepted"
 
-    def _exactly(self, n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            chunk = self.sock.recv(n - len(out))
-            if not chunk:
-                raise EOFError(f"closed after {len(out)} of {n} bytes")
-            out += chunk
-        return out
-
-    def pdu(self) -> tuple[int, bytes]:
-        header = self._exactly(6)
-        return header[0], header + self._exactly(struct.unpack(">I", header[2:])[0])
-
     def response_status(self) -> int:
         """The Status of the next response (command set in one PDV, as the gateway sends)."""
         pdu_type, pdu = self.pdu()
@@ -97,9 +83,6 @@ class Peer:
 
     def got_something(self) -> bool:
         return bool(select.select([self.sock], [], [], 0)[0])
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def status_in(pdu: bytes) -> int:
@@ -158,9 +141,7 @@ def sized_workitem(dataset_bytes: int) -> tuple[bytes, bytes]:
     return n_create_parts(workitem(**extra))
 
 
-def still_serving(gw) -> None:
-    with d.association(gw) as assoc:
-        assert assoc.send_c_echo().Status == 0x0000
+still_serving = d.still_serving
 
 
 # ---- message size and fragments --------------------------------------------------------------

@@ -23,7 +23,7 @@ from gateway.rest import capabilities, cors, openapi, paths, subscriptions, tick
 from gateway.rest import metrics as rest_metrics
 from gateway.rest.audit_hook import Record, audit_middleware, channel_opened
 from gateway.rest.auth import OPEN_PATHS, security_middleware
-from gateway.rest.messages import BodyTimeout, error_response, problem
+from gateway.rest.messages import BodyTimeout, error_response, problem, read_body
 from gateway.rest.state import (FANOUT, HEALTH, METRICS, OPERATION, ORIGIN, REQUEST_ID, SECURITY,
                                 SERVICE, SETTINGS, SUBPROTOCOLS, Health, Security)
 from gateway.security.principal import PERFORM, READ, WATCH, WRITE
@@ -126,8 +126,7 @@ async def _within_deadline(request: web.Request, handler) -> web.StreamResponse:
     if request.headers.get("Upgrade", "").lower() == "websocket":
         return await handler(request)
     settings = request.app[SETTINGS]
-    if request.content_length is None or request.content_length <= settings.max_body_bytes:
-        await request.read()  # kept by aiohttp for the handler (too large: 413 as before)
+    await read_body(request)  # within its own deadline; kept by aiohttp for the handler
     limit = settings.request_timeout
     deadline = asyncio.timeout(limit)
     with commit_tracking() as tracking:

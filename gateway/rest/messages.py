@@ -104,17 +104,24 @@ async def read_dataset(request: web.Request, *, optional: bool = False) -> Datas
     return normalize(body)
 
 
-async def read_json(request: web.Request, *, optional: bool = False) -> Any:
+async def read_body(request: web.Request) -> bytes:
+    """The request's body, within ``rest.max_body_bytes`` (else 413) and
+    ``rest.body_timeout_seconds`` (else ``BodyTimeout``: a body trickled in slower holds a
+    connection and its buffer). aiohttp keeps it: reading it again costs nothing."""
     limit = request.app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
     seconds = request.app[SETTINGS].body_timeout_seconds
-    try:  # a body trickled in slower than this holds a connection and its buffer: no more
+    try:
         async with asyncio.timeout(seconds):
-            raw = await request.read()  # aiohttp enforces client_max_size on chunked bodies too
+            return await request.read()  # aiohttp enforces client_max_size on chunked bodies too
     except TimeoutError:
         raise BodyTimeout(f"the request body did not arrive within {seconds:g} s "
                           "(rest.body_timeout_seconds)") from None
+
+
+async def read_json(request: web.Request, *, optional: bool = False) -> Any:
+    raw = await read_body(request)
     if not raw.strip():
         if optional:
             return None

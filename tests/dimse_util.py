@@ -226,3 +226,19 @@ def still_serving(gateway) -> None:
     """The gateway still accepts an association and answers a C-ECHO."""
     with association(gateway) as assoc:
         assert assoc.send_c_echo().Status == 0x0000
+
+
+def assert_rejected(assoc, gateway, expected: tuple[int, int, int], reason: str, ae: str) -> None:
+    """``assoc`` was refused with A-ASSOCIATE-RJ (result, source, diagnostic) = ``expected``.
+
+    pynetdicom 3.0.4, on a busy machine, sometimes aborts its side after an A-ASSOCIATE-RJ
+    instead of flagging ``is_rejected``; then the gateway's own log says what it sent."""
+    assert not assoc.is_established
+    if assoc.is_rejected:
+        rj = assoc.acceptor.primitive
+        assert (rj.result, rj.result_source, rj.diagnostic) == expected
+        return
+    deadline = time.monotonic() + 10
+    while not gateway.records(f"association rejected: {reason}", ae=ae):
+        assert time.monotonic() < deadline, f"no 'association rejected: {reason}' for {ae}"
+        time.sleep(0.05)

@@ -636,8 +636,7 @@ async def test_calling_ae_allowlist(strict_gateway):
 def test_max_associations(strict_gateway):
     with d.association(strict_gateway) as a1, d.association(strict_gateway) as a2:
         third = d.associate(strict_gateway)
-        assert third.is_rejected
-        assert third.acceptor.primitive.diagnostic == 2  # local limit exceeded
+        d.assert_rejected(third, strict_gateway, (2, 3, 2), "local limit exceeded", "TEST_SCU")
         assert a1.send_c_echo().Status == 0 and a2.send_c_echo().Status == 0
     deadline = time.monotonic() + 5  # released associations free their slots
     while True:

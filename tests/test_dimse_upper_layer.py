@@ -159,9 +159,7 @@ def test_ups_event_is_accepted_with_both_roles(gw):
 def test_rejections_say_why(gw):
     ae = d.make_ae(ae_title="STRANGER")
     stranger = ae.associate("127.0.0.1", gw.dimse_port, ae_title="UPS_GATEWAY")
-    assert stranger.is_rejected
-    rj = stranger.acceptor.primitive
-    assert (rj.result, rj.result_source, rj.diagnostic) == (1, 1, 3)  # calling AE unknown
+    d.assert_rejected(stranger, gw, (1, 1, 3), "calling AE title not recognised", "STRANGER")
 
     raw = Raw(gw)
     pdu_type, pdu = raw.associate(application_context="1.2.3.4.5")
@@ -173,9 +171,7 @@ def test_rejections_say_why(gw):
     try:
         assert all(a.is_established for a in held)
         eleventh = d.associate(gw)
-        assert eleventh.is_rejected
-        rj = eleventh.acceptor.primitive
-        assert (rj.result, rj.result_source, rj.diagnostic) == (2, 3, 2)  # local limit
+        d.assert_rejected(eleventh, gw, (2, 3, 2), "local limit exceeded", "TEST_SCU")
     finally:
         for a in held:
             a.release()

@@ -65,7 +65,7 @@ class EventHub:
         self._takeover_listeners.append(listener)
 
     async def announce_takeover(self, ae: str, owner: str) -> None:
-        await self.redis.publish(self.channel, msgpack.packb([_TAKEOVER, ae, owner]))
+        await self.redis.publish(self.channel, msgpack.packb([_TAKEOVER, ae, owner]))  # rare
 
     def published_here(self, data: bytes) -> None:
         """A notification this process's commit just published: delivered now, and its echo

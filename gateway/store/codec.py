@@ -17,13 +17,27 @@ import zstandard
 
 from gateway.ups.dataset import Dataset
 
+# msgpack.packb makes a Packer, and with it a 256 KiB buffer, on every call: with the gateway's
+# fixed malloc thresholds (app.py, so that memory returns after bursts) each of those is an
+# mmap/munmap pair, ten times the cost of the packing itself. One Packer per thread instead.
+_packers = threading.local()
+
+
+def _packer(bin_type: bool) -> msgpack.Packer:
+    try:
+        return _packers.pair[bin_type]
+    except AttributeError:
+        _packers.pair = (msgpack.Packer(use_bin_type=False), msgpack.Packer(use_bin_type=True))
+        return _packers.pair[bin_type]
+
+
 def pack(obj) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    return _packer(True).pack(obj)
 
 
 def pack_for_lua(obj) -> bytes:
     # Redis's Lua cmsgpack predates the msgpack bin type: nested blobs travel as raw strings.
-    return msgpack.packb(obj, use_bin_type=False)
+    return _packer(False).pack(obj)
 
 
 def unpack(blob: bytes):

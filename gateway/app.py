@@ -252,7 +252,7 @@ class Gateway:
                 await buffer.drain(SHUTDOWN_DELIVERY_SECONDS)
         await self.supervisor.stop()
         if self.sender:
-            await self.sender.close()
+            await self.sender.close(SHUTDOWN_DELIVERY_SECONDS)
         if self.lane:
             await self.lane.close()
         if self.core:

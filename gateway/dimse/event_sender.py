@@ -82,8 +82,15 @@ class DimseEventSender:
         if drained:
             await asyncio.wait([asyncio.ensure_future(d) for d in drained], timeout=timeout)
 
-    async def close(self) -> None:
-        await asyncio.gather(*(s.close() for s in self.senders.values()), return_exceptions=True)
+    async def close(self, timeout: float = 3.0) -> None:
+        """Release every peer's association; one whose peer does not answer within ``timeout``
+        is aborted (a stop never waits on a peer)."""
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*(s.close() for s in self.senders.values()),
+                                     return_exceptions=True)
+        except TimeoutError:
+            pass  # each unanswered release was aborted (PeerSender.close)
 
 
 class PeerSender:
@@ -269,3 +276,6 @@ class PeerSender:
                 await assoc.release()
             except AssociationError:
                 assoc.abort()
+            except asyncio.CancelledError:  # a stop that no longer waits for the peer
+                assoc.abort()
+                raise

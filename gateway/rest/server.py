@@ -33,11 +33,16 @@ log = logging.getLogger("gateway.rest")
 LINGERING_SECONDS = 2.0  # how long an unread body is drained after the answer, then closed
 
 
+SHUTDOWN_SECONDS = 5.0
+
+
 class Runner(web.AppRunner):
     """``web.AppRunner`` whose connections are ``GuardedHandler``s."""
 
     def __init__(self, app: web.Application, limits: Rest):
         super().__init__(app, access_log=None, handle_signals=False,
+                         # a stop waits this long for requests in flight (aiohttp: 60 s)
+                         shutdown_timeout=SHUTDOWN_SECONDS,
                          keepalive_timeout=limits.keepalive_seconds,
                          max_line_size=limits.max_header_bytes,
                          max_field_size=limits.max_header_bytes,

@@ -208,15 +208,8 @@ class RawPeer:
         return header[0], header + self._exactly(struct.unpack(">I", header[2:])[0])
 
     def closed_by_peer(self, within: float = 5.0) -> bool:
-        self.sock.settimeout(within)
-        try:
-            while self.sock.recv(4096):
-                pass
-            return True
-        except (socket.timeout, TimeoutError):
-            return False
-        except ConnectionResetError:
-            return True
+        from tests.helpers import peer_closed
+        return peer_closed(self.sock, within)
 
     def close(self) -> None:
         self.sock.close()
@@ -242,3 +235,36 @@ def assert_rejected(assoc, gateway, expected: tuple[int, int, int], reason: str,
     while not gateway.records(f"association rejected: {reason}", ae=ae):
         assert time.monotonic() < deadline, f"no 'association rejected: {reason}' for {ae}"
         time.sleep(0.05)
+
+
+def associate_rq(contexts, calling: str, *, syntax: str = ExplicitVRLittleEndian,
+                 application_context: str | None = None, max_pdu: int | None = 4096,
+                 implementation_uid: str | None = None) -> bytes:
+    """The bytes of an A-ASSOCIATE-RQ to the gateway: ``contexts`` are (context ID, abstract
+    syntax) pairs, each proposing ``syntax``."""
+    from pynetdicom import build_context
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import (A_ASSOCIATE, ImplementationClassUIDNotification,
+                                           MaximumLengthNotification)
+
+    from gateway.dimse import negotiation
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = application_context or negotiation.APPLICATION_CONTEXT
+    primitive.calling_ae_title, primitive.called_ae_title = calling, "UPS_GATEWAY"
+    items = []
+    if max_pdu is not None:
+        max_length = MaximumLengthNotification()
+        max_length.maximum_length_received = max_pdu
+        items.append(max_length)
+    if implementation_uid is not None:
+        implementation = ImplementationClassUIDNotification()
+        implementation.implementation_class_uid = implementation_uid
+        items.append(implementation)
+    primitive.user_information = items
+    for context_id, abstract in contexts:
+        cx = build_context(abstract, [syntax])
+        cx.context_id = context_id
+        primitive.presentation_context_definition_list.append(cx)
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return pdu.encode()

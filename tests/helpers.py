@@ -242,3 +242,17 @@ def completion_payload() -> dict:
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj)
+
+
+def peer_closed(sock, within: float = 10.0) -> bool:
+    """Whether the other end closes ``sock`` (reading whatever it still sends) within ``within``."""
+    import socket
+    sock.settimeout(within)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except (socket.timeout, TimeoutError):
+        return False
+    except ConnectionResetError:
+        return True

@@ -14,12 +14,9 @@ import time
 
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom import AE, build_context, build_role, evt
+from pynetdicom import AE, build_role, evt
 from pynetdicom.dimse_messages import N_CREATE_RQ
 from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE, N_CREATE
-from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import (A_ASSOCIATE, ImplementationClassUIDNotification,
-                                       MaximumLengthNotification)
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from gateway.dimse import negotiation
@@ -75,22 +72,8 @@ class Raw(d.RawPeer):
 
 
 def associate_rq(contexts, calling: str, application_context: str) -> bytes:
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = application_context
-    primitive.calling_ae_title = calling
-    primitive.called_ae_title = "UPS_GATEWAY"
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = MAX_PDU
-    implementation = ImplementationClassUIDNotification()
-    implementation.implementation_class_uid = "1.2.3.4"
-    primitive.user_information = [max_length, implementation]
-    for context_id, abstract in contexts:
-        cx = build_context(abstract, [EXPLICIT])
-        cx.context_id = context_id
-        primitive.presentation_context_definition_list.append(cx)
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    return pdu.encode()
+    return d.associate_rq(contexts, calling, application_context=application_context,
+                          max_pdu=MAX_PDU, implementation_uid="1.2.3.4")
 
 
 def n_create_pdus(context_id: int, max_pdu: int = MAX_PDU) -> bytes:

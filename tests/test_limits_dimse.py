@@ -20,7 +20,7 @@ from pynetdicom import build_context
 from pynetdicom.dimse_messages import C_ECHO_RQ, N_CREATE_RQ
 from pynetdicom.dimse_primitives import C_ECHO, N_CREATE
 from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from gateway.dimse import negotiation
 from tests import dimse_util as d
@@ -57,18 +57,8 @@ class Peer(d.RawPeer):
         self.syntax, self.abstract = syntax, abstract
 
     def associate(self) -> None:
-        primitive = A_ASSOCIATE()
-        primitive.application_context_name = negotiation.APPLICATION_CONTEXT
-        primitive.calling_ae_title, primitive.called_ae_title = "LIMIT_SCU", "UPS_GATEWAY"
-        max_length = MaximumLengthNotification()
-        max_length.maximum_length_received = MAX_PDU
-        primitive.user_information = [max_length]
-        cx = build_context(self.abstract, [self.syntax])
-        cx.context_id = 1
-        primitive.presentation_context_definition_list.append(cx)
-        pdu = A_ASSOCIATE_RQ()
-        pdu.from_primitive(primitive)
-        self.sock.sendall(pdu.encode())
+        self.sock.sendall(d.associate_rq([(1, self.abstract)], "LIMIT_SCU", syntax=self.syntax,
+                                         max_pdu=MAX_PDU))
         assert self.pdu()[0] == 0x02, "association accepted"
 
     def response_status(self) -> int:
@@ -438,15 +428,7 @@ async def test_pipelined_requests_wait_in_a_bounded_queue_and_reading_pauses(ser
     await server.start()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", config.dimse.port)
-        primitive = A_ASSOCIATE()
-        primitive.application_context_name = negotiation.APPLICATION_CONTEXT
-        primitive.calling_ae_title, primitive.called_ae_title = "PIPE_SCU", "UPS_GATEWAY"
-        cx = build_context(d.PUSH, [EXPLICIT])
-        cx.context_id = 1
-        primitive.presentation_context_definition_list.append(cx)
-        rq = A_ASSOCIATE_RQ()
-        rq.from_primitive(primitive)
-        writer.write(rq.encode())
+        writer.write(d.associate_rq([(1, d.PUSH)], "PIPE_SCU", max_pdu=None))
         header = await reader.readexactly(6)
         await reader.readexactly(struct.unpack(">I", header[2:])[0])
         assert header[0] == 0x02
@@ -495,15 +477,7 @@ async def test_a_closed_association_holds_no_bytes_even_if_never_collected(servi
     gc.disable()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", config.dimse.port)
-        primitive = A_ASSOCIATE()
-        primitive.application_context_name = negotiation.APPLICATION_CONTEXT
-        primitive.calling_ae_title, primitive.called_ae_title = "GC_SCU", "UPS_GATEWAY"
-        cx = build_context(d.PUSH, [EXPLICIT])
-        cx.context_id = 1
-        primitive.presentation_context_definition_list.append(cx)
-        rq = A_ASSOCIATE_RQ()
-        rq.from_primitive(primitive)
-        writer.write(rq.encode())
+        writer.write(d.associate_rq([(1, d.PUSH)], "GC_SCU", max_pdu=None))
         header = await reader.readexactly(6)
         await reader.readexactly(struct.unpack(">I", header[2:])[0])
         (association,) = server.listener.connections

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.abuse import HealthSampler, rss_mb, settled_rss_mb
-from tests.helpers import GatewayProcess, new_uid, workitem
+from tests.helpers import GatewayProcess, peer_closed, new_uid, workitem
 
 HEADER_TIMEOUT = 2.0
 BODY_TIMEOUT = 3.0
@@ -60,16 +60,7 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), headers, body
 
 
-def closed(sock: socket.socket, within: float = 10.0) -> bool:
-    sock.settimeout(within)
-    try:
-        while sock.recv(65536):
-            pass
-        return True
-    except (socket.timeout, TimeoutError):
-        return False
-    except ConnectionResetError:
-        return True
+closed = peer_closed
 
 
 def get(path: str, extra: str = "") -> bytes:

@@ -9,6 +9,8 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE, UserIdentityNegotiation
 
 from gateway.security.associations import AssociationAccess, IdentityRefused
 from gateway.security.principal import PERFORM, READ, WATCH, WRITE, Principal
+from gateway.ups.mpps import MPPS_CLASS
+from gateway.ups.mwl import MWL_FIND
 
 NOT_AUTHORIZED = 0x0124  # Refused: Not authorized (PS3.7 C.5.x, general status)
 OPERATION_SCOPES = {"N-CREATE": WRITE, "N-SET": WRITE, "N-GET": READ, "C-FIND": READ}
@@ -48,8 +50,8 @@ def decide(access: AssociationAccess, rq: A_ASSOCIATE, calling_ae: str) -> Grant
 # The other SOP classes the listener serves: an MPPS drives its UPS workitem (claims, completes,
 # cancels it), so its changes need what a performer's do.
 EXTENSION_SCOPES = {
-    "1.2.840.10008.5.1.4.31": {"C-FIND": READ},  # Modality Worklist Information Model - FIND
-    "1.2.840.10008.3.1.2.3.3": {"N-CREATE": PERFORM, "N-SET": PERFORM, "N-GET": READ},  # MPPS
+    MWL_FIND: {"C-FIND": READ},
+    MPPS_CLASS: {"N-CREATE": PERFORM, "N-SET": PERFORM, "N-GET": READ},
 }
 
 

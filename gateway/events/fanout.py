@@ -134,6 +134,10 @@ class WebSocketFanout:
         self._aes: dict[str, _AeChannels] = {}  # AE → its open channels here (served or not)
         self._wanted: dict[Channel, None] = {}  # channels to serve in the next round (ordered)
         self._waiting: dict[Channel, list[asyncio.Future]] = {}  # ``deliver`` calls per channel
+        # Channels a round passed over because their send buffer was full: a confirmation that
+        # makes room wants them again (any other confirmation leaves the channel alone, so a
+        # pong does not cost a read of the stream).
+        self._held_back: set[Channel] = set()
         self._wake = asyncio.Event()
         self._acks: dict[tuple[str, str], list] = {}  # (AE, lease owner) → its latest advance
         self._ack_timer: asyncio.TimerHandle | None = None
@@ -184,6 +188,7 @@ class WebSocketFanout:
             if not channels:
                 del self._channels[channel.ae]
         self._wanted.pop(channel, None)
+        self._held_back.discard(channel)
         self._resolve(self._waiting.pop(channel, ()))
         await self._leave(channel)
 
@@ -216,7 +221,9 @@ class WebSocketFanout:
             return
         reader.confirmed = (entry.id, entry.n)
         self._advance_group(channel.ae)
-        if channel.unconfirmed_bytes < self.limits.send_buffer_bytes:
+        room = channel.unconfirmed_bytes < self.limits.send_buffer_bytes
+        if room and channel in self._held_back:
+            self._held_back.discard(channel)
             self._want(channel)  # room again for what it was not sent
 
     def _advance_group(self, ae: str) -> None:
@@ -330,6 +337,7 @@ class WebSocketFanout:
                 # wants it again), or it is closed as too slow. The events stay queued.
                 log.debug("event channel send buffer full", extra={
                     "ae": channel.ae, "unconfirmed": channel.unconfirmed_bytes})
+                self._held_back.add(channel)
                 continue
             if len(entries) == BATCH:
                 self._want(channel)  # more may be queued: next round

@@ -111,6 +111,8 @@ async def read_body(request: web.Request) -> bytes:
     limit = request.app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    if request.content.is_eof():  # all of it is in (the usual case): nothing to wait for
+        return await request.read()
     seconds = request.app[SETTINGS].body_timeout_seconds
     try:
         async with asyncio.timeout(seconds):

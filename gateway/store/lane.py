@@ -107,7 +107,10 @@ class Lane:
                 raise
             return
         if self._reader is None or self._reader.done():
-            self._reader = asyncio.ensure_future(self._read())
+            # This task reads the replies now (one task per write rather than two): the write
+            # lock is free again, so later batches go out meanwhile; their replies come after.
+            self._reader = asyncio.current_task()
+            await self._read()
 
     async def _connection(self) -> AbstractConnection:
         if self._conn is None:

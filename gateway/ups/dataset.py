@@ -87,7 +87,12 @@ def items(ds: Dataset, tag_key: str) -> list[Dataset]:
 
 
 def has_value(ds: Dataset, tag_key: str) -> bool:
-    return any(v not in (None, "") for v in values(ds, tag_key))
+    element = ds.get(tag_key)
+    if element:
+        for v in element.get("Value") or ():  # (a loop: the rules ask this of every item)
+            if v is not None and v != "":
+                return True
+    return False
 
 
 def element(vr: str, *vals: Any) -> dict[str, Any]:
@@ -115,24 +120,33 @@ CHARACTER_SET = "00080005"  # Specific Character Set
 def without_character_sets(ds: Dataset) -> Dataset:
     """``ds`` without any Specific Character Set, at any level: canonical text is Unicode, so
     the character set a request arrived in says nothing about the workitem (each reply declares
-    the one it is written in). Returns ``ds`` itself when it has none."""
-    if not _has_character_set(ds):
-        return ds  # the usual case: nothing copied
-    out: Dataset = {}
+    the one it is written in). Returns ``ds`` itself when it has none; a copy otherwise, which
+    shares the items that had none (usually all: only the top level declares one)."""
+    if not _items_declare_character_set(ds):
+        if CHARACTER_SET not in ds:
+            return ds
+        out = dict(ds)
+        del out[CHARACTER_SET]
+        return out
+    out = {}
     for tag_key, elem in ds.items():
         if tag_key == CHARACTER_SET:
             continue
         if elem.get("vr") == "SQ" and elem.get("Value"):
-            elem = {**elem, "Value": [without_character_sets(item) if isinstance(item, dict)
+            elem = {**elem, "Value": [without_character_sets(item) if type(item) is dict
                                       else item for item in elem["Value"]]}
         out[tag_key] = elem
     return out
 
 
-def _has_character_set(ds: Dataset) -> bool:
-    return CHARACTER_SET in ds or any(
-        isinstance(item, dict) and _has_character_set(item)
-        for elem in ds.values() if elem.get("vr") == "SQ" for item in elem.get("Value") or ())
+def _items_declare_character_set(ds: Dataset) -> bool:
+    for elem in ds.values():
+        if elem.get("vr") == "SQ":
+            for item in elem.get("Value") or ():
+                if type(item) is dict and (CHARACTER_SET in item
+                                           or _items_declare_character_set(item)):
+                    return True
+    return False
 
 
 def select(ds: Dataset, keys: Iterable[str]) -> Dataset:

@@ -130,3 +130,36 @@ def test_the_checker_sees_a_forbidden_import():
     found = _runtime_imports(tree, "gateway.ups.service", False)
     assert "gateway.store.workitems" in found and "gateway.rest.app" in found
     assert not any(name.startswith("gateway.dimse") for name in found)
+
+
+def _private_imports(tree: ast.AST, module: str, is_package: bool) -> list[str]:
+    """``from gateway.x import _name`` (any level) in ``tree``: another module's private name."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".")[: len(module.split(".")) - node.level + is_package]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.startswith("gateway") and target != module:
+                found += [f"{target}.{a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    return found
+
+
+def test_no_module_imports_another_modules_private_names():
+    """Shared helpers are public in the module that owns them (``dimse/decoding.py`` for the
+    SCPs' request reading, ``ups.service.workitem_change`` for every UPS commit)."""
+    wrong = []
+    for path in sorted(ROOT.rglob("*.py")):
+        name = _module_name(path)
+        wrong += [f"{name} imports {imported}" for imported in
+                  _private_imports(ast.parse(path.read_text()), name, path.name == "__init__.py")]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_private_import_check_sees_one():
+    tree = ast.parse("def f():\n    from gateway.dimse.handlers import _canonical, Refused\n")
+    assert _private_imports(tree, "gateway.dimse.mpps", False) == \
+        ["gateway.dimse.handlers._canonical"]

@@ -13,7 +13,7 @@ import pytest
 
 import gateway
 from gateway.config import Config
-from gateway.dimse import access, handlers, negotiation, requestor
+from gateway.dimse import access, decoding, handlers, negotiation, requestor
 from gateway.dimse.mpps import MppsScp
 from gateway.dimse.mwl import MwlFind
 from gateway.rest import capabilities, paths
@@ -112,8 +112,8 @@ def test_the_implementation_identity_is_the_one_sent():
 def _known_codes() -> set[int]:
     """Every status the code defines: the core's, the DIMSE adapter's own, access control's."""
     known = {value for name, value in vars(st).items() if name.isupper() and isinstance(value, int)}
-    known |= {handlers.UNRECOGNIZED_OPERATION, handlers.SOP_CLASS_NOT_SUPPORTED,
-              handlers.INVALID_OBJECT_INSTANCE, handlers.IDENTIFIER_DOES_NOT_MATCH,
+    known |= {decoding.UNRECOGNIZED_OPERATION, handlers.SOP_CLASS_NOT_SUPPORTED,
+              decoding.INVALID_OBJECT_INSTANCE, handlers.IDENTIFIER_DOES_NOT_MATCH,
               handlers.OUT_OF_RESOURCES}
     return known | {access.NOT_AUTHORIZED}
 

@@ -18,21 +18,20 @@ import re
 import time
 import zlib
 from dataclasses import dataclass, field
-from io import BytesIO
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from pydicom.dataset import Dataset as PydicomDataset
-from pynetdicom.dsutils import decode
 from redis.exceptions import RedisError
 
 from gateway import logs
 from gateway.dimse import access, binary, convert, responses
+from gateway.dimse.decoding import (UNRECOGNIZED_OPERATION, Refused, canonical, decoded,
+                                    noting_charsets, requested_uid, uid_param)
 from gateway.dimse import messages as m
 from gateway.metrics import FAILURE, SUCCESS, WARNING, Metrics
 from gateway.ups import matching
 from gateway.ups import status as st
 from gateway.ups import tags as t
-from gateway.ups.dataset import Dataset, describe, first, is_uid, normalize
+from gateway.ups.dataset import Dataset, describe, first
 from gateway.ups.attempt import commit_tracking
 from gateway.ups.errors import InvalidDataset, OutcomeUnknown, UPSError
 from gateway.ups.mpps import MPPS_CLASS
@@ -64,9 +63,7 @@ ACTION_TYPES = {UPS_PUSH: (2,), UPS_PULL: (1,), UPS_WATCH: (2, 3, 4, 5)}
 ACTION_NAMES = {1: "Change UPS State", 2: "Request UPS Cancel", 3: "Subscribe",
                 4: "Unsubscribe", 5: "Suspend Global Subscription"}
 
-UNRECOGNIZED_OPERATION = 0x0211
 SOP_CLASS_NOT_SUPPORTED = 0x0122
-INVALID_OBJECT_INSTANCE = 0x0117
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 QUERY_RETRIEVE_LEVEL = "00080052"
 OUT_OF_RESOURCES = 0xA700
@@ -97,15 +94,6 @@ TRANSACTIONS = {"N-CREATE": "create", "N-SET": "update", "N-GET": "retrieve", "C
 ACTION_TRANSACTIONS = {1: "change_state", 2: "request_cancel", 3: "subscribe", 4: "unsubscribe",
                        5: "suspend"}
 SERVICES = {MWL_FIND: "mwl", MPPS_CLASS: "mpps"}  # SOP classes served by the extensions
-
-
-class Refused(Exception):
-    """A request the adapter itself refuses (wrong context, bad action type …)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass
@@ -193,9 +181,9 @@ class DimseHandlers:
     # ---- N-CREATE ----------------------------------------------------------------------------
 
     async def n_create(self, req: Request) -> Outcome:
-        uid = req.uid = _uid_param(req.message.text(m.AFFECTED_SOP_INSTANCE),
+        uid = req.uid = uid_param(req.message.text(m.AFFECTED_SOP_INSTANCE),
                                    "Affected SOP Instance UID")
-        ds = _canonical(req, "Attribute List")
+        ds = canonical(req, "Attribute List")
         req.patient = (first(ds, t.PatientID), first(ds, t.PatientName))
         outcome = await self._core(self.service.create(ds, uid, requester=req.ae))
         req.uid = outcome.uid
@@ -211,8 +199,8 @@ class DimseHandlers:
     # ---- N-SET -------------------------------------------------------------------------------
 
     async def n_set(self, req: Request) -> Outcome:
-        uid = req.uid = _requested_uid(req)
-        mods = _canonical(req, "Modification List")
+        uid = req.uid = requested_uid(req)
+        mods = canonical(req, "Modification List")
         # DIMSE carries the Transaction UID inside the Modification List (PS3.4 CC.2.6).
         tx = first(mods, t.TransactionUID)
         outcome = await self._core(self.service.update(uid, mods, tx, requester=req.ae))
@@ -221,7 +209,7 @@ class DimseHandlers:
     # ---- N-GET -------------------------------------------------------------------------------
 
     async def n_get(self, req: Request) -> Outcome:
-        uid = req.uid = _requested_uid(req)
+        uid = req.uid = requested_uid(req)
         raw = req.message.command.get(m.ATTRIBUTE_IDENTIFIERS) or b""
         if len(raw) % 4:
             raise Refused(st.INVALID_ARGUMENT_VALUE,
@@ -243,14 +231,14 @@ class DimseHandlers:
             where = CLASS_NAMES.get(req.context_class, req.context_class)
             raise Refused(st.NO_SUCH_ACTION,
                           f"Action Type {action} ({name}) is not offered on a {where} context")
-        uid = req.uid = _requested_uid(req)
+        uid = req.uid = requested_uid(req)
         if action == 1:
-            info = _canonical(req, "Action Information")
+            info = canonical(req, "Action Information")
             outcome = await self._core(self.service.change_state(
                 uid, first(info, t.ProcedureStepState), first(info, t.TransactionUID),
                 requester=req.ae))
         elif action == 2:
-            info = _canonical(req, "Action Information")
+            info = canonical(req, "Action Information")
             outcome = await self._core(self.service.request_cancel(uid, info or None,
                                                                    requester=req.ae))
         else:
@@ -258,8 +246,8 @@ class DimseHandlers:
         return outcome.status, outcome.message, None
 
     async def _subscription_action(self, req: Request, action: int, uid: str):
-        info = _noting_charsets(req, convert.identifier_to_canonical(
-            _decoded(req, "Action Information"), "Action Information"))
+        info = noting_charsets(req, convert.identifier_to_canonical(
+            decoded(req, "Action Information"), "Action Information"))
         receiving_ae = first(info, t.ReceivingAE)
         if not isinstance(receiving_ae, str) or not receiving_ae.strip():
             raise Refused(st.INVALID_ARGUMENT_VALUE, "Receiving AE (0074,1234) is required")
@@ -311,8 +299,8 @@ class DimseHandlers:
             if check is not None:
                 check(req)
             await self._inflate(req, "Identifier")
-            identifier = _noting_charsets(req, convert.identifier_to_canonical(
-                _decoded(req, "Identifier")))
+            identifier = noting_charsets(req, convert.identifier_to_canonical(
+                decoded(req, "Identifier")))
             query = query_of(identifier)
         except Exception as exc:  # noqa: BLE001 - every failure gets an explicit status
             await self._find_failure(assoc, req, exc)
@@ -517,66 +505,6 @@ async def _close_stream(stream) -> None:
         await stream.aclose()
     except Exception:  # noqa: BLE001 - already finished or still running: nothing to do
         pass
-
-
-def _canonical(req: Request, what: str) -> Dataset:
-    """A request dataset in canonical form: read straight from its bytes when it is plain
-    little-endian (``binary``), else decoded by pydicom."""
-    raw = req.message.dataset
-    if not raw:
-        return {}
-    fast = binary.read(raw, _dataset_syntax(req))
-    if fast is not None:
-        req.decoder = "binary"
-        return _noting_charsets(req, normalize(fast))
-    return _noting_charsets(req, convert.to_canonical(_decoded(req, what), what))
-
-
-def _noting_charsets(req: Request, ds: Dataset) -> Dataset:
-    """``ds``, after noting the character set it declares as the requester's: its replies on
-    this association are written in it when they can be (``convert.reply_charset``)."""
-    declared = [v or "" for v in (ds.get(t.SpecificCharacterSet) or {}).get("Value") or ()]
-    if any(declared) and req.assoc is not None:  # an empty first value: the default repertoire
-        req.assoc.charsets = declared
-    return ds
-
-
-def _decoded(req: Request, what: str) -> PydicomDataset | None:
-    """The request's dataset, decoded by pydicom; a byte stream that does not parse is the
-    requester's error, not ours."""
-    raw = req.message.dataset
-    if not raw:
-        return None
-    req.decoder = "pydicom"
-    try:
-        syntax = _dataset_syntax(req)
-        return decode(BytesIO(raw), syntax == binary.IMPLICIT_LE, True,
-                      syntax == binary.DEFLATED_LE)
-    except Exception as exc:  # noqa: BLE001
-        raise InvalidDataset(f"cannot decode the {what}: "
-                             f"{str(exc)[:100] or type(exc).__name__}") from None
-
-
-def _dataset_syntax(req: Request) -> str:
-    """The transfer syntax of the request's dataset bytes (a deflated one once inflated)."""
-    return binary.EXPLICIT_LE if req.message.inflated else req.syntax
-
-
-def _requested_uid(req: Request) -> str:
-    return _uid_param(req.message.text(m.REQUESTED_SOP_INSTANCE), "Requested SOP Instance UID",
-                      required=True)
-
-
-def _uid_param(value: Any, name: str, required: bool = False) -> str | None:
-    if value is None or str(value) == "":
-        if required:
-            raise Refused(st.INVALID_ARGUMENT_VALUE if name.startswith("Requested")
-                          else st.MISSING_ATTRIBUTE, f"{name} is required")
-        return None
-    uid = str(value).strip().rstrip("\x00")
-    if not is_uid(uid):
-        raise Refused(INVALID_OBJECT_INSTANCE, f"{name} {uid[:40]!r} is not a valid UID")
-    return uid
 
 
 _TAG_RE = re.compile(r" ?\([0-9A-Fa-f]{4},[0-9A-Fa-f]{4}\)")

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from gateway.dimse import convert
 from gateway.dimse import messages as m
+from gateway.dimse.decoding import (UNRECOGNIZED_OPERATION, Refused, canonical, requested_uid,
+                                    uid_param)
 from gateway.ups import status as st
 from gateway.ups.dataset import select
 from gateway.ups.mpps import MPPS_CLASS, MppsService
@@ -29,8 +31,6 @@ class MppsScp:
         self.service = service
 
     async def serve(self, handlers: DimseHandlers, assoc: Association, req: Request) -> None:
-        from gateway.dimse.handlers import UNRECOGNIZED_OPERATION, Refused
-
         bodies = {N_CREATE: self.n_create, N_SET: self.n_set, N_GET: self.n_get}
         body = bodies.get(req.message.command_field)
         try:
@@ -49,28 +49,22 @@ class MppsScp:
         await handlers.respond(assoc, req, code, comment, reply)
 
     async def n_create(self, handlers: DimseHandlers, req: Request):
-        from gateway.dimse.handlers import _canonical, _uid_param
-
-        uid = req.uid = _uid_param(req.message.text(m.AFFECTED_SOP_INSTANCE),
+        uid = req.uid = uid_param(req.message.text(m.AFFECTED_SOP_INSTANCE),
                                    "Affected SOP Instance UID")
-        ds = _canonical(req, "Attribute List")
+        ds = canonical(req, "Attribute List")
         outcome = await handlers.core(self.service.create(ds, uid, requester=req.ae))
         req.uid = req.instance = outcome.uid
         return st.SUCCESS, "", None
 
     async def n_set(self, handlers: DimseHandlers, req: Request):
-        from gateway.dimse.handlers import _canonical, _requested_uid
-
-        uid = req.uid = _requested_uid(req)
-        mods = _canonical(req, "Modification List")
+        uid = req.uid = requested_uid(req)
+        mods = canonical(req, "Modification List")
         await handlers.core(self.service.update(uid, mods, requester=req.ae))
         req.instance = uid
         return st.SUCCESS, "", None
 
     async def n_get(self, handlers: DimseHandlers, req: Request):
-        from gateway.dimse.handlers import Refused, _requested_uid
-
-        uid = req.uid = _requested_uid(req)
+        uid = req.uid = requested_uid(req)
         keys = [f"{tag:08X}" for tag in req.message.tags(m.ATTRIBUTE_IDENTIFIERS)]
         ds = await handlers.core(self.service.retrieve(uid))
         if keys:

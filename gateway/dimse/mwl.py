@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from gateway.dimse.decoding import UNRECOGNIZED_OPERATION
 from gateway.ups.mwl import MWL_FIND, ModalityWorklist
 
 if TYPE_CHECKING:
@@ -27,8 +28,6 @@ class MwlFind:
         self.worklist = worklist
 
     async def serve(self, handlers: DimseHandlers, assoc: Association, req: Request) -> None:
-        from gateway.dimse.handlers import UNRECOGNIZED_OPERATION
-
         if req.message.command_field != C_FIND:
             comment = f"{req.op} is not offered on a Modality Worklist context"
             handlers.done(req, UNRECOGNIZED_OPERATION, comment)

@@ -31,7 +31,7 @@ from gateway.ups.dataset import Dataset, code_item, element, first, has_value, i
 from gateway.ups.dicomtime import format_dt
 from gateway.ups.errors import InvalidDataset, UPSError, WorkitemGone
 from gateway.ups.ports import MppsRecord, QueuedEvent, WorkitemStore
-from gateway.ups.service import UPSService
+from gateway.ups.service import fill_cancellation, workitem_change
 from gateway.ups.uids import CANCELED, COMPLETED, IN_PROGRESS, SCHEDULED
 
 log = logging.getLogger("gateway.ups")
@@ -152,7 +152,7 @@ class MppsService:
                         "SQ", performed_item(ds, wi, final=False))
                     put(wi, t.ScheduledProcedureStepModificationDateTime, "DT", format_dt())
                     wi = dict(sorted(wi.items()))  # canonical: keys in ascending order
-                    change = _change(wi, tx=record.tx, performer=requester, mpps=record)
+                    change = workitem_change(wi, tx=record.tx, performer=requester, mpps=record)
                     await attempt.commit(target, workitem.version, change,
                                          [QueuedEvent(ev.STATE_REPORT, ev.state_report(wi))])
                     return _outcome(outcome, record)
@@ -245,13 +245,13 @@ class MppsService:
         elif status == MPPS_DISCONTINUED:
             put(wi, t.ProcedureStepState, "CS", CANCELED)
             reason = record.dataset.get(PerformedProcedureStepDiscontinuationReasonCodeSequence)
-            _fill_cancellation(wi, {t.ProcedureStepDiscontinuationReasonCodeSequence: reason}
+            fill_cancellation(wi, {t.ProcedureStepDiscontinuationReasonCodeSequence: reason}
                                if reason else {})
             record.note, record.tx = f"canceled workitem {workitem.uid} (discontinued)", None
         if record.tx is None:  # it reached its final state
             events.append(QueuedEvent(ev.STATE_REPORT, ev.state_report(wi)))
         put(wi, t.ScheduledProcedureStepModificationDateTime, "DT", format_dt())
-        change = _change(dict(sorted(wi.items())), tx=record.tx, performer=performer,
+        change = workitem_change(dict(sorted(wi.items())), tx=record.tx, performer=performer,
                          mpps=record)
         await attempt.commit(workitem.uid, workitem.version, change, events)
 
@@ -376,7 +376,3 @@ def _outcome(outcome: MppsOutcome, record: MppsRecord) -> MppsOutcome:
     outcome.workitem, outcome.note = record.workitem, record.note
     return outcome
 
-
-# A workitem Change is made, and a cancellation filled, the one way the UPS service does it.
-_change = UPSService._change
-_fill_cancellation = UPSService._fill_cancellation

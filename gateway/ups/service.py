@@ -125,7 +125,7 @@ class UPSService:
 
         async def decide(attempt: Attempt) -> None:
             global_version, subscribers = await self.watch.subscribers_for_new(ds)
-            change = self._change(ds, add_subscriptions=tuple(subscribers),
+            change = workitem_change(ds, add_subscriptions=tuple(subscribers),
                                   global_version=global_version)
             try:
                 await attempt.commit(uid, 0, change, creation_events)
@@ -221,7 +221,7 @@ class UPSService:
                 events.append(QueuedEvent(ev.PROGRESS_REPORT, ev.progress_report(after)))
             if ev.assignment_changed(before, after) and (assigned := ev.assigned(after)):
                 events.append(QueuedEvent(ev.ASSIGNED, assigned))
-            change = self._change(after, tx=record.tx, performer=record.performer)
+            change = workitem_change(after, tx=record.tx, performer=record.performer)
             await attempt.commit(uid, record.version, change, events)
 
         await until_committed(uid, self.store, decide, self.settings.max_attempts,
@@ -246,7 +246,7 @@ class UPSService:
             outcome = Outcome(uid)
             put(ds, t.ProcedureStepState, "CS", decision.new_state)
             if decision.new_state == CANCELED:
-                outcome.modifications = self._fill_cancellation(ds, {})
+                outcome.modifications = fill_cancellation(ds, {})
             if decision.new_state in FINAL_STATES:
                 unmet = (rules.unmet_for_completed(ds) if decision.new_state == COMPLETED
                          else rules.unmet_for_canceled(ds))
@@ -256,7 +256,7 @@ class UPSService:
                                    + ", ".join(unmet))
             put(ds, t.ScheduledProcedureStepModificationDateTime, "DT", format_dt())
             claim = decision.new_state == IN_PROGRESS
-            change = self._change(ds, tx=tx if claim else None,
+            change = workitem_change(ds, tx=tx if claim else None,
                                   performer=requester if claim else record.performer)
             await attempt.commit(uid, record.version, change,
                                  [QueuedEvent(ev.STATE_REPORT, ev.state_report(ds))])
@@ -284,11 +284,11 @@ class UPSService:
                 return await self._notify_cancel(attempt, record, request, requester)
             ds = record.dataset  # freshly read: ours to change
             put(ds, t.ProcedureStepState, "CS", CANCELED)
-            self._fill_cancellation(ds, request)
+            fill_cancellation(ds, request)
             put(ds, t.ScheduledProcedureStepModificationDateTime, "DT", format_dt())
             events = [QueuedEvent(ev.STATE_REPORT, ev.state_report(ds, IN_PROGRESS)),
                       QueuedEvent(ev.STATE_REPORT, ev.state_report(ds))]
-            await attempt.commit(uid, record.version, self._change(ds), events)
+            await attempt.commit(uid, record.version, workitem_change(ds), events)
             log.info("scheduled workitem canceled on request", extra={"uid": uid, "ae": requester})
             return Outcome(uid)
 
@@ -369,43 +369,42 @@ class UPSService:
             purged += batch
         return purged
 
-    # ---- helpers -----------------------------------------------------------------------
-
-    @staticmethod
-    def _change(ds: Dataset, **kw) -> Change:
-        state = first(ds, t.ProcedureStepState)
-        final_at = int(time.time() * 1000) if state in FINAL_STATES else None
-        return Change(ds, state=state, final_at_ms=final_at, state_report=ev.state_report(ds),
-                      **kw)
-
-    @staticmethod
-    def _fill_cancellation(ds: Dataset, request: Dataset) -> list[str]:
-        """Make a CANCELED workitem meet its final-state requirements (decisions.md): the
-        cancellation time, a discontinuation reason, and the request's reason and contact."""
-        progress = items(ds, t.ProcedureStepProgressInformationSequence)
-        item = progress[0] if progress else {}
-        filled = []
-        if not has_value(item, t.ProcedureStepCancellationDateTime):
-            put(item, t.ProcedureStepCancellationDateTime, "DT", format_dt())
-            filled.append(describe(t.ProcedureStepCancellationDateTime))
-        reason_codes = request.get(t.ProcedureStepDiscontinuationReasonCodeSequence)
-        if reason_codes and reason_codes.get("Value"):
-            item[t.ProcedureStepDiscontinuationReasonCodeSequence] = reason_codes
-        elif not has_value(item, t.ProcedureStepDiscontinuationReasonCodeSequence):
-            item[t.ProcedureStepDiscontinuationReasonCodeSequence] = element(
-                "SQ", code_item(*UNSPECIFIED_REASON))
-            filled.append(describe(t.ProcedureStepDiscontinuationReasonCodeSequence))
-        if has_value(request, t.ReasonForCancellation):
-            item[t.ReasonForCancellation] = request[t.ReasonForCancellation]
-        if has_value(request, t.ContactURI):
-            contact = select(request, (t.ContactURI, t.ContactDisplayName))
-            item[t.ProcedureStepCommunicationsURISequence] = element("SQ", contact)
-        ds[t.ProcedureStepProgressInformationSequence] = element(
-            "SQ", dict(sorted(item.items())), *progress[1:])
-        return [f"filled {name}" for name in filled]
-
 
 def _empty_vr(key: str) -> str:
     """The VR of an empty attribute: the dictionary's (its first, when it allows several)."""
     vr = dictionary_vr(key)
     return vr.split(" or ")[0] if vr else "UN"
+
+
+def workitem_change(ds: Dataset, **kw) -> Change:
+    """The store's ``Change`` for ``ds`` as it now is: its state, when it became final, the
+    State Report of its new content (how every UPS operation, MPPS ones too, commits)."""
+    state = first(ds, t.ProcedureStepState)
+    final_at = int(time.time() * 1000) if state in FINAL_STATES else None
+    return Change(ds, state=state, final_at_ms=final_at, state_report=ev.state_report(ds),
+                  **kw)
+
+def fill_cancellation(ds: Dataset, request: Dataset) -> list[str]:
+    """Make a CANCELED workitem meet its final-state requirements (decisions.md): the
+    cancellation time, a discontinuation reason, and the request's reason and contact."""
+    progress = items(ds, t.ProcedureStepProgressInformationSequence)
+    item = progress[0] if progress else {}
+    filled = []
+    if not has_value(item, t.ProcedureStepCancellationDateTime):
+        put(item, t.ProcedureStepCancellationDateTime, "DT", format_dt())
+        filled.append(describe(t.ProcedureStepCancellationDateTime))
+    reason_codes = request.get(t.ProcedureStepDiscontinuationReasonCodeSequence)
+    if reason_codes and reason_codes.get("Value"):
+        item[t.ProcedureStepDiscontinuationReasonCodeSequence] = reason_codes
+    elif not has_value(item, t.ProcedureStepDiscontinuationReasonCodeSequence):
+        item[t.ProcedureStepDiscontinuationReasonCodeSequence] = element(
+            "SQ", code_item(*UNSPECIFIED_REASON))
+        filled.append(describe(t.ProcedureStepDiscontinuationReasonCodeSequence))
+    if has_value(request, t.ReasonForCancellation):
+        item[t.ReasonForCancellation] = request[t.ReasonForCancellation]
+    if has_value(request, t.ContactURI):
+        contact = select(request, (t.ContactURI, t.ContactDisplayName))
+        item[t.ProcedureStepCommunicationsURISequence] = element("SQ", contact)
+    ds[t.ProcedureStepProgressInformationSequence] = element(
+        "SQ", dict(sorted(item.items())), *progress[1:])
+    return [f"filled {name}" for name in filled]

@@ -47,6 +47,14 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _import_target(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The module a ``from … import`` in ``module`` names, relative levels resolved."""
+    if not node.level:
+        return node.module or ""
+    base = module.split(".")[: len(module.split(".")) - node.level + is_package]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def _runtime_imports(tree: ast.AST, module: str, is_package: bool) -> set[str]:
     found: set[str] = set()
 
@@ -58,11 +66,7 @@ def _runtime_imports(tree: ast.AST, module: str, is_package: bool) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = module.split(".")[: len(module.split(".")) - node.level + is_package]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
+            target = _import_target(node, module, is_package)
             found.add(target)
             found.update(f"{target}.{alias.name}" for alias in node.names)
         for child in ast.iter_child_nodes(node):
@@ -137,11 +141,7 @@ def _private_imports(tree: ast.AST, module: str, is_package: bool) -> list[str]:
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = module.split(".")[: len(module.split(".")) - node.level + is_package]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
+            target = _import_target(node, module, is_package)
             if target.startswith("gateway") and target != module:
                 found += [f"{target}.{a.name}" for a in node.names
                           if a.name.startswith("_") and not a.name.startswith("__")]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Iterator
+from typing import Callable, Iterator
 
 from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RP, A_RELEASE_RQ
 from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT
@@ -55,6 +55,23 @@ def take(buffer: bytearray, max_pdu: int) -> Iterator[tuple[int, bytes]]:
         pdu = bytes(buffer[:end])
         del buffer[:end]
         yield pdu_type, pdu
+
+
+def feed(buffer: bytearray, max_pdu: int, on_pdu: Callable[[int, bytes], None],
+         stop: Callable[[], bool], violation: Callable[[int, str], None]) -> None:
+    """Hand each whole PDU in ``buffer`` to ``on_pdu`` until ``stop()`` says so (the peer is
+    done with, or reading paused); a PDU that breaks the protocol, or that our codecs cannot
+    decode, is the peer's error and goes to ``violation(A-ABORT reason, why)`` instead. The
+    one reading loop of both ends of an association (``upper_layer``, ``requestor``)."""
+    try:
+        for pdu_type, pdu in take(buffer, max_pdu):
+            on_pdu(pdu_type, pdu)
+            if stop():
+                return
+    except ProtocolError as exc:
+        violation(exc.reason, str(exc))
+    except Exception as exc:  # noqa: BLE001 - a PDU our codecs choke on is the peer's error
+        violation(INVALID_PDU_PARAMETER, f"undecodable PDU: {exc!r}"[:200])
 
 
 def abort_pdu(reason: int | None) -> bytes:

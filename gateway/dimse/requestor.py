@@ -46,8 +46,7 @@ from pynetdicom.pdu import P_DATA_TF
 from gateway.config import Dimse
 from gateway.dimse import negotiation, pdus
 from gateway.dimse.binary import EXPLICIT_LE, IMPLICIT_LE
-from gateway.dimse.messages import (INVALID_PDU_PARAMETER, N_EVENT_REPORT, Assembler, Message,
-                                    ProtocolError, p_data)
+from gateway.dimse.messages import N_EVENT_REPORT, Assembler, Message, ProtocolError, p_data
 from gateway.dimse.pdus import (ABORT, ASSOCIATE_AC, ASSOCIATE_RJ, DATA, NOT_SPECIFIED,
                                 RELEASE_RP, RELEASE_RQ, UNEXPECTED_PDU)
 from gateway.dimse.responses import (ERROR_COMMENT, RESPONDED_TO, RESPONSE_BIT, STATUS,
@@ -244,15 +243,8 @@ class Requestor(pdus.WriteFlow, asyncio.Protocol):
         if self.state is State.CLOSED:
             return  # our last PDU is written: whatever the peer still sends is moot
         self._buffer += data
-        try:
-            for pdu_type, pdu in pdus.take(self._buffer, self.max_pdu):
-                self._on_pdu(pdu_type, pdu)
-                if self.state is State.CLOSED:
-                    return
-        except ProtocolError as exc:
-            self._violation(exc.reason, str(exc))
-        except Exception as exc:  # noqa: BLE001 - a PDU our codecs choke on is the peer's error
-            self._violation(INVALID_PDU_PARAMETER, f"undecodable PDU: {exc!r}"[:200])
+        pdus.feed(self._buffer, self.max_pdu, self._on_pdu,
+                  lambda: self.state is State.CLOSED, self._violation)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state is not State.CLOSED:

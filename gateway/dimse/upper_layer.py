@@ -148,15 +148,10 @@ class Association(pdus.WriteFlow, asyncio.Protocol):
     def _take_pdus(self) -> None:
         """Act on each whole PDU in the buffer — until reading is paused: what is left waits
         in the buffer (at most one PDU's worth more) until the worker catches up."""
-        try:
-            for pdu_type, pdu in pdus.take(self._buffer, self.config.max_pdu):
-                self._on_pdu(pdu_type, pdu)
-                if self.state in (State.CLOSING, State.CLOSED) or self._reading_paused:
-                    return
-        except ProtocolError as exc:
-            self.abort(exc.reason, str(exc))
-        except Exception as exc:  # noqa: BLE001 - a PDU our codecs choke on is the peer's error
-            self.abort(INVALID_PARAMETER, f"undecodable PDU: {exc!r}"[:200])
+        pdus.feed(self._buffer, self.config.max_pdu, self._on_pdu, self._stop_taking, self.abort)
+
+    def _stop_taking(self) -> bool:
+        return self.state in (State.CLOSING, State.CLOSED) or self._reading_paused
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state is State.ESTABLISHED:

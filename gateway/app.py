@@ -206,7 +206,7 @@ class Gateway:
             await self.dimse.start()
         try:
             self.sender = DimseEventSender(cfg.ae_title, cfg.peers, cfg.events, queues, hub,
-                                           self.instance, metrics)
+                                           self.instance, metrics, max_pdu=cfg.dimse.max_pdu)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"peers: a TLS file cannot be read: {exc}") from None
         for name, worker in self.sender.workers.items():

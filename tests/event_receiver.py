@@ -96,6 +96,7 @@ class EventReceiver:
         self._cond = threading.Condition()
         self._server = None
         self.associations = 0  # associations accepted so far
+        self.requestor_max_pdus: list[int] = []  # each one's Maximum Length the gateway sent
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -161,6 +162,7 @@ class EventReceiver:
     def _on_accepted(self, event) -> None:
         with self._cond:
             self.associations += 1
+            self.requestor_max_pdus.append(event.assoc.requestor.maximum_length)
 
     def _on_report(self, event):
         request = event.request

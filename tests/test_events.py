@@ -209,6 +209,23 @@ async def test_cancel_request_nobody_can_be_told_is_409(ups, receiver):
 
 # ---- SCP Status Change ----------------------------------------------------------------------
 
+async def test_event_associations_offer_the_configured_maximum_pdu(tmp_path, http):
+    """The gateway receives no larger P-DATA on its event associations than on its listener:
+    its A-ASSOCIATE-RQ carries dimse.max_pdu as its Maximum Length Received."""
+    with EventReceiver("PDURCV") as rcv:
+        proc = GatewayProcess(tmp_path, extra={"peers": {"PDURCV": rcv.peer()},
+                                               "dimse": {"max_pdu": 65536},
+                                               "events": FAST_RETRY}).start()
+        try:
+            ups = Ups(http, proc.base)
+            await ups.subscribe(GLOBAL, "PDURCV")
+            uid = await ups.create(unassigned())
+            await rcv.wait(1, uid=uid)
+            assert rcv.requestor_max_pdus == [65536]
+        finally:
+            proc.stop()
+
+
 async def test_scp_status_going_down_and_restarted_warm_start(tmp_path, http):
     with EventReceiver("STATUSRCV") as status_rcv:
         proc = GatewayProcess(tmp_path, extra={"peers": {"STATUSRCV": status_rcv.peer()},

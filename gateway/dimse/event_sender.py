@@ -21,7 +21,7 @@ import time
 
 from redis.exceptions import RedisError
 
-from gateway.config import Events, Peer
+from gateway.config import Dimse, Events, Peer
 from gateway.dimse import convert
 from gateway.dimse.requestor import AssociationError, Requestor, associate
 from gateway.events.hub import EventHub
@@ -44,11 +44,14 @@ class DimseEventSender:
 
     def __init__(self, ae_title: str, peers: dict[str, Peer], config: Events,
                  queues: EventQueues, hub: EventHub, instance: str = "",
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, max_pdu: int = Dimse.max_pdu):
         """``instance``: this process's identity, the owner of its peers' leases (so a run
-        restarted after a crash takes its previous run's leases at once)."""
+        restarted after a crash takes its previous run's leases at once); ``max_pdu``: the
+        largest P-DATA we receive on an event association (``dimse.max_pdu``, as on the
+        listener's)."""
         metrics = metrics or Metrics(process=False)
-        self.senders = {ae: PeerSender(ae_title, ae, peer, config, queues, metrics, instance)
+        self.senders = {ae: PeerSender(ae_title, ae, peer, config, queues, metrics, instance,
+                                       max_pdu)
                         for ae, peer in peers.items()}
         hub.listen(self._notified)
 
@@ -95,8 +98,9 @@ class DimseEventSender:
 
 class PeerSender:
     def __init__(self, ae_title: str, ae: str, peer: Peer, config: Events, queues: EventQueues,
-                 metrics: Metrics, instance: str = ""):
+                 metrics: Metrics, instance: str = "", max_pdu: int = Dimse.max_pdu):
         self.ae_title = ae_title
+        self.max_pdu = max_pdu
         self.metrics = metrics
         self.ae, self.peer, self.config = ae, peer, config
         # TLS to this peer (PS3.15 B.1); files are read now, so a bad one stops the start.
@@ -237,7 +241,7 @@ class PeerSender:
                 self.assoc = None
                 self.assoc = await associate(
                     self.peer.host, self.peer.port, calling_ae=self.ae_title, called_ae=self.ae,
-                    timeout=self.config.send_timeout, ssl=self.ssl)
+                    timeout=self.config.send_timeout, ssl=self.ssl, max_pdu=self.max_pdu)
             self.last_used = time.monotonic()
             try:
                 dataset = convert.encode(entry.info, self.assoc.transfer_syntax)

@@ -153,10 +153,11 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(text=f"no UPS-RS resource at {request.path}; the worklist is at "
                                f"{base}/workitems")
     methods = ROUTES.get(resource.kind)
+    described = methods is not None or resource.kind in request.app[capabilities.EXTENSIONS]
+    if request.method == "OPTIONS" and described:  # Retrieve Capabilities (a CORS preflight
+        return capabilities.respond(request, resource.kind)  # never gets here)
     if methods is None:  # a path of rest/mwl.py or rest/mpps.py that they do not serve
         raise web.HTTPNotFound(text=f"no resource at {request.path}")
-    if request.method == "OPTIONS":  # Retrieve Capabilities (a CORS preflight never gets here)
-        return capabilities.respond(request, ROUTES, resource.kind)
     handler = methods.get(request.method)
     if handler is None:
         allowed = [*methods, "OPTIONS"]
@@ -197,6 +198,8 @@ def create_app(settings: Rest, service: UPSService, fanout: WebSocketFanout,
     app[HEALTH] = health
     app[SUBPROTOCOLS] = list(subprotocols or [])
     app[ORIGIN] = _origin_function(settings.public_url)
+    app[capabilities.ROUTE_TABLE] = ROUTES
+    app[capabilities.EXTENSIONS] = {}
     app.router.add_get("/health", health_route)
     if metrics is not None:
         app[METRICS] = metrics

@@ -2,7 +2,9 @@
 on a resource that resource — built from the one route table (``rest.app.ROUTES``), so it
 cannot describe a method the gateway does not serve. WADL (``application/vnd.sun.wadl+xml``, the
 default) or the same content as JSON (``Accept: application/json``). The event channel is
-listed as the ``ws/subscribers/{aetitle}`` resource, opened with a WebSocket upgrade.
+listed as the ``ws/subscribers/{aetitle}`` resource, opened with a WebSocket upgrade; the
+services that add their own routes (the PS3.18 chapter 14 and 15 ones, ``rest/mwl.py`` and
+``rest/mpps.py``) describe their resources with ``add_extension`` as they install them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ from gateway.rest import paths
 from gateway.rest.messages import DICOM_JSON, service_url
 
 WADL = "application/vnd.sun.wadl+xml"
+# What the application holds for this module: the route table (``rest.app.ROUTES``) and the
+# extensions' resources (kind → description), set by ``create_app``.
+ROUTE_TABLE = web.AppKey("capabilities-route-table", dict)
+EXTENSIONS = web.AppKey("capabilities-extensions", dict)
+_OPTIONS = {"name": "OPTIONS", "id": "RetrieveCapabilities",
+            "response": {"mediaTypes": [WADL, "application/json"]}}
 
 # Resource kind → its path template under the service root.
 
@@ -54,17 +62,30 @@ def describe(routes: Mapping[str, Mapping], kinds: list[str]) -> list[dict]:
             if method == "GET" and entry["id"] != "OpenNotificationConnection":
                 entry["response"] = {"mediaTypes": [DICOM_JSON]}
             methods.append(entry)
-        methods.append({"name": "OPTIONS", "id": "RetrieveCapabilities",
-                        "response": {"mediaTypes": [WADL, "application/json"]}})
+        methods.append(_OPTIONS)
         resources.append({"path": paths.TEMPLATES[kind][0].strip("/"), "methods": methods})
     return resources
 
 
-def respond(request: web.Request, routes: Mapping[str, Mapping], kind: str) -> web.Response:
-    kinds = list(routes) if kind == "root" else [kind]
+def add_extension(app: web.Application, kind: str, path: str, methods: list[dict]) -> None:
+    """Describe the resource an extension serves at ``path`` (under the service root) as
+    ``kind`` (its ``paths.Resource`` kind): ``methods`` as ``describe`` writes them
+    (name, id, request, response); Retrieve Capabilities is added."""
+    app[EXTENSIONS][kind] = {"path": path, "methods": [*methods, _OPTIONS]}
+
+
+def respond(request: web.Request, kind: str) -> web.Response:
+    """Retrieve Capabilities of the resource ``kind`` (``root``: of every resource)."""
+    routes, extensions = request.app[ROUTE_TABLE], request.app[EXTENSIONS]
     base = service_url(request)
-    resources = describe(routes, kinds)
-    allow = ", ".join([*routes[kind], "OPTIONS"])
+    if kind in extensions:
+        resources = [extensions[kind]]
+        allow = ", ".join(dict.fromkeys(method["name"] for method in extensions[kind]["methods"]))
+    else:
+        resources = describe(routes, list(routes) if kind == "root" else [kind])
+        if kind == "root":
+            resources += list(extensions.values())
+        allow = ", ".join([*routes[kind], "OPTIONS"])
     accept = request.headers.get("Accept", "")
     if "json" in accept and "wadl" not in accept:
         body = {"base": base + "/", "resources": resources}

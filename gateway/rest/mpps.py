@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.rest import dicomxml
-from gateway.rest.messages import json_response, problem, read_dataset, service_url
+from gateway.rest import capabilities, dicomxml
+from gateway.rest.messages import DICOM_JSON, json_response, problem, read_dataset, service_url
 from gateway.rest.query import attribute_path
 from gateway.rest.state import OPERATION, SETTINGS
 from gateway.ups import status as st
@@ -30,10 +30,19 @@ def installer(service: MppsService):
         base = app[SETTINGS].base_path
         for prefix in {base, ""}:
             app.router.add_route("*", f"{prefix}/{RESOURCE}/{{uid}}", dispatch)
+        payload = {"mediaTypes": [DICOM_JSON, dicomxml.DICOM_XML]}
+        capabilities.add_extension(app, "mpps", f"{RESOURCE}/{{uid}}", [
+            {"name": "POST", "id": "CreateModalityPerformedProcedureStep", "request": payload},
+            {"name": "POST", "id": "UpdateModalityPerformedProcedureStep", "parameters": ["update"],
+             "request": payload},
+            {"name": "GET", "id": "RetrieveModalityPerformedProcedureStep",
+             "parameters": ["includefield"], "response": payload}])
     return install
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
+    if request.method == "OPTIONS":  # Retrieve Capabilities (a CORS preflight never gets here)
+        return capabilities.respond(request, "mpps")
     uid = request.match_info["uid"].strip("/")
     if not is_uid(uid):
         raise InvalidDataset(f"{uid[:64]!r} is not a valid MPPS UID")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.rest import dicomxml
-from gateway.rest.messages import json_response, service_url, warning
+from gateway.rest import capabilities, dicomxml
+from gateway.rest.messages import DICOM_JSON, json_response, service_url, warning
 from gateway.rest.query import attribute_path
 from gateway.rest.state import OPERATION, SERVICE
 from gateway.ups.errors import InvalidQuery
@@ -33,6 +33,12 @@ def installer(worklist: ModalityWorklist):
         for prefix in {base, ""}:
             app.router.add_get(f"{prefix}/{RESOURCE}", search)
             app.router.add_get(f"{prefix}/{RESOURCE}/", search)
+        capabilities.add_extension(app, "mwl", RESOURCE, [{
+            "name": "GET", "id": "SearchModalityScheduledProcedureSteps",
+            "parameters": ["{attributePath}", "includefield", "fuzzymatching", "offset",
+                           "limit"],
+            "response": {"mediaTypes": [DICOM_JSON,
+                                        f'multipart/related; type="{dicomxml.DICOM_XML}"']}}])
     return install
 
 

@@ -38,6 +38,7 @@ from gateway.store.workitems import RedisWorkitemStore
 from gateway.ups import status as st
 from gateway.ups import tags as t
 from gateway.ups.dataset import normalize
+from gateway.ups.ports import MppsRecord
 from gateway.ups.service import Settings, UPSService
 from tests.event_receiver import (GLOBAL, STATE_REPORT, EventReceiver, Ups, WsListener,
                                   frame_type, frame_uid)
@@ -361,6 +362,22 @@ async def test_a_change_no_replica_confirms_is_refused_saying_so(redis_client, k
     plain = UPSService(RedisWorkitemStore(redis_client, keys),
                        RedisSubscriptionStore(redis_client, keys), Settings())
     await plain.create(normalize(workitem()), new_uid())
+
+
+async def test_an_mpps_save_no_replica_confirms_is_refused_saying_so(redis_client, keys):
+    """An MPPS instance written alone (not linked to a workitem) is held to min_replicas_ack
+    like a workitem change: applied on the master, refused as unconfirmed."""
+    store = RedisWorkitemStore(redis_client, keys,
+                               replication=Replication(replicas=1, timeout_s=0.05))
+    uid = new_uid()
+    record = MppsRecord(uid, 0, {t.SOPInstanceUID: {"vr": "UI", "Value": [uid]}},
+                        note="not linked")
+    with pytest.raises(ReplicationUnconfirmed) as refused:
+        await store.save_mpps(record)
+    assert f"The MPPS instance {uid} was applied on the Redis master" in refused.value.message
+    assert (await store.load_mpps(uid)).version == 1
+    plain = RedisWorkitemStore(redis_client, keys)  # without the requirement: acknowledged
+    assert await plain.save_mpps(MppsRecord(new_uid(), 0, {}, note="not linked")) == 1
 
 
 async def test_a_change_waiting_for_replicas_holds_up_no_read(redis_client, keys):

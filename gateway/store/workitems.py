@@ -133,7 +133,8 @@ class RedisWorkitemStore:
         acked = 0
         try:
             if self.replication.replicas:
-                result, acked = await self._commit_replicated(keys, args)
+                result, acked = await self._replicated(self._commit.sha, self._commit.source,
+                                                       keys, args)
             else:
                 result = await self._commit(keys=keys, args=args)
         except NotSent:
@@ -172,8 +173,14 @@ class RedisWorkitemStore:
                           (note or b"").decode())
 
     async def save_mpps(self, record: MppsRecord) -> int:
-        result = await self._save_mpps(keys=[self.keys.mpps(record.uid)],
-                                       args=_mpps_args(record, with_uid=False))
+        keys, args = [self.keys.mpps(record.uid)], _mpps_args(record, with_uid=False)
+        if self.replication.replicas:  # acknowledged as a workitem change is (min_replicas_ack)
+            result, acked = await self._replicated(self._save_mpps.sha, self._save_mpps.script,
+                                                   keys, args)
+            if int(result[0]) == 1:
+                self.replication.check(acked, f"The MPPS instance {record.uid}")
+        else:
+            result = await self._save_mpps(keys=keys, args=args)
         if int(result[0]) != 1:
             raise Conflict(record.uid, int(result[1]))
         return int(result[1])
@@ -182,12 +189,14 @@ class RedisWorkitemStore:
         found = await self.redis.zrange(self.keys.index(indexes.step_index(step_id)), 0, 0)
         return found[0].decode() if found else None
 
-    async def _commit_replicated(self, keys: list, args: list) -> tuple[list, int]:
-        """The commit and ``WAIT replicas timeout`` written together on one pooled connection
-        (a WAIT counts only its own connection's writes: sent after the reply it could go out on
-        a new connection, to a promoted replica, and confirm nothing). Not on the lane: while a
+    async def _replicated(self, sha: str, source: str, keys: list, args: list
+                          ) -> tuple[list, int]:
+        """A script call (the commit, an MPPS save) and ``WAIT replicas timeout`` written
+        together on one pooled connection (a WAIT counts only its own connection's writes: sent
+        after the reply it could go out on a new connection, to a promoted replica, and confirm
+        nothing). Not on the lane: while a
         WAIT waits, Redis holds that connection's later commands, and the lane carries every
-        load, search page and acknowledgement of the process. The commit's reply and how many
+        load, search page and acknowledgement of the process. The script's reply and how many
         replicas have it."""
         replication = self.replication
         for attempt in (1, 2):
@@ -196,14 +205,14 @@ class RedisWorkitemStore:
                     pipe.connection = await self.redis.connection_pool.get_connection()
                 except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                     raise NotSent(f"not sent to Redis: {exc}") from exc
-                pipe.execute_command("EVALSHA", self._commit.sha, len(keys), *keys, *args)
+                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
                 pipe.execute_command("WAIT", replication.replicas, replication.timeout_ms)
                 try:
                     result, acked = await pipe.execute()
                 except NoScriptError:  # a restarted Redis, SCRIPT FLUSH, a promoted replica
                     if attempt == 2:
                         raise
-                    await self.redis.script_load(self._commit.source)
+                    await self.redis.script_load(source)
                     continue
             return result, int(acked)
         raise AssertionError("unreachable")  # pragma: no cover

@@ -656,6 +656,9 @@ def test_subscribe_unsubscribe_suspend_over_dimse(strict_gateway):
         expect(act(subscription(lock="TRUE"), 3, d.PUSH, uid, meta_uid=d.WATCH)[0], 0x0000)
         expect(act(subscription(ae="NOBODY"), 3, d.PUSH, uid, meta_uid=d.WATCH)[0], 0xC308,
                "NOBODY")
+        # the filtered UID without matching keys would be a subscription to everything
+        expect(act(subscription(), 3, d.PUSH, "1.2.840.10008.5.1.4.34.5.1",
+                   meta_uid=d.WATCH)[0], 0x0115, "needs a filter")
         filtered = subscription(WorklistLabel="AI", ProcedureStepState="SCHEDULED")
         expect(act(filtered, 3, d.PUSH, "1.2.840.10008.5.1.4.34.5.1", meta_uid=d.WATCH)[0],
                0x0000)

@@ -10,7 +10,7 @@ from gateway.rest.paths import Resource
 from gateway.rest.query import filter_terms, query_pairs
 from gateway.rest.state import FANOUT, SERVICE, SETTINGS, SUBPROTOCOLS
 from gateway.ups.errors import InvalidQuery
-from gateway.ups.uids import FILTERED_GLOBAL_SUBSCRIPTION, GLOBAL_SUBSCRIPTION
+from gateway.ups.uids import FILTERED_GLOBAL_SUBSCRIPTION
 
 
 def channel_url(request: web.Request, ae: str) -> str:
@@ -30,10 +30,6 @@ async def subscribe(request: web.Request, resource: Resource) -> web.StreamRespo
     lock = _lock(request)
     filtered = resource.uid == FILTERED_GLOBAL_SUBSCRIPTION
     terms = filter_terms(query_pairs(request.rel_url.raw_query_string), filtered=filtered)
-    if filtered and terms is None:  # it would silently be a subscription to everything
-        raise InvalidQuery(f"the Filtered Global Subscription ({FILTERED_GLOBAL_SUBSCRIPTION}) "
-                           "needs a filter: filter=Key=Value[,Key=Value] or Key=Value "
-                           f"parameters; for every workitem subscribe to {GLOBAL_SUBSCRIPTION}")
     await request.app[SERVICE].subscribe(resource.uid, resource.ae, lock, terms)
     url = channel_url(request, resource.ae)
     return web.Response(status=201, headers={"Location": url, "Content-Location": url})

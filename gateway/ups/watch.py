@@ -73,6 +73,11 @@ class Watch:
                            f"{limit} AEs hold subscriptions already (events.max_subscriber_aes); "
                            f"{ae} cannot be another until one unsubscribes from the worklist")
         if uid in WELL_KNOWN_SUBSCRIPTION_UIDS:
+            if uid == FILTERED_GLOBAL_SUBSCRIPTION and not terms:  # (it would silently be a
+                raise UPSError(st.INVALID_ARGUMENT_VALUE,  # subscription to every workitem)
+                               f"the Filtered Global Subscription ({FILTERED_GLOBAL_SUBSCRIPTION}"
+                               ") needs a filter of matching keys; to subscribe to every "
+                               f"workitem use the Global Subscription UID {GLOBAL_SUBSCRIPTION}")
             if uid == GLOBAL_SUBSCRIPTION and terms:
                 raise UPSError(st.ACTION_NOT_APPROPRIATE, "matching keys are only accepted with "
                                f"the Filtered Global Subscription UID {FILTERED_GLOBAL_SUBSCRIPTION}")

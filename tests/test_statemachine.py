@@ -284,3 +284,16 @@ async def test_cancel_request_on_in_progress_reaches_a_performer_with_an_address
         await told.request_cancel(other, {})
     assert caught.value.status == st.PERFORMER_UNREACHABLE
     assert await _stored(told, other) == (P, TX)
+
+
+async def test_a_filtered_global_subscription_needs_matching_keys(service):
+    """The one rule both adapters meet (PS3.4 CC.2.3.2: the filtered UID comes with matching
+    keys): without them it would be a subscription to every workitem."""
+    from gateway.ups.matching import identifier_terms
+    from gateway.ups.uids import FILTERED_GLOBAL_SUBSCRIPTION
+    with pytest.raises(UPSError) as refused:
+        await service.subscribe(FILTERED_GLOBAL_SUBSCRIPTION, "FILTERER", False, None)
+    assert refused.value.status == st.INVALID_ARGUMENT_VALUE
+    assert "needs a filter" in refused.value.message
+    terms = identifier_terms({"00741202": {"vr": "LO", "Value": ["AI"]}})  # Worklist Label
+    await service.subscribe(FILTERED_GLOBAL_SUBSCRIPTION, "FILTERER", False, terms)

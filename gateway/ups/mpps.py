@@ -154,7 +154,7 @@ class MppsService:
                     wi = dict(sorted(wi.items()))  # canonical: keys in ascending order
                     change = workitem_change(wi, tx=record.tx, performer=requester, mpps=record)
                     await attempt.commit(target, workitem.version, change,
-                                         [QueuedEvent(ev.STATE_REPORT, ev.state_report(wi))])
+                                         [QueuedEvent(ev.STATE_REPORT, change.state_report)])
                     return _outcome(outcome, record)
                 else:
                     how = (" (claimed by another performer, over UPS or MPPS)"
@@ -246,13 +246,13 @@ class MppsService:
             put(wi, t.ProcedureStepState, "CS", CANCELED)
             reason = record.dataset.get(PerformedProcedureStepDiscontinuationReasonCodeSequence)
             fill_cancellation(wi, {t.ProcedureStepDiscontinuationReasonCodeSequence: reason}
-                               if reason else {})
+                              if reason else {})
             record.note, record.tx = f"canceled workitem {workitem.uid} (discontinued)", None
         if record.tx is None:  # it reached its final state
             events.append(QueuedEvent(ev.STATE_REPORT, ev.state_report(wi)))
         put(wi, t.ScheduledProcedureStepModificationDateTime, "DT", format_dt())
         change = workitem_change(dict(sorted(wi.items())), tx=record.tx, performer=performer,
-                         mpps=record)
+                                 mpps=record)
         await attempt.commit(workitem.uid, workitem.version, change, events)
 
     # ---- N-GET ---------------------------------------------------------------------------------

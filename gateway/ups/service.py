@@ -126,7 +126,7 @@ class UPSService:
         async def decide(attempt: Attempt) -> None:
             global_version, subscribers = await self.watch.subscribers_for_new(ds)
             change = workitem_change(ds, add_subscriptions=tuple(subscribers),
-                                  global_version=global_version)
+                                     global_version=global_version)
             try:
                 await attempt.commit(uid, 0, change, creation_events)
             except Conflict as conflict:
@@ -257,9 +257,9 @@ class UPSService:
             put(ds, t.ScheduledProcedureStepModificationDateTime, "DT", format_dt())
             claim = decision.new_state == IN_PROGRESS
             change = workitem_change(ds, tx=tx if claim else None,
-                                  performer=requester if claim else record.performer)
+                                     performer=requester if claim else record.performer)
             await attempt.commit(uid, record.version, change,
-                                 [QueuedEvent(ev.STATE_REPORT, ev.state_report(ds))])
+                                 [QueuedEvent(ev.STATE_REPORT, change.state_report)])
             outcome.message = "; ".join(outcome.modifications)
             log.info("workitem state changed", extra={"uid": uid, "ae": requester,
                                                       "state": decision.new_state})

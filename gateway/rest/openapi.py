@@ -72,6 +72,10 @@ _MATCH = _param("match", "query", "Matching keys: {keyword or tag[.keyword…]}=
                 {"type": "object", "additionalProperties": {"type": "string"}},
                 style="form", explode=True)
 _LOCK = _param("deletionlock", "query", "Hold a deletion lock", {"type": "boolean"})
+# A search's fuzzy matching and paging parameters (UPS-RS and MWL-RS alike).
+_PAGING = [_param("fuzzymatching", "query", "Fuzzy person-name matching", {"type": "boolean"}),
+           _param("offset", "query", "Results to skip", {"type": "integer"}),
+           _param("limit", "query", "Results per page", {"type": "integer"})]
 
 # (kind, method) → the operation (PS3.18 chapter 11 transactions).
 OPERATIONS: dict[tuple[str, str], dict] = {
@@ -86,11 +90,7 @@ OPERATIONS: dict[tuple[str, str], dict] = {
     ("workitems", "GET"): {
         "operationId": "SearchWorkitems", "summary": "Search the worklist (PS3.18 §11.9)",
         "parameters": [_MATCH, _param("includefield", "query", "Attributes to return, or all"),
-                       _param("fuzzymatching", "query", "Fuzzy person-name matching",
-                              {"type": "boolean"}),
-                       _param("offset", "query", "Results to skip", {"type": "integer"}),
-                       _param("limit", "query", "Results per page", {"type": "integer"}),
-                       _ACCEPT],
+                       *_PAGING, _ACCEPT],
         "responses": {"200": _answer("Matches (a Warning when more can be requested)",
                                      body=True),
                       "204": _answer("No match"), **_errors(400, 406, 503)}},
@@ -191,11 +191,7 @@ SERVICES: dict[str, dict[str, dict]] = {
         "summary": "Search the Modality Worklist: SCHEDULED workitems as MWL entries "
                    "(PS3.18 chapter 14)",
         "parameters": [_MATCH, _INCLUDEFIELD,
-                       _param("fuzzymatching", "query", "Fuzzy person-name matching",
-                              {"type": "boolean"}),
-                       _param("offset", "query", "Results to skip", {"type": "integer"}),
-                       _param("limit", "query", "Results per page", {"type": "integer"}),
-                       _ACCEPT],
+                       *_PAGING, _ACCEPT],
         "responses": {"200": _answer("Matching entries (a Warning when more can be requested)",
                                      body=True),
                       "204": _answer("No match"), **_errors(400, 406, 503)}}},

@@ -17,7 +17,9 @@ import errno
 import gc
 import logging
 import platform
+import time
 from dataclasses import dataclass
+from typing import Awaitable, Callable
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -78,6 +80,9 @@ GC_THRESHOLDS = (20000, 20, 10)
 MALLOC_THRESHOLD_BYTES = 128 * 1024
 HUB_READY_SECONDS = 10.0
 SHUTDOWN_DELIVERY_SECONDS = 2.0
+# The most any one step of a stop may take (the embedded Redis's own bound, saving its AOF, is
+# the longest); a stop of a healthy process takes well under a second in all.
+STOP_STEP_SECONDS = 12.0
 
 
 @dataclass
@@ -235,33 +240,44 @@ class Gateway:
             "redis": "embedded" if self.embedded else redis_location(cfg)})
 
     async def stop(self) -> None:
+        """Stop in order, each step bounded (``STOP_STEP_SECONDS``, or its own shorter bound):
+        a step that overruns or fails is logged, naming it, and the stop goes on."""
         log.info("gateway stopping")
+        steps = []
         if self.status:
-            await self.status.stopping()  # GOING DOWN to every subscriber
+            steps.append(("GOING DOWN", self.status.stopping))  # to every subscriber
         if self.sender:
-            await self.sender.flush(timeout=SHUTDOWN_DELIVERY_SECONDS)
+            steps.append(("event flush", lambda: self.sender.flush(
+                timeout=SHUTDOWN_DELIVERY_SECONDS)))
         if self.dimse:
-            await self.dimse.stop()
+            steps.append(("DIMSE listener", self.dimse.stop))
         if self.fanout:  # deliver what is queued (GOING DOWN included), then say goodbye
-            await websocket.close_all(self.fanout, SHUTDOWN_DELIVERY_SECONDS)
+            steps.append(("event channels", lambda: websocket.close_all(
+                self.fanout, SHUTDOWN_DELIVERY_SECONDS)))
         if self.runner:
-            await self.runner.cleanup()
+            steps.append(("REST", self.runner.cleanup))
         if self.audit:
-            self._application_activity(audit_messages.APPLICATION_STOP)
-            for buffer in self.audit.buffers:
-                await buffer.drain(SHUTDOWN_DELIVERY_SECONDS)
-        await self.supervisor.stop()
+            steps.append(("audit trail", self._stop_audit))
+        steps.append(("supervised tasks", self.supervisor.stop))
         if self.sender:
-            await self.sender.close(SHUTDOWN_DELIVERY_SECONDS)
+            steps.append(("event associations", lambda: self.sender.close(
+                SHUTDOWN_DELIVERY_SECONDS)))
         if self.lane:
-            await self.lane.close()
+            steps.append(("lane", self.lane.close))
         if self.core:
-            await self.core.subscriptions.close()
+            steps.append(("subscription store", self.core.subscriptions.close))
         if self.redis:
-            await self.redis.aclose()
+            steps.append(("redis client", self.redis.aclose))
         if self.embedded:
-            await self.embedded.stop()
+            steps.append(("embedded redis", self.embedded.stop))
+        for name, step in steps:
+            await _stop_step(name, step)
         log.info("gateway stopped")
+
+    async def _stop_audit(self) -> None:
+        self._application_activity(audit_messages.APPLICATION_STOP)
+        for buffer in self.audit.buffers:
+            await buffer.drain(SHUTDOWN_DELIVERY_SECONDS)
 
     async def run_until_stopped(self) -> None:
         await self._stopping.wait()
@@ -414,6 +430,21 @@ class Gateway:
             except RedisError as exc:
                 log.warning("purge skipped: redis unavailable", extra={"error": str(exc)})
             await asyncio.sleep(ups.purge_interval_seconds)
+
+
+async def _stop_step(name: str, step: Callable[[], Awaitable[object]]) -> None:
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(STOP_STEP_SECONDS):
+            await step()
+    except TimeoutError:
+        log.error("stop step did not finish in time; going on", extra={
+            "step": name, "timeout_s": STOP_STEP_SECONDS})
+    except Exception:  # noqa: BLE001 - a stop goes on: the next steps still free what they hold
+        log.exception("stop step failed; going on", extra={"step": name})
+    else:
+        log.debug("stopped", extra={"step": name,
+                                    "ms": round((time.monotonic() - started) * 1000, 1)})
 
 
 def _fix_malloc_thresholds() -> None:

@@ -12,6 +12,7 @@ supervisor is a bug or a surprise, and is treated as one.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ log = logging.getLogger("gateway.supervisor")
 INITIAL_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
 STABLE_SECONDS = 5.0
+STOP_SECONDS = 5.0  # how long ``stop`` waits for cancelled tasks to end
 
 
 @dataclass
@@ -66,6 +68,8 @@ class Supervisor:
                 reason = f"{type(exc).__name__}: {exc}"[:300]
                 log.exception("supervised task crashed; restarting it", extra={
                     "task": entry.name, "restart_in_s": backoff})
+            if asyncio.current_task().cancelling():  # it swallowed a stop: not restarted
+                raise asyncio.CancelledError
             entry.crashes += 1
             entry.last_crash = time.monotonic()
             entry.last_error = reason
@@ -85,9 +89,22 @@ class Supervisor:
             report[name] = state
         return report
 
-    async def stop(self, *names: str) -> None:
-        """Cancel the named tasks (all when none is named) and wait for them to end."""
+    async def stop(self, *names: str, timeout: float | None = None) -> list[str]:
+        """Cancel the named tasks (all when none is named) and wait for them to end, at most
+        ``timeout`` seconds (``STOP_SECONDS``): a task still running then — it swallowed its
+        cancellation, or is stuck in a ``finally`` — is logged with where it is, and left (a
+        stop never hangs on one). Returns the names of those left running."""
         entries = [self._tasks.pop(n) for n in (names or list(self._tasks)) if n in self._tasks]
         for entry in entries:
             entry.task.cancel()
-        await asyncio.gather(*(entry.task for entry in entries), return_exceptions=True)
+        if not entries:
+            return []
+        _, pending = await asyncio.wait([entry.task for entry in entries],
+                                        timeout=STOP_SECONDS if timeout is None else timeout)
+        stuck = [entry for entry in entries if entry.task in pending]
+        for entry in stuck:
+            where = io.StringIO()
+            entry.task.print_stack(limit=12, file=where)
+            log.error("supervised task did not end when cancelled; stopping without it",
+                      extra={"task": entry.name, "where": where.getvalue()[-2000:]})
+        return [entry.name for entry in stuck]

@@ -118,3 +118,31 @@ async def test_health_answers_503_naming_a_crashed_component(quick, tmp_path):
                 assert r.status == 200
     finally:
         await gateway.stop()
+
+
+async def test_a_task_that_ignores_its_cancellation_does_not_hold_up_the_stop(caplog):
+    """A stop waits a bounded time for each task, names the one still running and where it is,
+    and returns without it."""
+    started, released = asyncio.Event(), asyncio.Event()
+
+    async def stubborn() -> None:
+        started.set()
+        while not released.is_set():
+            try:
+                await released.wait()
+            except asyncio.CancelledError:
+                pass  # the bug the bound is for
+
+    async def polite() -> None:
+        await asyncio.Event().wait()
+
+    supervisor = sv.Supervisor()
+    supervisor.start("stubborn", stubborn)
+    supervisor.start("polite", polite)
+    await asyncio.wait_for(started.wait(), 5)
+    with caplog.at_level(logging.ERROR, logger="gateway.supervisor"):
+        left = await supervisor.stop(timeout=0.2)
+    assert left == ["stubborn"]
+    [record] = [r for r in caplog.records if "did not end when cancelled" in r.getMessage()]
+    assert record.task == "stubborn" and "stubborn" in record.where
+    released.set()  # (so that the test's loop can end)

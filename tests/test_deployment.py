@@ -123,6 +123,8 @@ def test_compose_runs_two_gateway_replicas_on_that_redis(compose):
         assert service["build"] == "."
         assert service["environment"]["UPSGW_REDIS__URL"].startswith("redis://redis:")
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+        # room for the bounded graceful stop (GOING DOWN, queued events) before SIGKILL
+        assert service["stop_grace_period"] == "30s"
         assert "/health" in " ".join(service["healthcheck"]["test"])
         assert "user" not in service or service["user"] not in ("root", "0")
         container_ports = set()

@@ -108,6 +108,7 @@ def _serve(config_path: str, marks_path: str) -> None:
         loop.add_signal_handler(signal.SIGUSR1, marks.clear)
         loop.add_signal_handler(signal.SIGUSR2, lambda: Path(marks_path).write_text(
             json.dumps(marks)))
+        loop.add_signal_handler(signal.SIGTERM, gateway.request_stop)  # (stops its Redis too)
         await gateway.run_until_stopped()
         await gateway.stop()
 

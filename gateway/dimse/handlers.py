@@ -182,7 +182,7 @@ class DimseHandlers:
 
     async def n_create(self, req: Request) -> Outcome:
         uid = req.uid = uid_param(req.message.text(m.AFFECTED_SOP_INSTANCE),
-                                   "Affected SOP Instance UID")
+                                  "Affected SOP Instance UID")
         ds = canonical(req, "Attribute List")
         req.patient = (first(ds, t.PatientID), first(ds, t.PatientName))
         outcome = await self._core(self.service.create(ds, uid, requester=req.ae))

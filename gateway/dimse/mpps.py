@@ -50,7 +50,7 @@ class MppsScp:
 
     async def n_create(self, handlers: DimseHandlers, req: Request):
         uid = req.uid = uid_param(req.message.text(m.AFFECTED_SOP_INSTANCE),
-                                   "Affected SOP Instance UID")
+                                  "Affected SOP Instance UID")
         ds = canonical(req, "Attribute List")
         outcome = await handlers.core(self.service.create(ds, uid, requester=req.ae))
         req.uid = req.instance = outcome.uid

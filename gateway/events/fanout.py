@@ -339,6 +339,7 @@ class WebSocketFanout:
                     "ae": channel.ae, "unconfirmed": channel.unconfirmed_bytes})
                 self._held_back.add(channel)
                 continue
+            self._held_back.discard(channel)  # (it has room: served now)
             if len(entries) == BATCH:
                 self._want(channel)  # more may be queued: next round
             last = entries[-1]

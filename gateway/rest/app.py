@@ -153,9 +153,11 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(text=f"no UPS-RS resource at {request.path}; the worklist is at "
                                f"{base}/workitems")
     methods = ROUTES.get(resource.kind)
-    described = methods is not None or resource.kind in request.app[capabilities.EXTENSIONS]
-    if request.method == "OPTIONS" and described:  # Retrieve Capabilities (a CORS preflight
-        return capabilities.respond(request, resource.kind)  # never gets here)
+    # Retrieve Capabilities, of the route table's resources and the extensions' (a CORS
+    # preflight never gets here)
+    if request.method == "OPTIONS" and (
+            methods is not None or resource.kind in request.app[capabilities.EXTENSIONS]):
+        return capabilities.respond(request, resource.kind)
     if methods is None:  # a path of rest/mwl.py or rest/mpps.py that they do not serve
         raise web.HTTPNotFound(text=f"no resource at {request.path}")
     handler = methods.get(request.method)

@@ -43,7 +43,8 @@ TRANSACTIONS = {
 # The service root serves only Retrieve Capabilities (its GET just explains where the resources
 # and the event channel are), so only that is described for it.
 _DESCRIBED_ONLY_OPTIONS = ("root",)
-_SEARCH_PARAMETERS = ("{attributeID}", "includefield", "fuzzymatching", "offset", "limit")
+# A search's parameters besides its matching keys (UPS-RS and MWL-RS searches alike).
+SEARCH_CONTROLS = ("includefield", "fuzzymatching", "offset", "limit")
 _WEBSOCKET = ("channel", "subscription")
 
 
@@ -58,7 +59,7 @@ def describe(routes: Mapping[str, Mapping], kinds: list[str]) -> list[dict]:
             elif method in ("POST", "PUT") and kind not in ("subscription", "suspend"):
                 entry["request"] = {"mediaTypes": [DICOM_JSON, "application/json"]}
             if kind == "workitems" and method == "GET":
-                entry["parameters"] = list(_SEARCH_PARAMETERS)
+                entry["parameters"] = ["{attributeID}", *SEARCH_CONTROLS]
             if method == "GET" and entry["id"] != "OpenNotificationConnection":
                 entry["response"] = {"mediaTypes": [DICOM_JSON]}
             methods.append(entry)

@@ -35,8 +35,7 @@ def installer(worklist: ModalityWorklist):
             app.router.add_get(f"{prefix}/{RESOURCE}/", search)
         capabilities.add_extension(app, "mwl", RESOURCE, [{
             "name": "GET", "id": "SearchModalityScheduledProcedureSteps",
-            "parameters": ["{attributePath}", "includefield", "fuzzymatching", "offset",
-                           "limit"],
+            "parameters": ["{attributePath}", *capabilities.SEARCH_CONTROLS],
             "response": {"mediaTypes": [DICOM_JSON,
                                         f'multipart/related; type="{dicomxml.DICOM_XML}"']}}])
     return install

@@ -194,10 +194,9 @@ class RedisWorkitemStore:
         """A script call (the commit, an MPPS save) and ``WAIT replicas timeout`` written
         together on one pooled connection (a WAIT counts only its own connection's writes: sent
         after the reply it could go out on a new connection, to a promoted replica, and confirm
-        nothing). Not on the lane: while a
-        WAIT waits, Redis holds that connection's later commands, and the lane carries every
-        load, search page and acknowledgement of the process. The script's reply and how many
-        replicas have it."""
+        nothing). Not on the lane: while a WAIT waits, Redis holds that connection's later
+        commands, and the lane carries every load, search page and acknowledgement of the
+        process. The script's reply and how many replicas have it."""
         replication = self.replication
         for attempt in (1, 2):
             async with self.redis.pipeline(transaction=False) as pipe:

@@ -213,15 +213,15 @@ class UPSService:
             after.pop(t.SpecificCharacterSet, None)
             put(after, t.ScheduledProcedureStepModificationDateTime, "DT", format_dt())
             after = dict(sorted(after.items()))
+            change = workitem_change(after, tx=record.tx, performer=record.performer)
             events = []
             if before.get(t.InputReadinessState) != after.get(t.InputReadinessState):
-                events.append(QueuedEvent(ev.STATE_REPORT, ev.state_report(after)))
+                events.append(QueuedEvent(ev.STATE_REPORT, change.state_report))
             if (before.get(t.ProcedureStepProgressInformationSequence)
                     != after.get(t.ProcedureStepProgressInformationSequence)):
                 events.append(QueuedEvent(ev.PROGRESS_REPORT, ev.progress_report(after)))
             if ev.assignment_changed(before, after) and (assigned := ev.assigned(after)):
                 events.append(QueuedEvent(ev.ASSIGNED, assigned))
-            change = workitem_change(after, tx=record.tx, performer=record.performer)
             await attempt.commit(uid, record.version, change, events)
 
         await until_committed(uid, self.store, decide, self.settings.max_attempts,
@@ -286,9 +286,10 @@ class UPSService:
             put(ds, t.ProcedureStepState, "CS", CANCELED)
             fill_cancellation(ds, request)
             put(ds, t.ScheduledProcedureStepModificationDateTime, "DT", format_dt())
+            change = workitem_change(ds)
             events = [QueuedEvent(ev.STATE_REPORT, ev.state_report(ds, IN_PROGRESS)),
-                      QueuedEvent(ev.STATE_REPORT, ev.state_report(ds))]
-            await attempt.commit(uid, record.version, workitem_change(ds), events)
+                      QueuedEvent(ev.STATE_REPORT, change.state_report)]
+            await attempt.commit(uid, record.version, change, events)
             log.info("scheduled workitem canceled on request", extra={"uid": uid, "ae": requester})
             return Outcome(uid)
 
